@@ -1,0 +1,26 @@
+//! Commons (SPEC §2 component 1, §3): the vocabulary that site and central
+//! share.
+//!
+//! - [`TrackedOperationId`]: the UUID v7 every cached call, cached write and
+//!   notification gets at call time; also the idempotency key of telemetry.
+//! - [`TrackedOperationStatus`] and [`Kind`]: closed enums, written exactly as
+//!   SPEC §3 names them (`Parked`, `ExternalCall`).
+//! - [`lifecycle`]: the one transition table. Every status change at the site
+//!   (and, later, at central) goes through [`lifecycle::check_transition`].
+//! - [`TrackingRecord`]: the §7 JSON shape of a tracking row.
+//! - [`contracts`]: the protobuf messages (prost, compiled by `protox`).
+//!
+//! Invariants: terminal statuses never change; revisions start at 1 and only
+//! grow; the protobuf schema is additive-only (guarded by a snapshot test).
+
+pub mod contracts;
+mod id;
+pub mod lifecycle;
+mod names;
+mod record;
+mod status;
+
+pub use id::{NotificationId, ParseIdError, TrackedOperationId};
+pub use names::{InvalidName, SiteName};
+pub use record::{unix_ms_to_utc, utc_to_unix_ms, TrackingRecord};
+pub use status::{Kind, TrackedOperationStatus, UnknownValue};
