@@ -1,1 +1,36 @@
+//! Test fakes shared by every test suite (never used by production code):
+//!
+//! - [`FakeHttp`]: an external system (axum) that can be told to answer
+//!   200, 400, 429, 503, a non-JSON or a huge body, to hang past any
+//!   timeout, to fail every n-th request, or to be down (port closed); it
+//!   records every request with its `Idempotency-Key`.
+//! - [`TcpProxy`]: a fault-injecting TCP proxy that can cut all connections
+//!   and refuse new ones, then heal.
+//! - [`eventually`]: poll a condition with a timeout instead of sleeping.
 
+mod http;
+mod proxy;
+
+use std::{future::Future, time::Duration};
+
+pub use http::{FakeHttp, Mode, Recorded};
+pub use proxy::TcpProxy;
+
+/// Polls `f` every 20 ms until it returns `Some`, and returns that value;
+/// panics naming `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,202 @@
+//! The site's local admin HTTP API (bound to 127.0.0.1 by default): the
+//! tracking records, operator Retry/Discard, and running scripts on demand.
+//!
+//! Shapes follow SPEC §7: records as [`TrackingRecord`], lists as
+//! `{ "items": [...], "next": <cursor or null> }` with `limit` and `after`,
+//! Retry/Discard as `{ "outcome": ... }` with 200 / 404 / 409. Errors are
+//! `{ "error": "..." }` naming what was wrong.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde_json::json;
+use sitelink_commons::{TrackedOperationId, TrackedOperationStatus};
+
+use crate::{
+    site_runtime::{ScriptError, ScriptRuntime},
+    store_and_forward::{CommandOutcome, Engine, EngineError},
+};
+
+#[derive(Clone)]
+struct AppState {
+    engine: Engine,
+    runtime: Arc<ScriptRuntime>,
+}
+
+const MAX_LIMIT: u32 = 1000;
+const DEFAULT_LIMIT: u32 = 100;
+
+pub fn router(engine: Engine, runtime: Arc<ScriptRuntime>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/v1/status", get(site_status))
+        .route("/api/v1/operations", get(list_operations))
+        .route("/api/v1/operations/{id}", get(get_operation))
+        .route("/api/v1/operations/{id}/retry", post(retry_operation))
+        .route("/api/v1/operations/{id}/discard", post(discard_operation))
+        .route("/api/v1/scripts/{name}/run", post(run_script))
+        .with_state(AppState { engine, runtime })
+}
+
+/// An error answer: status code and a message that names what was wrong.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+fn parse_id(s: &str) -> Result<TrackedOperationId, ApiError> {
+    s.parse().map_err(|e: sitelink_commons::ParseIdError| {
+        ApiError(StatusCode::BAD_REQUEST, e.to_string())
+    })
+}
+
+async fn get_operation(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    match st.engine.get(id).await? {
+        Some(r) => Ok(Json(r).into_response()),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no tracked operation {id}"),
+        )),
+    }
+}
+
+async fn list_operations(
+    State(st): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    if let Some(k) = q
+        .keys()
+        .find(|k| !matches!(k.as_str(), "status" | "limit" | "after"))
+    {
+        return Err(bad(format!(
+            "unknown query parameter {k:?} (status, limit, after)"
+        )));
+    }
+    let status = q
+        .get("status")
+        .map(|s| s.parse::<TrackedOperationStatus>())
+        .transpose()
+        .map_err(|e| bad(e.to_string()))?;
+    let limit = match q.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| {
+                bad(format!(
+                    "limit must be a whole number from 1 to {MAX_LIMIT}, got {l:?}"
+                ))
+            })?,
+    };
+    let after = q.get("after").map(|a| parse_id(a)).transpose()?;
+    let items = st.engine.list(status, after, limit).await?;
+    let next = (items.len() as u32 == limit)
+        .then(|| items.last().map(|r| r.tracked_operation_id.to_string()))
+        .flatten();
+    Ok(Json(json!({ "items": items, "next": next })).into_response())
+}
+
+fn command_response(outcome: CommandOutcome) -> Response {
+    match outcome {
+        CommandOutcome::Applied => {
+            (StatusCode::OK, Json(json!({ "outcome": "Applied" }))).into_response()
+        }
+        CommandOutcome::NotFound => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "outcome": "NotFound" })),
+        )
+            .into_response(),
+        CommandOutcome::NotParked(status) => (
+            StatusCode::CONFLICT,
+            Json(json!({ "outcome": "NotParked", "status": status })),
+        )
+            .into_response(),
+    }
+}
+
+async fn retry_operation(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let outcome = st.engine.retry_parked(id).await?;
+    tracing::info!(%id, ?outcome, "local operator retry");
+    Ok(command_response(outcome))
+}
+
+async fn discard_operation(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let outcome = st.engine.discard_parked(id).await?;
+    tracing::info!(%id, ?outcome, "local operator discard");
+    Ok(command_response(outcome))
+}
+
+async fn run_script(State(st): State<AppState>, Path(name): Path<String>) -> Response {
+    match st.runtime.run(&name).await {
+        Ok(run) => Json(run).into_response(),
+        Err(e @ ScriptError::UnknownScript(_)) => {
+            ApiError(StatusCode::NOT_FOUND, e.to_string()).into_response()
+        }
+        Err(e @ ScriptError::Compile { .. }) => {
+            ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response()
+        }
+        Err(ScriptError::Runtime {
+            script,
+            message,
+            ids,
+        }) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "error": format!("script {script:?} failed: {message}"),
+                "script": script,
+                "tracked_operation_ids": ids,
+            })),
+        )
+            .into_response(),
+    }
+}
+
+async fn site_status(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let counts: serde_json::Map<String, serde_json::Value> = st
+        .engine
+        .status_counts()
+        .await?
+        .into_iter()
+        .map(|(s, n)| (s.to_string(), n.into()))
+        .collect();
+    let (commits, ops) = st.engine.commit_stats();
+    Ok(Json(json!({
+        "site": st.engine.site(),
+        "counts": counts,
+        "high_change_seq": st.engine.high_seq(),
+        "acked_cursor": st.engine.acked_cursor().await?,
+        "commits": commits,
+        "write_operations": ops,
+        "scripts": st.runtime.script_names().collect::<Vec<_>>(),
+    }))
+    .into_response())
+}

@@ -1,0 +1,237 @@
+//! External System Gateway (SPEC §2 component 3, §4.2): how the site reaches
+//! the outside world.
+//!
+//! - [`http`]: external systems from the site config, `Call` and the
+//!   attempts of `CachedCall` over HTTP (reqwest, rustls).
+//! - [`database`]: named database connections (SQLite, PostgreSQL,
+//!   MySQL/MariaDB through sqlx), `Query`, `Write` and the attempts of
+//!   `CachedWrite`, always with bound parameters.
+//! - [`Gateway`]: ties both to the Store-and-Forward Engine: the cached
+//!   variants record the `Pending` row first (write-ahead), attempt once,
+//!   record the outcome; the gateway is also the engine's [`Deliverer`] for
+//!   retries.
+//!
+//! Invariant: every failure is classified transient or permanent by
+//! [`ErrorClass`] from structured data (HTTP status, error kind, database
+//! error code), never from message text.
+
+pub mod database;
+pub mod http;
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use sitelink_commons::{TrackedOperationId, TrackedOperationStatus};
+
+pub use database::DatabaseConfig;
+pub use http::{ExternalSystemConfig, HttpResponse};
+
+use crate::store_and_forward::{
+    AttemptKind, AttemptOutcome, Deliverer, DeliveryRequest, Engine, EngineError, RetryPolicy,
+};
+
+/// Whether retrying can help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Connection refused/reset, DNS, timeout, HTTP 408/429/5xx, lock
+    /// timeout, serialization failure: buffer and retry.
+    Transient,
+    /// Other 4xx, syntax error, constraint violation: fail at once.
+    Permanent,
+}
+
+/// What a script (or the admin API) is told when a call cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("unknown external system {0:?}")]
+    UnknownSystem(String),
+    #[error("external system {system:?} has no method {method:?}")]
+    UnknownMethod { system: String, method: String },
+    #[error("unknown database connection {0:?}")]
+    UnknownConnection(String),
+    #[error("bad parameters for {target}: {reason}")]
+    BadParams { target: String, reason: String },
+    /// The call reached (or tried to reach) the target and failed.
+    #[error("{target} failed ({class:?}): {message}")]
+    Failed {
+        target: String,
+        class: ErrorClass,
+        message: String,
+    },
+    /// A cached operation failed permanently on its immediate attempt: the
+    /// row exists as `Failed` and the script hears why.
+    #[error("{target} failed permanently (tracked operation {id}, status Failed): {message}")]
+    CachedFailed {
+        id: TrackedOperationId,
+        target: String,
+        message: String,
+    },
+    #[error("store-and-forward: {0}")]
+    Engine(#[from] EngineError),
+}
+
+/// The gateway: HTTP systems, database connections, and the engine that
+/// records cached operations.
+pub struct Gateway {
+    http: http::HttpSystems,
+    databases: database::Databases,
+    engine: Engine,
+}
+
+impl Gateway {
+    pub fn new(
+        http: http::HttpSystems,
+        databases: database::Databases,
+        engine: Engine,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            http,
+            databases,
+            engine,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// `ExternalSystem.Call`: synchronous, the response or an error.
+    pub async fn call(
+        &self,
+        system: &str,
+        method: &str,
+        params: Map<String, Value>,
+    ) -> Result<HttpResponse, GatewayError> {
+        self.http.call(system, method, &params, None).await
+    }
+
+    /// `ExternalSystem.CachedCall`: returns the id; see [`Self::cached`].
+    pub async fn cached_call(
+        &self,
+        system: &str,
+        method: &str,
+        params: Map<String, Value>,
+        provenance: &str,
+    ) -> Result<TrackedOperationId, GatewayError> {
+        self.http.check(system, method, &params)?;
+        let request = DeliveryRequest::Http {
+            system: system.into(),
+            method: method.into(),
+            params,
+        };
+        self.cached(request, provenance).await
+    }
+
+    /// `Database.Query`: rows as JSON objects.
+    pub async fn query(
+        &self,
+        connection: &str,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<Vec<Map<String, Value>>, GatewayError> {
+        self.databases.query(connection, sql, &params).await
+    }
+
+    /// `Database.Write`: rows affected.
+    pub async fn write(
+        &self,
+        connection: &str,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<u64, GatewayError> {
+        self.databases.write(connection, sql, &params).await
+    }
+
+    /// `Database.CachedWrite`: returns the id; see [`Self::cached`].
+    pub async fn cached_write(
+        &self,
+        connection: &str,
+        sql: &str,
+        params: Vec<Value>,
+        provenance: &str,
+    ) -> Result<TrackedOperationId, GatewayError> {
+        self.databases.check(connection, &params)?;
+        let request = DeliveryRequest::DatabaseWrite {
+            connection: connection.into(),
+            sql: sql.into(),
+            params,
+        };
+        self.cached(request, provenance).await
+    }
+
+    /// The cached-call protocol of SPEC §4.1: durable `Pending` row first,
+    /// then one immediate attempt, then its outcome (Delivered; buffered and
+    /// still Pending; or Failed, which is also returned as an error).
+    async fn cached(
+        &self,
+        request: DeliveryRequest,
+        provenance: &str,
+    ) -> Result<TrackedOperationId, GatewayError> {
+        let id = self
+            .engine
+            .record_pending(request.clone(), provenance)
+            .await?;
+        let outcome = self.deliver(id, &request).await;
+        let message = match &outcome {
+            AttemptOutcome::Permanent(m) => Some(m.clone()),
+            _ => None,
+        };
+        match self
+            .engine
+            .record_outcome(id, AttemptKind::Immediate, outcome, self.policy(&request))
+            .await
+        {
+            Ok(TrackedOperationStatus::Failed) => Err(GatewayError::CachedFailed {
+                id,
+                target: request.target_summary(),
+                message: message.unwrap_or_default(),
+            }),
+            Ok(_) => Ok(id),
+            Err(e) => {
+                // The Pending row is durable; recovery at the next start
+                // retries it. The script still gets its id.
+                tracing::error!(%id, error = %e, "could not record the immediate attempt's outcome");
+                Ok(id)
+            }
+        }
+    }
+}
+
+impl Deliverer for Gateway {
+    fn policy(&self, request: &DeliveryRequest) -> RetryPolicy {
+        match request {
+            DeliveryRequest::Http { system, .. } => self.http.policy(system),
+            DeliveryRequest::DatabaseWrite { connection, .. } => self.databases.policy(connection),
+        }
+    }
+
+    async fn deliver(&self, id: TrackedOperationId, request: &DeliveryRequest) -> AttemptOutcome {
+        let result = match request {
+            DeliveryRequest::Http {
+                system,
+                method,
+                params,
+            } => self.http.attempt(system, method, params, id).await,
+            DeliveryRequest::DatabaseWrite {
+                connection,
+                sql,
+                params,
+            } => self
+                .databases
+                .write(connection, sql, params)
+                .await
+                .map(|_| ()),
+        };
+        match result {
+            Ok(()) => AttemptOutcome::Delivered,
+            Err(GatewayError::Failed {
+                class: ErrorClass::Transient,
+                message,
+                ..
+            }) => AttemptOutcome::Transient(message),
+            // A system or connection removed from the config since the call
+            // was buffered cannot come back by retrying: permanent.
+            Err(e) => AttemptOutcome::Permanent(e.to_string()),
+        }
+    }
+}

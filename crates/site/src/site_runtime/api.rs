@@ -1,0 +1,266 @@
+//! The script API of SPEC §4.3 as Rhai sees it, and the sandbox.
+//!
+//! Each run gets its own `rhai::Engine` whose functions close over that
+//! run's [`RunContext`] (provenance, ids made, deadline); ASTs are compiled
+//! once and shared. The API objects are constants in the run's scope:
+//!
+//! ```text
+//! ExternalSystem.Call(system, method, params)        -> #{ status, body }
+//! ExternalSystem.CachedCall(system, method, params)  -> id
+//! Database.Query(conn, sql, params)                  -> [ #{ col: value } ]
+//! Database.Write(conn, sql, params)                  -> rows affected
+//! Database.CachedWrite(conn, sql, params)            -> id
+//! Tracking.Status(id)                                -> #{ status, ... } or ()
+//! Notify.Status(id)                                  -> alias of Tracking.Status
+//! Notify.Send(list, subject, body)                   -> error until notifications land
+//! ```
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, Scope, AST};
+use serde_json::Value;
+use sitelink_commons::TrackedOperationId;
+
+use super::ScriptLimits;
+use crate::external_system_gateway::Gateway;
+
+type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// Everything one script run shares with the API functions it calls.
+pub(super) struct RunContext {
+    provenance: String,
+    gateway: Arc<Gateway>,
+    handle: tokio::runtime::Handle,
+    ids: Mutex<Vec<TrackedOperationId>>,
+}
+
+impl RunContext {
+    pub fn new(provenance: String, gateway: Arc<Gateway>, handle: tokio::runtime::Handle) -> Self {
+        Self {
+            provenance,
+            gateway,
+            handle,
+            ids: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn take_ids(&self) -> Vec<TrackedOperationId> {
+        std::mem::take(&mut self.ids.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn handed_out(&self, id: TrackedOperationId) -> String {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+        id.to_string()
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.handle.block_on(f)
+    }
+}
+
+/// The API object types; values carry no state, the functions do.
+#[derive(Clone, Copy)]
+struct ExternalSystemApi;
+#[derive(Clone, Copy)]
+struct DatabaseApi;
+#[derive(Clone, Copy)]
+struct TrackingApi;
+#[derive(Clone, Copy)]
+struct NotifyApi;
+
+/// An engine with the sandbox limits and no access to files or modules.
+pub(super) fn sandboxed_engine(limits: &ScriptLimits) -> Engine {
+    let mut engine = Engine::new();
+    engine
+        .set_max_operations(limits.max_operations)
+        .set_max_call_levels(limits.max_call_levels)
+        .set_max_string_size(limits.max_string_size)
+        .set_max_array_size(limits.max_array_size)
+        .set_max_map_size(limits.max_map_size)
+        .set_max_expr_depths(128, 64)
+        .set_max_modules(0);
+    engine
+}
+
+fn to_json(what: &str, d: &Dynamic) -> RhaiResult<Value> {
+    rhai::serde::from_dynamic::<Value>(d)
+        .map_err(|e| format!("{what} cannot be turned into JSON: {e}").into())
+}
+
+fn params_map(what: &str, m: Map) -> RhaiResult<serde_json::Map<String, Value>> {
+    match to_json(what, &Dynamic::from_map(m))? {
+        Value::Object(o) => Ok(o),
+        _ => unreachable!("a map serializes to an object"),
+    }
+}
+
+fn params_array(what: &str, a: Array) -> RhaiResult<Vec<Value>> {
+    match to_json(what, &Dynamic::from_array(a))? {
+        Value::Array(v) => Ok(v),
+        _ => unreachable!("an array serializes to an array"),
+    }
+}
+
+fn to_dynamic(v: &impl serde::Serialize) -> RhaiResult<Dynamic> {
+    rhai::serde::to_dynamic(v)
+}
+
+fn err<E: std::fmt::Display>(e: E) -> Box<EvalAltResult> {
+    e.to_string().into()
+}
+
+fn status(ctx: &RunContext, id: &str) -> RhaiResult<Dynamic> {
+    let id: TrackedOperationId = id.parse().map_err(err)?;
+    match ctx.block_on(ctx.gateway.engine().get(id)).map_err(err)? {
+        Some(record) => to_dynamic(&record),
+        None => Ok(Dynamic::UNIT),
+    }
+}
+
+fn register_api(engine: &mut Engine, ctx: &Arc<RunContext>) {
+    engine
+        .register_type_with_name::<ExternalSystemApi>("ExternalSystem")
+        .register_type_with_name::<DatabaseApi>("Database")
+        .register_type_with_name::<TrackingApi>("Tracking")
+        .register_type_with_name::<NotifyApi>("Notify");
+
+    let c = ctx.clone();
+    let call = move |system: &str, method: &str, params: Map| -> RhaiResult<Dynamic> {
+        let params = params_map(&format!("parameters of {system}.{method}"), params)?;
+        let resp = c
+            .block_on(c.gateway.call(system, method, params))
+            .map_err(err)?;
+        to_dynamic(&resp)
+    };
+    let call2 = call.clone();
+    engine.register_fn(
+        "Call",
+        move |_: &mut ExternalSystemApi, s: &str, m: &str, p: Map| call(s, m, p),
+    );
+    engine.register_fn(
+        "Call",
+        move |_: &mut ExternalSystemApi, s: &str, m: &str| call2(s, m, Map::new()),
+    );
+
+    let c = ctx.clone();
+    let cached_call = move |system: &str, method: &str, params: Map| -> RhaiResult<String> {
+        let params = params_map(&format!("parameters of {system}.{method}"), params)?;
+        match c.block_on(c.gateway.cached_call(system, method, params, &c.provenance)) {
+            Ok(id) => Ok(c.handed_out(id)),
+            Err(crate::external_system_gateway::GatewayError::CachedFailed {
+                id,
+                target,
+                message,
+            }) => {
+                c.handed_out(id);
+                Err(format!("{target} failed permanently (tracked operation {id}, status Failed): {message}").into())
+            }
+            Err(e) => Err(err(e)),
+        }
+    };
+    let cached_call2 = cached_call.clone();
+    engine.register_fn(
+        "CachedCall",
+        move |_: &mut ExternalSystemApi, s: &str, m: &str, p: Map| cached_call(s, m, p),
+    );
+    engine.register_fn(
+        "CachedCall",
+        move |_: &mut ExternalSystemApi, s: &str, m: &str| cached_call2(s, m, Map::new()),
+    );
+
+    let c = ctx.clone();
+    engine.register_fn(
+        "Query",
+        move |_: &mut DatabaseApi, conn: &str, sql: &str, params: Array| -> RhaiResult<Dynamic> {
+            let params = params_array(&format!("parameters of {conn}"), params)?;
+            let rows = c
+                .block_on(c.gateway.query(conn, sql, params))
+                .map_err(err)?;
+            to_dynamic(&rows)
+        },
+    );
+    let c = ctx.clone();
+    engine.register_fn(
+        "Write",
+        move |_: &mut DatabaseApi, conn: &str, sql: &str, params: Array| -> RhaiResult<i64> {
+            let params = params_array(&format!("parameters of {conn}"), params)?;
+            let n = c
+                .block_on(c.gateway.write(conn, sql, params))
+                .map_err(err)?;
+            Ok(n as i64)
+        },
+    );
+    let c = ctx.clone();
+    engine.register_fn("CachedWrite", move |_: &mut DatabaseApi, conn: &str, sql: &str, params: Array| -> RhaiResult<String> {
+        let params = params_array(&format!("parameters of {conn}"), params)?;
+        match c.block_on(c.gateway.cached_write(conn, sql, params, &c.provenance)) {
+            Ok(id) => Ok(c.handed_out(id)),
+            Err(crate::external_system_gateway::GatewayError::CachedFailed { id, target, message }) => {
+                c.handed_out(id);
+                Err(format!("{target} failed permanently (tracked operation {id}, status Failed): {message}").into())
+            }
+            Err(e) => Err(err(e)),
+        }
+    });
+
+    let c = ctx.clone();
+    engine.register_fn("Status", move |_: &mut TrackingApi, id: &str| {
+        status(&c, id)
+    });
+    let c = ctx.clone();
+    engine.register_fn("Status", move |_: &mut NotifyApi, id: &str| status(&c, id));
+    engine.register_fn(
+        "Send",
+        |_: &mut NotifyApi, _list: &str, _subject: &str, _body: &str| -> RhaiResult<String> {
+            Err(
+                "Notify.Send is not available yet: notifications land with the Notification Outbox"
+                    .into(),
+            )
+        },
+    );
+}
+
+/// Runs `ast` under the sandbox limits; the error text names the limit hit.
+pub(super) fn run(
+    ctx: &Arc<RunContext>,
+    limits: &ScriptLimits,
+    ast: &AST,
+) -> Result<Value, String> {
+    let mut engine = sandboxed_engine(limits);
+    register_api(&mut engine, ctx);
+    let provenance = ctx.provenance.clone();
+    engine.on_print(move |s| tracing::info!(script = %provenance, "{s}"));
+    let wall = Duration::from_millis(limits.max_wall_time_ms);
+    let deadline = Instant::now() + wall;
+    engine.on_progress(move |_| (Instant::now() > deadline).then(|| Dynamic::from("wall time")));
+
+    let mut scope = Scope::new();
+    scope
+        .push_constant("ExternalSystem", ExternalSystemApi)
+        .push_constant("Database", DatabaseApi)
+        .push_constant("Tracking", TrackingApi)
+        .push_constant("Notify", NotifyApi);
+    match engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast) {
+        Ok(d) => {
+            rhai::serde::from_dynamic::<Value>(&d).or_else(|_| Ok(Value::String(d.to_string())))
+        }
+        Err(e) => Err(match *e {
+            EvalAltResult::ErrorTerminated(..) => {
+                format!(
+                    "stopped after running longer than max_wall_time_ms ({} ms)",
+                    limits.max_wall_time_ms
+                )
+            }
+            EvalAltResult::ErrorTooManyOperations(..) => {
+                format!(
+                    "stopped after more than max_operations ({}) operations",
+                    limits.max_operations
+                )
+            }
+            other => other.to_string(),
+        }),
+    }
+}

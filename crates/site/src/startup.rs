@@ -1,0 +1,103 @@
+//! Building and running a site: [`Site::build`] wires the components from a
+//! [`SiteConfig`] and binds the admin listener (port 0 works: tests read
+//! [`Site::admin_addr`]); [`Site::run`] owns the background loops until the
+//! cancellation token fires.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    admin_api,
+    config::SiteConfig,
+    external_system_gateway::{database::Databases, http::HttpSystems, Gateway},
+    site_runtime::ScriptRuntime,
+    store_and_forward::{now_ms, Engine, RetryWorker},
+};
+
+pub struct Site {
+    engine: Engine,
+    gateway: Arc<Gateway>,
+    runtime: Arc<ScriptRuntime>,
+    listener: tokio::net::TcpListener,
+    admin_addr: SocketAddr,
+}
+
+impl Site {
+    pub async fn build(config: SiteConfig) -> anyhow::Result<Self> {
+        let engine = Engine::open(
+            &config.buffer_db_path(),
+            config.site.name.as_str(),
+            config.store_and_forward,
+        )
+        .await?;
+        let http = HttpSystems::new(&config.external_systems).context("external systems")?;
+        let databases = Databases::new(&config.databases).context("database connections")?;
+        let gateway = Gateway::new(http, databases, engine.clone());
+        let runtime = ScriptRuntime::new(&config.scripts, config.limits, gateway.clone());
+        let listener = tokio::net::TcpListener::bind(config.admin.bind)
+            .await
+            .with_context(|| format!("binding the admin API to {}", config.admin.bind))?;
+        let admin_addr = listener.local_addr()?;
+        Ok(Self {
+            engine,
+            gateway,
+            runtime,
+            listener,
+            admin_addr,
+        })
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    pub fn runtime(&self) -> &Arc<ScriptRuntime> {
+        &self.runtime
+    }
+
+    /// Runs the admin API, the retry worker, the script schedules and the
+    /// purge until `cancel` fires, then lets each finish its current step.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks
+            .spawn(RetryWorker::new(self.engine.clone(), self.gateway.clone()).run(cancel.clone()));
+        tasks.spawn(self.runtime.clone().run_schedules(cancel.clone()));
+        tasks.spawn(purge_loop(self.engine.clone(), cancel.clone()));
+        let app = admin_api::router(self.engine.clone(), self.runtime.clone());
+        let shutdown = cancel.clone();
+        tracing::info!(admin = %self.admin_addr, site = self.engine.site(), "site running");
+        let server = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        let served = server.await.context("admin API");
+        cancel.cancel();
+        while tasks.join_next().await.is_some() {}
+        tracing::info!("site stopped");
+        served
+    }
+}
+
+/// Owns the purge schedule (SPEC §4.1).
+async fn purge_loop(engine: Engine, cancel: CancellationToken) {
+    let every = Duration::from_secs(engine.settings().purge_interval_seconds.max(1));
+    loop {
+        match engine.purge(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "purged terminal tracking rows"),
+            Err(e) => tracing::error!(error = %e, "purge failed"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

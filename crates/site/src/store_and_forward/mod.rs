@@ -1,0 +1,537 @@
+//! Store-and-Forward Engine (SPEC §2 component 2, §4.1): the site's durable
+//! record of every cached operation and the mechanism that retries them.
+//!
+//! One SQLite database (WAL, synchronous=FULL) holds:
+//! - the **tracking table**: one row per [`TrackedOperationId`], the status
+//!   record that `Tracking.Status` and the admin API answer from;
+//! - the **buffer**: entries for operations due for a retry, referencing
+//!   their row by id;
+//! - **meta**: the site-wide change sequence and the acknowledged cursor.
+//!
+//! Main types: [`Engine`] (cheap to clone; all writes go through one
+//! group-commit writer thread, reads use their own connection),
+//! [`RetryWorker`] (drives due buffer entries through a [`Deliverer`]),
+//! [`DeliveryRequest`] (what is stored to retry an operation).
+//!
+//! Invariants:
+//! - Write-ahead: [`Engine::record_pending`] commits the `Pending` row and
+//!   its retry material durably before any attempt is made.
+//! - Every row change bumps its revision by one and takes the next change
+//!   sequence in the same transaction; telemetry and reconciliation are both
+//!   "rows with change sequence above X" ([`Engine::changes_after`]).
+//! - Every status change passes `lifecycle::check_transition`; terminal rows
+//!   never change again.
+//! - Purge deletes only terminal rows, and only once acknowledged (or past
+//!   the hard limit).
+
+mod policy;
+mod retry_worker;
+mod schema;
+mod writer;
+
+use std::{
+    path::Path,
+    sync::{atomic::Ordering, Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context;
+use rusqlite::{params, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use sitelink_commons::{
+    lifecycle::TransitionError, unix_ms_to_utc, Kind, TrackedOperationId, TrackedOperationStatus,
+    TrackingRecord,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use policy::RetryPolicy;
+pub use retry_worker::{Deliverer, RetryWorker, RunOnce};
+use writer::{Job, Signals, WriteOp, WriteResult};
+
+/// What is stored with a row so the call can be retried after any restart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DeliveryRequest {
+    /// `ExternalSystem.CachedCall(system, method, params)`.
+    Http {
+        system: String,
+        method: String,
+        params: serde_json::Map<String, serde_json::Value>,
+    },
+    /// `Database.CachedWrite(connection, sql, params)`.
+    DatabaseWrite {
+        connection: String,
+        sql: String,
+        params: Vec<serde_json::Value>,
+    },
+}
+
+impl DeliveryRequest {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::Http { .. } => Kind::ExternalCall,
+            Self::DatabaseWrite { .. } => Kind::DatabaseWrite,
+        }
+    }
+
+    /// `erp.postOrder`, or the database connection name (SPEC §4.1).
+    pub fn target_summary(&self) -> String {
+        match self {
+            Self::Http { system, method, .. } => format!("{system}.{method}"),
+            Self::DatabaseWrite { connection, .. } => connection.clone(),
+        }
+    }
+
+    /// The target whose retry policy applies.
+    pub fn target(&self) -> &str {
+        match self {
+            Self::Http { system, .. } => system,
+            Self::DatabaseWrite { connection, .. } => connection,
+        }
+    }
+}
+
+/// Whether an attempt was the one made at call time or a later retry (only
+/// retries count against the retry budget).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptKind {
+    Immediate,
+    Retry,
+}
+
+/// How one delivery attempt ended, as classified by the gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Worth retrying (connection refused, timeout, 5xx, lock timeout, ...).
+    Transient(String),
+    /// Retrying cannot help (4xx, syntax error, constraint violation, ...).
+    Permanent(String),
+}
+
+/// The answer to an operator Retry or Discard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandOutcome {
+    Applied,
+    NotFound,
+    NotParked(TrackedOperationStatus),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no tracked operation {0}")]
+    NotFound(TrackedOperationId),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("tracked operation {id} is {status}, not being delivered; the attempt outcome was not applied")]
+    NotInFlight {
+        id: TrackedOperationId,
+        status: TrackedOperationStatus,
+    },
+    #[error("buffer database: {0}")]
+    Storage(String),
+    #[error("the store-and-forward engine has stopped")]
+    Stopped,
+}
+
+/// Tunables of the engine (from `[store_and_forward]` in site.toml).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// Terminal rows older than this, and acknowledged by central, are purged.
+    pub purge_after_days: u32,
+    /// Terminal rows older than this are purged even if never acknowledged.
+    pub purge_hard_limit_days: u32,
+    /// How often the purge runs, in seconds.
+    pub purge_interval_seconds: u64,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            purge_after_days: 7,
+            purge_hard_limit_days: 90,
+            purge_interval_seconds: 3600,
+        }
+    }
+}
+
+/// Handle to the Store-and-Forward Engine. Clones share one writer thread.
+#[derive(Clone)]
+pub struct Engine {
+    site: Arc<str>,
+    tx: mpsc::Sender<Job>,
+    signals: Arc<Signals>,
+    /// Reads use their own WAL connection so they never wait on a commit.
+    reader: Arc<Mutex<rusqlite::Connection>>,
+    settings: EngineSettings,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    sitelink_commons::utc_to_unix_ms(time::OffsetDateTime::now_utc())
+}
+
+const SELECT_RECORD: &str =
+    "SELECT id, kind, target_summary, status, retry_count, last_error, provenance,
+        created_at_ms, updated_at_ms, terminal_at_ms, revision, change_seq FROM tracking";
+
+impl Engine {
+    /// Opens (creating and migrating) the buffer database at `path`, starts
+    /// the writer thread, and makes operations that were in flight at the
+    /// last stop due for retry.
+    pub async fn open(path: &Path, site: &str, settings: EngineSettings) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut conn = schema::open(path)?;
+        schema::migrate(&mut conn)?;
+        let reader = schema::open(path)?;
+        let (tx, rx) = mpsc::channel(8192);
+        let signals = Arc::new(Signals {
+            commits: Default::default(),
+            ops: Default::default(),
+            high_seq: watch::channel(0).0,
+            buffer_due: Default::default(),
+        });
+        writer::spawn(conn, rx, signals.clone())?;
+        let engine = Self {
+            site: site.into(),
+            tx,
+            signals,
+            reader: Arc::new(Mutex::new(reader)),
+            settings,
+        };
+        let recovered = engine.recover_in_flight().await?;
+        if recovered > 0 {
+            tracing::info!(
+                recovered,
+                "operations in flight at the last stop are due for retry"
+            );
+        }
+        Ok(engine)
+    }
+
+    pub fn site(&self) -> &str {
+        &self.site
+    }
+
+    pub fn settings(&self) -> EngineSettings {
+        self.settings
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<WriteResult, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Write-ahead: durably records a new `Pending` row with what is needed
+    /// to retry it, and returns its id. Nothing may be attempted before this
+    /// returns.
+    pub async fn record_pending(
+        &self,
+        request: DeliveryRequest,
+        provenance: &str,
+    ) -> Result<TrackedOperationId, EngineError> {
+        let id = TrackedOperationId::new();
+        let request_json = serde_json::to_string(&request)
+            .map_err(|e| EngineError::Storage(format!("serializing the request: {e}")))?;
+        self.write(WriteOp::Insert {
+            id,
+            kind: request.kind(),
+            target_summary: request.target_summary(),
+            request_json,
+            provenance: provenance.to_owned(),
+            now_ms: now_ms(),
+        })
+        .await?;
+        Ok(id)
+    }
+
+    /// Records how an attempt ended and returns the row's new status.
+    pub async fn record_outcome(
+        &self,
+        id: TrackedOperationId,
+        attempt: AttemptKind,
+        outcome: AttemptOutcome,
+        policy: RetryPolicy,
+    ) -> Result<TrackedOperationStatus, EngineError> {
+        match self
+            .write(WriteOp::Outcome {
+                id,
+                attempt,
+                outcome,
+                policy,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            WriteResult::Status(s) => Ok(s),
+            _ => unreachable!("Outcome answers with a status"),
+        }
+    }
+
+    /// Operator Retry: `Parked` → `Retrying` with a fresh budget, due now.
+    pub async fn retry_parked(
+        &self,
+        id: TrackedOperationId,
+    ) -> Result<CommandOutcome, EngineError> {
+        self.command(WriteOp::OperatorRetry {
+            id,
+            now_ms: now_ms(),
+        })
+        .await
+    }
+
+    /// Operator Discard: `Parked` → `Discarded` (terminal).
+    pub async fn discard_parked(
+        &self,
+        id: TrackedOperationId,
+    ) -> Result<CommandOutcome, EngineError> {
+        self.command(WriteOp::OperatorDiscard {
+            id,
+            now_ms: now_ms(),
+        })
+        .await
+    }
+
+    async fn command(&self, op: WriteOp) -> Result<CommandOutcome, EngineError> {
+        match self.write(op).await? {
+            WriteResult::Command(c) => Ok(c),
+            _ => unreachable!("commands answer with an outcome"),
+        }
+    }
+
+    async fn recover_in_flight(&self) -> Result<u64, EngineError> {
+        self.count(WriteOp::RecoverInFlight { now_ms: now_ms() })
+            .await
+    }
+
+    async fn count(&self, op: WriteOp) -> Result<u64, EngineError> {
+        match self.write(op).await? {
+            WriteResult::Count(n) => Ok(n),
+            _ => unreachable!("this operation answers with a count"),
+        }
+    }
+
+    /// Records that central has every change up to `cursor` (its reconcile
+    /// cursor). Only moves forward. Purge relies on it.
+    pub async fn set_acked_cursor(&self, cursor: u64) -> Result<(), EngineError> {
+        self.count(WriteOp::SetAckedCursor(cursor))
+            .await
+            .map(|_| ())
+    }
+
+    /// Deletes terminal rows older than the purge window that central has
+    /// acknowledged, and any terminal row older than the hard limit.
+    pub async fn purge(&self, now_ms: i64) -> Result<u64, EngineError> {
+        const DAY_MS: i64 = 86_400_000;
+        self.count(WriteOp::Purge {
+            acked_before_ms: now_ms - self.settings.purge_after_days as i64 * DAY_MS,
+            hard_before_ms: now_ms - self.settings.purge_hard_limit_days as i64 * DAY_MS,
+        })
+        .await
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|_| EngineError::Stopped)?
+        .map_err(|e| EngineError::Storage(e.to_string()))
+    }
+
+    /// The tracking record of `id` (what `Tracking.Status` answers).
+    pub async fn get(&self, id: TrackedOperationId) -> Result<Option<TrackingRecord>, EngineError> {
+        let site = self.site.clone();
+        self.read(move |c| {
+            c.query_row(
+                &format!("{SELECT_RECORD} WHERE id = ?1"),
+                [id.to_string()],
+                |r| row_to_record(r, &site),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Rows in id order (so creation order), optionally of one status,
+    /// after the id `after` (keyset paging).
+    pub async fn list(
+        &self,
+        status: Option<TrackedOperationStatus>,
+        after: Option<TrackedOperationId>,
+        limit: u32,
+    ) -> Result<Vec<TrackingRecord>, EngineError> {
+        let site = self.site.clone();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{SELECT_RECORD} WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(
+                params![status.map(|s| s.as_str()), after.map(|a| a.to_string()), limit],
+                |r| row_to_record(r, &site),
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Rows whose change sequence is above `after_seq`, in change-sequence
+    /// order: the telemetry stream and the reconcile pull both read this.
+    pub async fn changes_after(
+        &self,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<TrackingRecord>, EngineError> {
+        let site = self.site.clone();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{SELECT_RECORD} WHERE change_seq > ?1 ORDER BY change_seq LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![after_seq, limit], |r| row_to_record(r, &site))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Buffer entries due at `now_ms`, oldest due first, with their requests.
+    pub async fn due(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(TrackedOperationId, DeliveryRequest)>, EngineError> {
+        let rows: Vec<(String, Option<String>)> = self
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT b.id, t.request FROM buffer b JOIN tracking t ON t.id = b.id
+                     WHERE b.next_attempt_at_ms <= ?1 ORDER BY b.next_attempt_at_ms LIMIT ?2",
+                )?;
+                let rows =
+                    stmt.query_map(params![now_ms, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, request) in rows {
+            let id: TrackedOperationId = id
+                .parse()
+                .map_err(|e| EngineError::Storage(format!("corrupt id: {e}")))?;
+            let request = request
+                .as_deref()
+                .ok_or_else(|| {
+                    EngineError::Storage(format!("buffered operation {id} has no retry material"))
+                })
+                .and_then(|r| {
+                    serde_json::from_str(r)
+                        .map_err(|e| EngineError::Storage(format!("retry material of {id}: {e}")))
+                })?;
+            out.push((id, request));
+        }
+        Ok(out)
+    }
+
+    /// Number of buffer entries (operations waiting for a retry).
+    pub async fn buffer_len(&self) -> Result<u64, EngineError> {
+        self.read(|c| c.query_row("SELECT COUNT(*) FROM buffer", [], |r| r.get(0)))
+            .await
+    }
+
+    /// When the earliest buffer entry is due (ms since epoch), if any.
+    pub async fn next_due_ms(&self) -> Result<Option<i64>, EngineError> {
+        self.read(|c| {
+            c.query_row("SELECT MIN(next_attempt_at_ms) FROM buffer", [], |r| {
+                r.get(0)
+            })
+        })
+        .await
+    }
+
+    /// Highest committed change sequence; `subscribe_changes` to wait on it.
+    pub fn high_seq(&self) -> u64 {
+        *self.signals.high_seq.borrow()
+    }
+
+    /// A receiver that sees every new high change sequence (for telemetry).
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.signals.high_seq.subscribe()
+    }
+
+    pub async fn acked_cursor(&self) -> Result<u64, EngineError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT value FROM meta WHERE key = 'acked_cursor'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
+    /// Number of rows per status (for the admin API and logs).
+    pub async fn status_counts(&self) -> Result<Vec<(TrackedOperationStatus, u64)>, EngineError> {
+        let rows: Vec<(String, u64)> = self
+            .read(|c| {
+                let mut stmt =
+                    c.prepare_cached("SELECT status, COUNT(*) FROM tracking GROUP BY status")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, n)| Some((s.parse().ok()?, n)))
+            .collect())
+    }
+
+    /// (commits, operations) since open: `commits / operations` is how well
+    /// group commit amortizes.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        (
+            self.signals.commits.load(Ordering::Relaxed),
+            self.signals.ops.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Resolves when an operator retry or recovery made an entry due now, or
+    /// after `max`, whichever comes first.
+    pub(crate) async fn wait_for_due(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, self.signals.buffer_due.notified()).await;
+    }
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>, site: &str) -> rusqlite::Result<TrackingRecord> {
+    fn parse<T: std::str::FromStr>(i: usize, s: String) -> rusqlite::Result<T>
+    where
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        s.parse().map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        })
+    }
+    Ok(TrackingRecord {
+        tracked_operation_id: parse(0, r.get(0)?)?,
+        source_site: site.to_owned(),
+        kind: parse(1, r.get(1)?)?,
+        target_summary: r.get(2)?,
+        status: parse(3, r.get(3)?)?,
+        retry_count: r.get(4)?,
+        last_error: r.get(5)?,
+        provenance: r.get(6)?,
+        created_at_utc: unix_ms_to_utc(r.get(7)?),
+        updated_at_utc: unix_ms_to_utc(r.get(8)?),
+        terminal_at_utc: r.get::<_, Option<i64>>(9)?.map(unix_ms_to_utc),
+        revision: r.get(10)?,
+        change_seq: r.get(11)?,
+    })
+}

@@ -1,0 +1,80 @@
+//! The SQLite schema of the site buffer database and its migrations
+//! (versioned by `PRAGMA user_version`).
+
+use anyhow::Context;
+use rusqlite::Connection;
+
+/// Ordered migrations; index + 1 is the schema version they lead to.
+/// Append only: a released migration is never edited.
+const MIGRATIONS: &[&str] = &[
+    // 1: tracking table, buffer, meta counters.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO meta(key, value) VALUES ('change_seq', 0), ('acked_cursor', 0);
+
+    -- One row per TrackedOperationId: the status record (SPEC 4.1).
+    CREATE TABLE tracking (
+        id              TEXT PRIMARY KEY,
+        kind            TEXT NOT NULL,
+        target_summary  TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        retry_count     INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        provenance      TEXT NOT NULL,
+        created_at_ms   INTEGER NOT NULL,
+        updated_at_ms   INTEGER NOT NULL,
+        terminal_at_ms  INTEGER,
+        revision        INTEGER NOT NULL,
+        change_seq      INTEGER NOT NULL,
+        -- What is needed to retry (JSON DeliveryRequest); NULL once terminal.
+        request         TEXT
+    );
+    CREATE UNIQUE INDEX tracking_by_change_seq ON tracking(change_seq);
+    CREATE INDEX tracking_by_status ON tracking(status, id);
+    CREATE INDEX tracking_by_terminal ON tracking(terminal_at_ms) WHERE terminal_at_ms IS NOT NULL;
+
+    -- The retry mechanism: operations due for a retry. Only references the row.
+    CREATE TABLE buffer (
+        id                  TEXT PRIMARY KEY REFERENCES tracking(id) ON DELETE CASCADE,
+        category            TEXT NOT NULL,
+        next_attempt_at_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX buffer_by_due ON buffer(next_attempt_at_ms);
+    "#,
+];
+
+/// Opens (creating if needed) the buffer database with the settings every
+/// connection must have: WAL, synchronous=FULL (a commit that handed out an
+/// id survives power loss), foreign keys, a busy timeout for readers.
+pub fn open(path: &std::path::Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path)
+        .with_context(|| format!("opening buffer database {}", path.display()))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// Applies the migrations not yet applied, each in its own transaction.
+pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        anyhow::bail!(
+            "buffer database has schema version {version}, newer than this build knows ({}); \
+             refusing to run an older sitelink on it",
+            MIGRATIONS.len()
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .with_context(|| format!("buffer database migration {}", i + 1))?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! `sitelink bench NAME [--quick]`: benchmarks run by hand (not in CI).
+//! Each measures a figure against its baseline in the same run, repeats,
+//! reports medians, and prints as its last line one JSON object with every
+//! figure, its baseline and their ratio (SPEC §7).
+
+mod cached_call;
+
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum BenchName {
+    /// Plain `Call` vs durable `CachedCall` (immediate success, and to a
+    /// down target) at concurrency 1 and 64.
+    CachedCall {
+        /// A run under 60 s (fewer, shorter rounds).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+pub async fn run(name: BenchName) -> anyhow::Result<()> {
+    match name {
+        BenchName::CachedCall { quick } => cached_call::run(quick).await,
+    }
+}
+
+/// Median of a non-empty slice (sorted copy).
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The `q` quantile of sorted durations, in milliseconds.
+pub fn quantile_ms(sorted: &[std::time::Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
