@@ -28,19 +28,46 @@ async fn endless_loops_are_stopped_and_the_site_goes_on() {
     };
     assert!(e.to_string().contains("max_wall_time_ms (300 ms)"), "{e}");
     assert_eq!(ids.len(), 1);
-    assert_eq!(site.record(&ids[0].to_string()).await.status, sitelink_commons::TrackedOperationStatus::Delivered);
+    assert_eq!(
+        site.record(&ids[0].to_string()).await.status,
+        sitelink_commons::TrackedOperationStatus::Delivered
+    );
 
     // The operation budget, and deep recursion, name their limits too.
-    let site2 = build_site(&format!("{}\n[limits]\nmax_operations = 10000\n", erp(&fake.url(), 3))).await;
-    let e = site2.run("let x = 0; loop { x += 1; }").await.unwrap_err().to_string();
+    let site2 = build_site(&format!(
+        "{}\n[limits]\nmax_operations = 10000\n",
+        erp(&fake.url(), 3)
+    ))
+    .await;
+    let e = site2
+        .run("let x = 0; loop { x += 1; }")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("max_operations (10000)"), "{e}");
-    let e = site2.run("fn f(n) { f(n + 1) } f(0)").await.unwrap_err().to_string();
-    assert!(e.to_lowercase().contains("stack") || e.contains("call"), "{e}");
-    let e = site2.run(r#"let s = "x"; for i in 0..40 { s += s; } s"#).await.unwrap_err().to_string();
-    assert!(e.to_lowercase().contains("length") || e.contains("size"), "{e}");
+    let e = site2
+        .run("fn f(n) { f(n + 1) } f(0)")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.to_lowercase().contains("stack") || e.contains("call"),
+        "{e}"
+    );
+    let e = site2
+        .run(r#"let s = "x"; for i in 0..40 { s += s; } s"#)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.to_lowercase().contains("length") || e.contains("size"),
+        "{e}"
+    );
 
     // And the site still works.
-    let id = site.run_ok(r#"ExternalSystem.CachedCall("erp", "postOrder", #{ order: 2 })"#).await;
+    let id = site
+        .run_ok(r#"ExternalSystem.CachedCall("erp", "postOrder", #{ order: 2 })"#)
+        .await;
     assert!(id.is_string());
 }
 
@@ -62,25 +89,55 @@ async fn a_script_with_a_syntax_error_does_not_stop_the_site() {
     let (url, cancel, handle) = site.start();
     let http = reqwest::Client::new();
 
-    let resp = http.post(format!("{url}/api/v1/scripts/broken/run")).send().await.unwrap();
+    let resp = http
+        .post(format!("{url}/api/v1/scripts/broken/run"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 422);
     let body: serde_json::Value = resp.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("does not compile"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("does not compile"),
+        "{body}"
+    );
 
-    let resp = http.post(format!("{url}/api/v1/scripts/good/run")).send().await.unwrap();
+    let resp = http
+        .post(format!("{url}/api/v1/scripts/good/run"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
     let id = body["result"]["id"].as_str().unwrap();
     assert_eq!(body["tracked_operation_ids"][0], id);
-    let rec: serde_json::Value = http.get(format!("{url}/api/v1/operations/{id}")).send().await.unwrap().json().await.unwrap();
+    let rec: serde_json::Value = http
+        .get(format!("{url}/api/v1/operations/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(rec["provenance"], "line2/good");
 
-    let resp = http.post(format!("{url}/api/v1/scripts/nope/run")).send().await.unwrap();
+    let resp = http
+        .post(format!("{url}/api/v1/scripts/nope/run"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
-    let resp = http.get(format!("{url}/api/v1/operations?status=Exploded")).send().await.unwrap();
+    let resp = http
+        .get(format!("{url}/api/v1/operations?status=Exploded"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     assert!(resp.text().await.unwrap().contains("Exploded"));
-    let resp = http.get(format!("{url}/api/v1/operations?limit=0")).send().await.unwrap();
+    let resp = http
+        .get(format!("{url}/api/v1/operations?limit=0"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
 
     cancel.cancel();

@@ -292,7 +292,12 @@ fn apply(
             };
             // Only operations being delivered take attempt outcomes: a late
             // outcome for a parked or terminal row changes nothing.
-            if !matches!(cur.status, Pending | Retrying) {
+            // The immediate attempt belongs to a new (Pending) row only.
+            let in_flight = match attempt {
+                AttemptKind::Immediate => cur.status == Pending,
+                AttemptKind::Retry => matches!(cur.status, Pending | Retrying),
+            };
+            if !in_flight {
                 return Ok(Err(EngineError::NotInFlight {
                     id: *id,
                     status: cur.status,

@@ -123,16 +123,27 @@ pub fn status_of(v: &Value) -> TrackedOperationStatus {
 pub async fn fresh_database(env_var: &str) -> Option<FreshDatabase> {
     use sqlx::{Connection, Executor};
     let Ok(base) = std::env::var(env_var) else {
-        eprintln!("skipped: {env_var} is not set (.ci/run sets it to the machine's server; see README)");
+        eprintln!(
+            "skipped: {env_var} is not set (.ci/run sets it to the machine's server; see README)"
+        );
         return None;
     };
     sqlx::any::install_default_drivers();
     let name = format!("sl_test_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = sqlx::AnyConnection::connect(&base).await.unwrap_or_else(|e| panic!("{env_var}={base}: {e}"));
-    admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
+    let mut admin = sqlx::AnyConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("{env_var}={base}: {e}"));
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
     let mut url = reqwest::Url::parse(&base).unwrap();
     url.set_path(&format!("/{name}"));
-    Some(FreshDatabase { base, name, url: url.to_string() })
+    Some(FreshDatabase {
+        base,
+        name,
+        url: url.to_string(),
+    })
 }
 
 pub struct FreshDatabase {
@@ -153,7 +164,11 @@ impl FreshDatabase {
     pub fn server_addr(&self) -> std::net::SocketAddr {
         let url = reqwest::Url::parse(&self.url).unwrap();
         let host = url.host_str().unwrap();
-        let port = url.port().unwrap_or(if url.scheme() == "postgres" { 5432 } else { 3306 });
+        let port = url.port().unwrap_or(if url.scheme() == "postgres" {
+            5432
+        } else {
+            3306
+        });
         use std::net::ToSocketAddrs;
         (host, port).to_socket_addrs().unwrap().next().unwrap()
     }
@@ -161,8 +176,17 @@ impl FreshDatabase {
     pub async fn drop_database(self) {
         use sqlx::{Connection, Executor};
         if let Ok(mut admin) = sqlx::AnyConnection::connect(&self.base).await {
-            let force = if self.base.starts_with("postgres") { " WITH (FORCE)" } else { "" };
-            let _ = admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {}{force}", self.name))).await;
+            let force = if self.base.starts_with("postgres") {
+                " WITH (FORCE)"
+            } else {
+                ""
+            };
+            let _ = admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE {}{force}",
+                    self.name
+                )))
+                .await;
         }
     }
 }
