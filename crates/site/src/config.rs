@@ -84,7 +84,13 @@ impl SiteConfig {
             path: path.into(),
             source,
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Absolute, so that paths derived from it (SQLite URLs) mean the same
+        // whatever the working directory.
+        let absolute = std::path::absolute(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let base = absolute.parent().unwrap_or(Path::new("/"));
         Self::parse(&text, base).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.into(),

@@ -7,7 +7,7 @@
 //!   database connections, error classification, the cached-call protocol.
 //! - [`site_runtime`]: Site Runtime: sandboxed Rhai scripts and their API.
 //! - [`admin_api`]: the local admin HTTP API (loopback by default).
-//! - [`config`]: `site.toml`.
+//! - [`config`]: the site configuration file (`site.toml`).
 //! - [`startup`]: [`Site`], which wires the components and owns the loops.
 //!
 //! Architecture invariant: the site opens no inbound port except its local

@@ -107,7 +107,8 @@ impl FakeHttp {
     pub async fn set_mode(&self, mode: Mode) {
         let was = std::mem::replace(&mut *self.inner.mode.lock().unwrap(), mode);
         if mode == Mode::Down && was != Mode::Down {
-            if let Some(task) = self.inner.server.lock().unwrap().take() {
+            let task = self.inner.server.lock().unwrap().take();
+            if let Some(task) = task {
                 task.abort();
                 let _ = task.await;
             }

@@ -1,0 +1,256 @@
+//! Guarantees 1 and 2 of SPEC §6 against the real binary: `sitelink site`
+//! under load (concurrent script runs making cached calls against a flaky
+//! server) is killed with SIGKILL at random moments, several times, and
+//! restarted. Then: every id a script handed back exists; every request the
+//! server received carries an id that has a row; once the server recovers,
+//! every row ends Delivered or Parked. Also: SIGTERM stops it cleanly, and a
+//! broken config file is a clear error.
+
+use std::{
+    collections::HashSet,
+    path::Path,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use rand::Rng;
+use sitelink_test_support::{eventually, FakeHttp, Mode};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sitelink");
+
+fn write_config(dir: &Path, erp_url: &str) -> std::path::PathBuf {
+    std::fs::write(
+        dir.join("burst.rhai"),
+        r#"let ids = [];
+           for i in 0..5 { ids.push(ExternalSystem.CachedCall("erp", "postOrder", #{ order: i })); }
+           ids"#,
+    )
+    .unwrap();
+    let path = dir.join("site.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[site]
+name = "crashy"
+data_dir = "data"
+
+[admin]
+bind = "127.0.0.1:0"
+
+[external_systems.erp]
+base_url = "{erp_url}"
+timeout_ms = 2000
+retry = {{ interval_ms = 20, backoff = 1.0, max_interval_ms = 20, max_retries = 1000000, jitter = 0.0 }}
+methods.postOrder = {{ http_method = "POST", path = "/orders" }}
+
+[[script]]
+name = "burst"
+file = "burst.rhai"
+instance = "line1"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Starts the binary and returns it with its admin URL (read from stdout).
+async fn start(config: &Path, log: &Path) -> (Child, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["site", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("site prints its admin address")
+        .unwrap()
+        .expect("a line");
+    let addr = line
+        .strip_prefix("admin listening on ")
+        .unwrap_or_else(|| panic!("unexpected: {line}"));
+    (child, format!("http://{addr}"))
+}
+
+async fn all_operations(http: &reqwest::Client, url: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut u = format!("{url}/api/v1/operations?limit=1000");
+        if let Some(a) = &after {
+            u.push_str(&format!("&after={a}"));
+        }
+        let page: serde_json::Value = http.get(u).send().await.unwrap().json().await.unwrap();
+        out.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_no_id() {
+    let fake = FakeHttp::start(Mode::SucceedEvery(3)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &fake.url());
+    let log = dir.path().join("site.log");
+    let http = reqwest::Client::new();
+    let handed_out: Arc<Mutex<HashSet<String>>> = Default::default();
+
+    for round in 0..4 {
+        let (mut child, url) = start(&config, &log).await;
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let (http, url, handed_out) = (http.clone(), url.clone(), handed_out.clone());
+            clients.spawn(async move {
+                // Until the process dies under us.
+                while let Ok(resp) = http
+                    .post(format!("{url}/api/v1/scripts/burst/run"))
+                    .send()
+                    .await
+                {
+                    let Ok(body) = resp.json::<serde_json::Value>().await else {
+                        break;
+                    };
+                    let ids = body["tracked_operation_ids"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    handed_out
+                        .lock()
+                        .unwrap()
+                        .extend(ids.iter().map(|i| i.as_str().unwrap().to_owned()));
+                }
+            });
+        }
+        // A random moment: the kill lands wherever the load is.
+        let ms = rand::rng().random_range(300..1500);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        child.start_kill().unwrap(); // SIGKILL
+        child.wait().await.unwrap();
+        while clients.join_next().await.is_some() {}
+        eprintln!(
+            "round {round}: killed after {ms} ms, {} ids handed out so far",
+            handed_out.lock().unwrap().len()
+        );
+    }
+
+    let handed_out = handed_out.lock().unwrap().clone();
+    assert!(
+        handed_out.len() > 50,
+        "the load made too few calls to prove anything: {}",
+        handed_out.len()
+    );
+
+    // The external system recovers; the site restarts once more.
+    fake.set_mode(Mode::Ok).await;
+    let (child, url) = start(&config, &log).await;
+
+    for id in &handed_out {
+        let resp = http
+            .get(format!("{url}/api/v1/operations/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            200,
+            "id {id} was handed to a script but has no row"
+        );
+    }
+    let rows = all_operations(&http, &url).await;
+    let known: HashSet<String> = rows
+        .iter()
+        .map(|r| r["tracked_operation_id"].as_str().unwrap().to_owned())
+        .collect();
+    let keys = fake.idempotency_keys();
+    assert!(!keys.is_empty());
+    for key in &keys {
+        let key = key
+            .as_deref()
+            .expect("every cached attempt carries an Idempotency-Key");
+        assert!(
+            known.contains(key),
+            "the server received a request for {key}, which has no row"
+        );
+    }
+
+    let final_rows = eventually(
+        Duration::from_secs(60),
+        "every row Delivered or Parked",
+        || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let rows = all_operations(&http, &url).await;
+                rows.iter()
+                    .all(|r| matches!(r["status"].as_str(), Some("Delivered" | "Parked")))
+                    .then_some(rows)
+            }
+        },
+    )
+    .await;
+    assert!(final_rows.len() >= handed_out.len());
+    eprintln!(
+        "{} rows, {} requests received",
+        final_rows.len(),
+        keys.len()
+    );
+
+    // SIGTERM: a graceful stop with exit status 0.
+    let pid = child.id().unwrap().to_string();
+    let mut child = child;
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn a_broken_config_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("site.toml");
+    std::fs::write(
+        &path,
+        "[site]\nname = \"x\"\ndata_dir = \"d\"\n[admin]\nbindd = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["site", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bindd") && err.contains("site.toml"), "{err}");
+
+    let out = Command::new(BIN)
+        .args(["site", "--config", "/nonexistent/site.toml"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/site.toml"));
+}
