@@ -192,6 +192,7 @@ async fn site_status(State(st): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(json!({
         "site": st.engine.site(),
         "counts": counts,
+        "buffered": st.engine.buffer_len().await?,
         "high_change_seq": st.engine.high_seq(),
         "acked_cursor": st.engine.acked_cursor().await?,
         "commits": commits,

@@ -39,10 +39,10 @@ async fn operations_in_flight_at_a_crash_are_due_after_restart() {
     let engine = open(&dir).await;
     let due = engine.due(now_ms(), 10).await.unwrap();
     assert_eq!(due.len(), 1);
-    assert_eq!(due[0].0, id);
+    assert_eq!(due[0].id, id);
     assert_eq!(
-        due[0].1,
-        request(),
+        due[0].request,
+        Ok(request()),
         "the retry material survived the restart"
     );
     let r = engine.get(id).await.unwrap().unwrap();
@@ -204,4 +204,50 @@ async fn a_newer_schema_is_refused() {
     .err()
     .unwrap();
     assert!(e.to_string().contains("schema version 99"), "{e}");
+}
+
+/// A deliverer that accepts everything and counts attempts.
+struct AcceptAll(std::sync::atomic::AtomicUsize);
+
+impl sitelink_site::store_and_forward::Deliverer for AcceptAll {
+    fn policy(&self, _: &DeliveryRequest) -> RetryPolicy {
+        RetryPolicy::default()
+    }
+    async fn deliver(
+        &self,
+        _: sitelink_commons::TrackedOperationId,
+        _: &DeliveryRequest,
+    ) -> AttemptOutcome {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        AttemptOutcome::Delivered
+    }
+}
+
+#[tokio::test]
+async fn unreadable_retry_material_fails_that_row_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir).await;
+    let bad = engine.record_pending(request(), "i/s").await.unwrap();
+    let good = engine.record_pending(request(), "i/s").await.unwrap();
+    drop(engine);
+    let conn = rusqlite::Connection::open(dir.path().join("buffer.db")).unwrap();
+    conn.execute(
+        "UPDATE tracking SET request = '{not json' WHERE id = ?1",
+        [bad.to_string()],
+    )
+    .unwrap();
+    drop(conn);
+
+    let engine = open(&dir).await; // both were in flight: both due now
+    let deliverer = std::sync::Arc::new(AcceptAll(Default::default()));
+    let worker =
+        sitelink_site::store_and_forward::RetryWorker::new(engine.clone(), deliverer.clone());
+    let pass = worker.run_once().await.unwrap();
+    assert_eq!((pass.attempted, pass.delivered, pass.failed), (2, 1, 1));
+    assert_eq!(deliverer.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let r = engine.get(bad).await.unwrap().unwrap();
+    assert_eq!(r.status, Failed);
+    assert!(r.last_error.unwrap().contains("unreadable retry material"));
+    assert_eq!(engine.get(good).await.unwrap().unwrap().status, Delivered);
+    assert_eq!(engine.buffer_len().await.unwrap(), 0);
 }

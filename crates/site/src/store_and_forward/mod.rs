@@ -91,6 +91,13 @@ impl DeliveryRequest {
     }
 }
 
+/// A buffer entry that is due, with what is needed to attempt it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DueEntry {
+    pub id: TrackedOperationId,
+    pub request: Result<DeliveryRequest, String>,
+}
+
 /// Whether an attempt was the one made at call time or a later retry (only
 /// retries count against the retry budget).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -375,13 +382,17 @@ impl Engine {
     ) -> Result<Vec<TrackingRecord>, EngineError> {
         let site = self.site.clone();
         self.read(move |c| {
+            // The status is a literal from the closed enum (never outside
+            // text), so SQLite can use the partial status index.
+            let filter = status
+                .map(|s| format!("status = '{}' AND", s.as_str()))
+                .unwrap_or_default();
             let mut stmt = c.prepare_cached(&format!(
-                "{SELECT_RECORD} WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3"
+                "{SELECT_RECORD} WHERE {filter} (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2"
             ))?;
-            let rows = stmt.query_map(
-                params![status.map(|s| s.as_str()), after.map(|a| a.to_string()), limit],
-                |r| row_to_record(r, &site),
-            )?;
+            let rows = stmt.query_map(params![after.map(|a| a.to_string()), limit], |r| {
+                row_to_record(r, &site)
+            })?;
             rows.collect()
         })
         .await
@@ -405,12 +416,11 @@ impl Engine {
         .await
     }
 
-    /// Buffer entries due at `now_ms`, oldest due first, with their requests.
-    pub async fn due(
-        &self,
-        now_ms: i64,
-        limit: u32,
-    ) -> Result<Vec<(TrackedOperationId, DeliveryRequest)>, EngineError> {
+    /// Buffer entries due at `now_ms`, oldest due first, with their
+    /// requests. An entry whose retry material cannot be read comes back as
+    /// `Err(reason)` so the worker can fail that one row with the reason
+    /// instead of stalling every other entry behind it.
+    pub async fn due(&self, now_ms: i64, limit: u32) -> Result<Vec<DueEntry>, EngineError> {
         let rows: Vec<(String, Option<String>)> = self
             .read(move |c| {
                 let mut stmt = c.prepare_cached(
@@ -426,17 +436,14 @@ impl Engine {
         for (id, request) in rows {
             let id: TrackedOperationId = id
                 .parse()
-                .map_err(|e| EngineError::Storage(format!("corrupt id: {e}")))?;
-            let request = request
-                .as_deref()
-                .ok_or_else(|| {
-                    EngineError::Storage(format!("buffered operation {id} has no retry material"))
-                })
-                .and_then(|r| {
-                    serde_json::from_str(r)
-                        .map_err(|e| EngineError::Storage(format!("retry material of {id}: {e}")))
-                })?;
-            out.push((id, request));
+                .map_err(|e| EngineError::Storage(format!("corrupt id in buffer: {e}")))?;
+            let request = match request {
+                None => Err("the buffered operation has no retry material".to_owned()),
+                Some(r) => {
+                    serde_json::from_str(&r).map_err(|e| format!("unreadable retry material: {e}"))
+                }
+            };
+            out.push(DueEntry { id, request });
         }
         Ok(out)
     }

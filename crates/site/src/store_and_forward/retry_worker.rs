@@ -70,13 +70,22 @@ impl<D: Deliverer> RetryWorker<D> {
             ..Default::default()
         };
         let mut results = futures::stream::iter(due)
-            .map(|(id, request)| async move {
-                let outcome = self.deliverer.deliver(id, &request).await;
-                let policy = self.deliverer.policy(&request);
+            .map(|entry| async move {
+                let (outcome, policy) = match &entry.request {
+                    Ok(request) => (
+                        self.deliverer.deliver(entry.id, request).await,
+                        self.deliverer.policy(request),
+                    ),
+                    // Retrying cannot make unreadable material readable.
+                    Err(reason) => (
+                        AttemptOutcome::Permanent(reason.clone()),
+                        RetryPolicy::default(),
+                    ),
+                };
                 (
-                    id,
+                    entry.id,
                     self.engine
-                        .record_outcome(id, AttemptKind::Retry, outcome, policy)
+                        .record_outcome(entry.id, AttemptKind::Retry, outcome, policy)
                         .await,
                 )
             })

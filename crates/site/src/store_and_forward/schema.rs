@@ -31,9 +31,13 @@ const MIGRATIONS: &[&str] = &[
         change_seq      INTEGER NOT NULL,
         -- What is needed to retry (JSON DeliveryRequest); NULL once terminal.
         request         TEXT
-    );
+    ) WITHOUT ROWID;
     CREATE UNIQUE INDEX tracking_by_change_seq ON tracking(change_seq);
-    CREATE INDEX tracking_by_status ON tracking(status, id);
+    -- Listing by status for what operators look for (Parked, Retrying,
+    -- Failed, Discarded). Pending and Delivered rows stay out of it, so the
+    -- hot path of a cached call (insert Pending, update to Delivered) never
+    -- touches it.
+    CREATE INDEX tracking_by_status ON tracking(status, id) WHERE status NOT IN ('Pending', 'Delivered');
     CREATE INDEX tracking_by_terminal ON tracking(terminal_at_ms) WHERE terminal_at_ms IS NOT NULL;
 
     -- The retry mechanism: operations due for a retry. Only references the row.

@@ -215,19 +215,30 @@ fn change(
             return Ok(Err(EngineError::Transition(e)));
         }
     }
-    *seq += 1;
     let terminal = c.to.is_terminal();
-    tx.prepare_cached(
-        "UPDATE tracking SET status = :status, retry_count = :retry_count, last_error = :last_error,
+    // Guarded by the status the change was computed from: if the row is not
+    // in that status (only possible on the fast path, which assumes it),
+    // nothing changes and the caller finds out why.
+    let updated = tx
+        .prepare_cached(
+            "UPDATE tracking SET status = :status, retry_count = :retry_count, last_error = :last_error,
              updated_at_ms = :now, terminal_at_ms = CASE WHEN :terminal THEN :now ELSE NULL END,
              revision = revision + 1, change_seq = :seq,
              request = CASE WHEN :terminal THEN NULL ELSE request END
-         WHERE id = :id",
-    )?
-    .execute(named_params! {
-        ":status": c.to.as_str(), ":retry_count": c.retry_count, ":last_error": c.last_error,
-        ":now": now_ms, ":terminal": terminal, ":seq": *seq, ":id": id,
-    })?;
+         WHERE id = :id AND status = :from",
+        )?
+        .execute(named_params! {
+            ":status": c.to.as_str(), ":retry_count": c.retry_count, ":last_error": c.last_error,
+            ":now": now_ms, ":terminal": terminal, ":seq": *seq + 1, ":id": id,
+            ":from": from.status.as_str(),
+        })?;
+    if updated == 0 {
+        return Ok(Err(EngineError::Storage(format!(
+            "tracking row {id} is not {}",
+            from.status
+        ))));
+    }
+    *seq += 1;
     match c.buffer {
         BufferEntry::Due(due) => {
             tx.prepare_cached(
@@ -287,8 +298,19 @@ fn apply(
             now_ms,
         } => {
             let key = id.to_string();
-            let Some(cur) = current(tx, &key)? else {
-                return Ok(Err(EngineError::NotFound(*id)));
+            // Fast path: the immediate attempt is for a row that was just
+            // recorded, so it is Pending with no retries; `change` checks
+            // that in its UPDATE and we read the row only if it was not.
+            let cur = if *attempt == AttemptKind::Immediate {
+                Current {
+                    status: Pending,
+                    retry_count: 0,
+                }
+            } else {
+                match current(tx, &key)? {
+                    Some(cur) => cur,
+                    None => return Ok(Err(EngineError::NotFound(*id))),
+                }
             };
             // Only operations being delivered take attempt outcomes: a late
             // outcome for a parked or terminal row changes nothing.
@@ -362,7 +384,18 @@ fn apply(
                 }
             };
             let to = c.to;
-            Ok(change(tx, seq, &key, &cur, c, *now_ms)?.map(|()| WriteResult::Status(to)))
+            match change(tx, seq, &key, &cur, c, *now_ms)? {
+                Ok(()) => Ok(Ok(WriteResult::Status(to))),
+                // The fast path's assumption did not hold: say why.
+                Err(_) if *attempt == AttemptKind::Immediate => Ok(Err(match current(tx, &key)? {
+                    None => EngineError::NotFound(*id),
+                    Some(actual) => EngineError::NotInFlight {
+                        id: *id,
+                        status: actual.status,
+                    },
+                })),
+                Err(e) => Ok(Err(e)),
+            }
         }
         WriteOp::OperatorRetry { id, now_ms } | WriteOp::OperatorDiscard { id, now_ms } => {
             let key = id.to_string();
