@@ -97,6 +97,14 @@ impl TestSite {
         .await
     }
 
+    /// One retry pass over whatever is due now (possibly nothing).
+    pub async fn retry_pass(&self) -> RunOnce {
+        RetryWorker::new(self.engine.clone(), self.gateway.clone())
+            .run_once()
+            .await
+            .unwrap()
+    }
+
     /// Starts the loops and the admin API; returns the admin base URL.
     pub fn start(
         &mut self,
