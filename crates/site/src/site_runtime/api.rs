@@ -25,7 +25,7 @@ use serde_json::Value;
 use sitelink_commons::TrackedOperationId;
 
 use super::ScriptLimits;
-use crate::external_system_gateway::Gateway;
+use crate::external_system_gateway::{Gateway, GatewayError};
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 
@@ -54,6 +54,21 @@ impl RunContext {
     fn handed_out(&self, id: TrackedOperationId) -> String {
         self.ids.lock().unwrap_or_else(|p| p.into_inner()).push(id);
         id.to_string()
+    }
+
+    /// What a cached call gives the script: its id, or an error. A call
+    /// that failed permanently still handed out an id (its row is
+    /// `Failed`); the error names it and the run reports it.
+    fn cached_result(&self, r: Result<TrackedOperationId, GatewayError>) -> RhaiResult<String> {
+        match r {
+            Ok(id) => Ok(self.handed_out(id)),
+            Err(e) => {
+                if let GatewayError::CachedFailed { id, .. } = &e {
+                    self.handed_out(*id);
+                }
+                Err(err(e))
+            }
+        }
     }
 
     fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -148,18 +163,7 @@ fn register_api(engine: &mut Engine, ctx: &Arc<RunContext>) {
     let c = ctx.clone();
     let cached_call = move |system: &str, method: &str, params: Map| -> RhaiResult<String> {
         let params = params_map(&format!("parameters of {system}.{method}"), params)?;
-        match c.block_on(c.gateway.cached_call(system, method, params, &c.provenance)) {
-            Ok(id) => Ok(c.handed_out(id)),
-            Err(crate::external_system_gateway::GatewayError::CachedFailed {
-                id,
-                target,
-                message,
-            }) => {
-                c.handed_out(id);
-                Err(format!("{target} failed permanently (tracked operation {id}, status Failed): {message}").into())
-            }
-            Err(e) => Err(err(e)),
-        }
+        c.cached_result(c.block_on(c.gateway.cached_call(system, method, params, &c.provenance)))
     };
     let cached_call2 = cached_call.clone();
     engine.register_fn(
@@ -194,17 +198,13 @@ fn register_api(engine: &mut Engine, ctx: &Arc<RunContext>) {
         },
     );
     let c = ctx.clone();
-    engine.register_fn("CachedWrite", move |_: &mut DatabaseApi, conn: &str, sql: &str, params: Array| -> RhaiResult<String> {
-        let params = params_array(&format!("parameters of {conn}"), params)?;
-        match c.block_on(c.gateway.cached_write(conn, sql, params, &c.provenance)) {
-            Ok(id) => Ok(c.handed_out(id)),
-            Err(crate::external_system_gateway::GatewayError::CachedFailed { id, target, message }) => {
-                c.handed_out(id);
-                Err(format!("{target} failed permanently (tracked operation {id}, status Failed): {message}").into())
-            }
-            Err(e) => Err(err(e)),
-        }
-    });
+    engine.register_fn(
+        "CachedWrite",
+        move |_: &mut DatabaseApi, conn: &str, sql: &str, params: Array| -> RhaiResult<String> {
+            let params = params_array(&format!("parameters of {conn}"), params)?;
+            c.cached_result(c.block_on(c.gateway.cached_write(conn, sql, params, &c.provenance)))
+        },
+    );
 
     let c = ctx.clone();
     engine.register_fn("Status", move |_: &mut TrackingApi, id: &str| {
