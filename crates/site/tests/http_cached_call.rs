@@ -364,3 +364,81 @@ async fn tracking_status_answers_from_the_site() {
     assert!(r["created"].as_str().unwrap().ends_with('Z'));
     assert!(r["unknown"].is_null());
 }
+
+#[tokio::test]
+async fn every_auth_kind_is_sent() {
+    let fake = FakeHttp::start(Mode::Ok).await;
+    let url = fake.url();
+    let mut fragment = String::new();
+    for (name, auth) in [
+        ("plain", r#"{ type = "none" }"#),
+        (
+            "basic",
+            r#"{ type = "basic", username = "ops", password = "s3cret" }"#,
+        ),
+        ("bearer", r#"{ type = "bearer", token = "tok-1" }"#),
+        (
+            "keyed",
+            r#"{ type = "api_key", header = "X-Api-Key", value = "k-2" }"#,
+        ),
+    ] {
+        fragment.push_str(&format!(
+            "[external_systems.{name}]\nbase_url = \"{url}\"\nauth = {auth}\nmethods.post = {{ http_method = \"POST\", path = \"/x\" }}\n"
+        ));
+    }
+    let site = build_site(&fragment).await;
+    for name in ["plain", "basic", "bearer", "keyed"] {
+        site.run_ok(&format!(
+            r#"ExternalSystem.CachedCall("{name}", "post", #{{}})"#
+        ))
+        .await;
+    }
+    let reqs = fake.requests();
+    assert_eq!(reqs[0].authorization, None);
+    // base64("ops:s3cret")
+    assert_eq!(
+        reqs[1].authorization.as_deref(),
+        Some("Basic b3BzOnMzY3JldA==")
+    );
+    assert_eq!(reqs[2].authorization.as_deref(), Some("Bearer tok-1"));
+    assert_eq!(
+        reqs[3].headers.get("x-api-key").map(String::as_str),
+        Some("k-2")
+    );
+}
+
+#[tokio::test]
+async fn interval_scripts_run_by_themselves_until_stopped() {
+    let fake = FakeHttp::start(Mode::Ok).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tick.rhai"), CACHED).unwrap();
+    let fragment = format!(
+        "{}\n[[script]]\nname = \"tick\"\nfile = \"tick.rhai\"\ninterval_ms = 20\n",
+        erp(&fake.url(), 3)
+    );
+    let mut site = common::build_site_in(dir, &fragment).await;
+    let (_url, cancel, handle) = site.start();
+    sitelink_test_support::eventually(
+        std::time::Duration::from_secs(5),
+        "three scheduled runs",
+        || async {
+            (site
+                .engine
+                .list(Some(Delivered), None, 100)
+                .await
+                .unwrap()
+                .len()
+                >= 3)
+                .then_some(())
+        },
+    )
+    .await;
+    cancel.cancel();
+    handle.await.unwrap().unwrap();
+    // The site stopped cleanly; every scheduled call has its row and its
+    // one request, with the script's provenance.
+    let after_stop = fake.requests().len();
+    let rows = site.engine.list(None, None, 1000).await.unwrap();
+    assert_eq!(rows.len(), after_stop);
+    assert!(rows.iter().all(|r| r.provenance == "site/tick"));
+}

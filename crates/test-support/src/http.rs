@@ -44,6 +44,8 @@ pub struct Recorded {
     pub query: Option<String>,
     pub idempotency_key: Option<String>,
     pub authorization: Option<String>,
+    /// Every header, names in lower case.
+    pub headers: std::collections::BTreeMap<String, String>,
     pub body: serde_json::Value,
     /// The status the fake answered (0 while hanging).
     pub answered: u16,
@@ -163,6 +165,16 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         query: parts.uri.query().map(str::to_owned),
         idempotency_key: header(&parts.headers, "idempotency-key"),
         authorization: header(&parts.headers, "authorization"),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    v.to_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect(),
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
         answered: if mode == Mode::Hang {
             0
