@@ -9,8 +9,9 @@
 
 mod common;
 
-use common::{build_site, fresh_database, TestSite};
+use common::{build_site, TestSite};
 use sitelink_commons::TrackedOperationStatus::*;
+use sitelink_test_support::fresh_database;
 use sqlx::{Connection, Executor};
 
 const INJECTION: &str = "x'); DROP TABLE batches; --";

@@ -7,12 +7,16 @@
 //! - [`TcpProxy`]: a fault-injecting TCP proxy that can cut all connections
 //!   and refuse new ones, then heal.
 //! - [`eventually`]: poll a condition with a timeout instead of sleeping.
+//! - [`fresh_database`]: a new, randomly named database on the server an
+//!   environment variable names, or a printed "skipped" without it.
 
+mod database;
 mod http;
 mod proxy;
 
 use std::{future::Future, time::Duration};
 
+pub use database::{fresh_database, FreshDatabase};
 pub use http::{FakeHttp, Mode, Recorded};
 pub use proxy::TcpProxy;
 

@@ -1,0 +1,217 @@
+//! The `SiteCalls` mirror (SPEC §5.2): one row per TrackedOperationId of
+//! every site's cached calls, fed by telemetry and reconciliation.
+//!
+//! Ingest rule (SPEC §3): insert if not exists; otherwise update only when
+//! the incoming revision is higher and the stored row is not terminal. So
+//! duplicates and reordering are harmless by construction, and status never
+//! goes backwards. The rule lives in one SQL upsert, applied in batches.
+
+use std::collections::HashMap;
+
+use sitelink_commons::{
+    unix_ms_to_utc, utc_to_unix_ms, Kind, SiteName, TrackedOperationId, TrackingRecord,
+};
+use sqlx::Row;
+
+use super::Database;
+
+/// Longest `last_error` stored, in characters; longer ones are cut and end
+/// with `…[truncated]`.
+pub const LAST_ERROR_MAX_CHARS: usize = 4096;
+/// Longest target summary and provenance stored, in characters.
+const SHORT_TEXT_MAX_CHARS: usize = 512;
+/// Rows per upsert statement (12 parameters each; both backends allow it).
+const ROWS_PER_STATEMENT: usize = 400;
+
+/// What one ingest did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// Rows inserted or updated.
+    pub applied: u64,
+    /// Rows refused, with the reason (logged by the caller).
+    pub rejected: Vec<(String, String)>,
+    /// The site's reconcile cursor after this ingest.
+    pub cursor: u64,
+    pub cursor_advanced: bool,
+}
+
+pub struct SiteCalls<'a> {
+    db: &'a Database,
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((cut, _)) => format!("{}…[truncated]", &s[..cut]),
+    }
+}
+
+impl<'a> SiteCalls<'a> {
+    pub(super) fn new(db: &'a Database) -> Self {
+        Self { db }
+    }
+
+    /// Ingests rows reported by `site`. `complete_range = Some((from, to))`
+    /// says the rows cover every change in `(from, to]`: if the site's
+    /// cursor is within that range it advances to `to`, in the same
+    /// transaction. Rows of another site, or of kind `Notification`, are
+    /// rejected; the rest lands.
+    pub async fn ingest(
+        &self,
+        site: &SiteName,
+        rows: &[TrackingRecord],
+        complete_range: Option<(u64, u64)>,
+    ) -> Result<IngestOutcome, sqlx::Error> {
+        let mut out = IngestOutcome::default();
+        // One row per id (the highest revision): an upsert may not touch a
+        // row twice in one statement.
+        let mut latest: HashMap<TrackedOperationId, &TrackingRecord> =
+            HashMap::with_capacity(rows.len());
+        for r in rows {
+            if r.source_site != site.as_str() {
+                out.rejected.push((
+                    r.tracked_operation_id.to_string(),
+                    format!("reported by site {site} for site {:?}", r.source_site),
+                ));
+                continue;
+            }
+            if r.kind == Kind::Notification {
+                out.rejected.push((
+                    r.tracked_operation_id.to_string(),
+                    "notifications are not site calls".into(),
+                ));
+                continue;
+            }
+            latest
+                .entry(r.tracked_operation_id)
+                .and_modify(|e| {
+                    if r.revision > e.revision {
+                        *e = r
+                    }
+                })
+                .or_insert(r);
+        }
+        let rows: Vec<&TrackingRecord> = latest.into_values().collect();
+        let mut tx = self.db.pool().begin().await?;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "INSERT INTO site_calls (id, source_site, kind, target_summary, status, retry_count, last_error,
+                    provenance, created_at_ms, updated_at_ms, terminal_at_ms, revision) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 12;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push('(');
+                sql.push_str(
+                    &(1..=12)
+                        .map(|k| format!("${}", b + k))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                sql.push(')');
+            }
+            sql.push_str(
+                " ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, target_summary = excluded.target_summary,
+                    status = excluded.status, retry_count = excluded.retry_count, last_error = excluded.last_error,
+                    provenance = excluded.provenance, created_at_ms = excluded.created_at_ms,
+                    updated_at_ms = excluded.updated_at_ms, terminal_at_ms = excluded.terminal_at_ms,
+                    revision = excluded.revision
+                 WHERE excluded.revision > site_calls.revision
+                   AND site_calls.terminal_at_ms IS NULL
+                   AND site_calls.source_site = excluded.source_site",
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                q = q
+                    .bind(r.tracked_operation_id.to_string())
+                    .bind(r.source_site.clone())
+                    .bind(r.kind.as_str())
+                    .bind(truncate(&r.target_summary, SHORT_TEXT_MAX_CHARS))
+                    .bind(r.status.as_str())
+                    .bind(r.retry_count as i64)
+                    .bind(
+                        r.last_error
+                            .as_deref()
+                            .map(|e| truncate(e, LAST_ERROR_MAX_CHARS)),
+                    )
+                    .bind(truncate(&r.provenance, SHORT_TEXT_MAX_CHARS))
+                    .bind(utc_to_unix_ms(r.created_at_utc))
+                    .bind(utc_to_unix_ms(r.updated_at_utc))
+                    .bind(r.terminal_at_utc.map(utc_to_unix_ms))
+                    .bind(r.revision as i64);
+            }
+            out.applied += q.execute(&mut *tx).await?.rows_affected();
+        }
+        if let Some((from, to)) = complete_range {
+            let done = sqlx::query(
+                "UPDATE sites SET reconcile_cursor = $1 WHERE name = $2 AND reconcile_cursor >= $3 AND reconcile_cursor < $1",
+            )
+            .bind(to as i64)
+            .bind(site.as_str())
+            .bind(from as i64)
+            .execute(&mut *tx)
+            .await?;
+            out.cursor_advanced = done.rows_affected() > 0;
+        }
+        let cursor: Option<i64> =
+            sqlx::query_scalar("SELECT reconcile_cursor FROM sites WHERE name = $1")
+                .bind(site.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        out.cursor = cursor.unwrap_or(0) as u64;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub async fn get(&self, id: TrackedOperationId) -> Result<Option<TrackingRecord>, sqlx::Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
+            .bind(id.to_string())
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.as_ref().map(record).transpose()
+    }
+
+    /// Every row of one site in id order (convergence checks, exports).
+    pub async fn all_for_site(&self, site: &str) -> Result<Vec<TrackingRecord>, sqlx::Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT} WHERE source_site = $1 ORDER BY id"
+        )))
+        .bind(site)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(record).collect()
+    }
+}
+
+const SELECT: &str =
+    "SELECT id, source_site, kind, target_summary, status, retry_count, last_error, provenance,
+    created_at_ms, updated_at_ms, terminal_at_ms, revision FROM site_calls";
+
+fn decode<T: std::str::FromStr>(s: String, what: &str) -> Result<T, sqlx::Error>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse()
+        .map_err(|e: T::Err| sqlx::Error::Decode(format!("{what}: {e}").into()))
+}
+
+fn record(r: &sqlx::any::AnyRow) -> Result<TrackingRecord, sqlx::Error> {
+    Ok(TrackingRecord {
+        tracked_operation_id: decode(r.try_get(0)?, "id")?,
+        source_site: r.try_get(1)?,
+        kind: decode(r.try_get(2)?, "kind")?,
+        target_summary: r.try_get(3)?,
+        status: decode(r.try_get(4)?, "status")?,
+        retry_count: r.try_get::<i64, _>(5)? as u32,
+        last_error: r.try_get(6)?,
+        provenance: r.try_get(7)?,
+        created_at_utc: unix_ms_to_utc(r.try_get(8)?),
+        updated_at_utc: unix_ms_to_utc(r.try_get(9)?),
+        terminal_at_utc: r.try_get::<Option<i64>, _>(10)?.map(unix_ms_to_utc),
+        revision: r.try_get::<i64, _>(11)? as u64,
+        // Central keeps no change sequence of its own per row.
+        change_seq: 0,
+    })
+}

@@ -1,0 +1,280 @@
+//! The Configuration Database on SQLite and (when
+//! `SITELINK_TEST_POSTGRES_URL` is set) PostgreSQL, with the same tests:
+//! sites and tokens, the ingest rule under duplication and reordering (a
+//! property test), cursor advance over complete ranges only, bad input.
+
+use proptest::prelude::*;
+use sitelink_central::configuration_database::{Database, LAST_ERROR_MAX_CHARS};
+use sitelink_commons::{
+    lifecycle::check_transition, unix_ms_to_utc, Kind, SiteName, TrackedOperationId,
+    TrackedOperationStatus, TrackedOperationStatus::*, TrackingRecord,
+};
+
+/// Every backend this run can test: SQLite always, PostgreSQL if configured.
+async fn databases() -> Vec<(
+    &'static str,
+    Database,
+    Option<sitelink_test_support::FreshDatabase>,
+    tempfile::TempDir,
+)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Database::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("central.db").display()
+    ))
+    .await
+    .unwrap();
+    let mut out = vec![("sqlite", sqlite, None, dir)];
+    if let Some(pg) = sitelink_test_support::fresh_database("SITELINK_TEST_POSTGRES_URL").await {
+        let db = Database::connect(&pg.url).await.unwrap();
+        out.push(("postgres", db, Some(pg), tempfile::tempdir().unwrap()));
+    }
+    out
+}
+
+async fn cleanup(pg: Option<sitelink_test_support::FreshDatabase>, db: Database) {
+    db.pool().close().await;
+    if let Some(pg) = pg {
+        pg.drop_database().await;
+    }
+}
+
+fn record(
+    site: &str,
+    id: TrackedOperationId,
+    status: TrackedOperationStatus,
+    revision: u64,
+) -> TrackingRecord {
+    TrackingRecord {
+        tracked_operation_id: id,
+        source_site: site.into(),
+        kind: Kind::ExternalCall,
+        target_summary: "erp.postOrder".into(),
+        status,
+        retry_count: revision as u32 - 1,
+        last_error: (status != Delivered).then(|| format!("error at revision {revision}")),
+        provenance: "line1/orders".into(),
+        created_at_utc: unix_ms_to_utc(1_700_000_000_000),
+        updated_at_utc: unix_ms_to_utc(1_700_000_000_000 + revision as i64),
+        terminal_at_utc: status
+            .is_terminal()
+            .then(|| unix_ms_to_utc(1_700_000_000_000 + revision as i64)),
+        revision,
+        change_seq: 0,
+    }
+}
+
+#[tokio::test]
+async fn sites_tokens_and_revocation() {
+    for (label, db, pg, _dir) in databases().await {
+        let sites = db.sites();
+        let name = SiteName::parse("plant-1").unwrap();
+        let token = sites.add(&name).await.unwrap();
+        assert!(token.as_str().starts_with("slk1.plant-1."), "{label}");
+        let again = sites.add(&name).await.unwrap_err();
+        assert!(
+            again.to_string().contains("already exists"),
+            "{label}: {again}"
+        );
+        assert_eq!(
+            sites.authenticate(token.as_str()).await.unwrap(),
+            Some(name.clone()),
+            "{label}"
+        );
+        for wrong in [
+            "",
+            "garbage",
+            "slk1.plant-1.wrong",
+            &token.as_str().replace("plant-1", "plant-2"),
+        ] {
+            assert_eq!(
+                sites.authenticate(wrong).await.unwrap(),
+                None,
+                "{label}: {wrong}"
+            );
+        }
+        // The token is stored hashed, never in clear.
+        let stored: String = sqlx::query_scalar("SELECT token_hash FROM sites")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert!(
+            !stored.contains(token.as_str()) && stored.len() == 64,
+            "{label}"
+        );
+        sites.revoke("plant-1").await.unwrap();
+        assert_eq!(
+            sites.authenticate(token.as_str()).await.unwrap(),
+            None,
+            "{label}: revoked"
+        );
+        assert!(sites
+            .revoke("nope")
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("no site nope"));
+        let list = sites.list().await.unwrap();
+        assert_eq!(list.len(), 1);
+        assert!(list[0].revoked);
+        cleanup(pg, db).await;
+    }
+}
+
+#[tokio::test]
+async fn cursor_advances_only_over_complete_ranges() {
+    for (label, db, pg, _dir) in databases().await {
+        let site = SiteName::parse("s1").unwrap();
+        db.sites().add(&site).await.unwrap();
+        let calls = db.site_calls();
+        let r = |rev| record("s1", TrackedOperationId::new(), Pending, rev);
+        let o = calls.ingest(&site, &[r(1)], Some((0, 5))).await.unwrap();
+        assert_eq!((o.cursor, o.cursor_advanced), (5, true), "{label}");
+        // After a gap: applied, cursor stays.
+        let o = calls.ingest(&site, &[r(1)], Some((7, 9))).await.unwrap();
+        assert_eq!(
+            (o.applied, o.cursor, o.cursor_advanced),
+            (1, 5, false),
+            "{label}"
+        );
+        // The gap filled (a reconcile page): advances.
+        let o = calls.ingest(&site, &[r(1)], Some((5, 7))).await.unwrap();
+        assert_eq!(o.cursor, 7, "{label}");
+        let o = calls.ingest(&site, &[], Some((7, 9))).await.unwrap();
+        assert_eq!(o.cursor, 9, "{label}");
+        // An old range never moves it back.
+        let o = calls.ingest(&site, &[], Some((0, 3))).await.unwrap();
+        assert_eq!((o.cursor, o.cursor_advanced), (9, false), "{label}");
+        cleanup(pg, db).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_rows_are_rejected_or_made_safe_and_the_rest_lands() {
+    for (label, db, pg, _dir) in databases().await {
+        let site = SiteName::parse("s1").unwrap();
+        db.sites().add(&site).await.unwrap();
+        let good = record("s1", TrackedOperationId::new(), Parked, 3);
+        let other_site = record("s2", TrackedOperationId::new(), Pending, 1);
+        let mut notification = record("s1", TrackedOperationId::new(), Pending, 1);
+        notification.kind = Kind::Notification;
+        let mut huge = record("s1", TrackedOperationId::new(), Retrying, 2);
+        huge.last_error = Some(format!(
+            "'; DROP TABLE site_calls; -- {}",
+            "é".repeat(1_000_000)
+        ));
+        let o = db
+            .site_calls()
+            .ingest(
+                &site,
+                &[good.clone(), other_site, notification, huge.clone()],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.applied, 2, "{label}");
+        assert_eq!(o.rejected.len(), 2, "{label}");
+        assert!(
+            o.rejected
+                .iter()
+                .any(|(_, why)| why.contains("for site \"s2\"")),
+            "{label}: {:?}",
+            o.rejected
+        );
+        assert_eq!(
+            db.site_calls()
+                .get(good.tracked_operation_id)
+                .await
+                .unwrap()
+                .unwrap(),
+            good,
+            "{label}"
+        );
+        let stored = db
+            .site_calls()
+            .get(huge.tracked_operation_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let err = stored.last_error.unwrap();
+        assert!(
+            err.starts_with("'; DROP TABLE site_calls; -- éé"),
+            "{label}"
+        );
+        assert!(err.ends_with("…[truncated]"), "{label}");
+        assert_eq!(
+            err.chars().count(),
+            LAST_ERROR_MAX_CHARS + "…[truncated]".chars().count(),
+            "{label}"
+        );
+        cleanup(pg, db).await;
+    }
+}
+
+/// A random valid lifecycle: statuses of revisions 1..=n.
+fn lifecycle() -> impl Strategy<Value = Vec<TrackedOperationStatus>> {
+    proptest::collection::vec(0u8..6, 0..6).prop_map(|choices| {
+        let mut out = vec![Pending];
+        for c in choices {
+            let last = *out.last().unwrap();
+            let next = [Retrying, Delivered, Parked, Failed, Discarded, Retrying][c as usize];
+            if check_transition(Some(last), next).is_ok() {
+                out.push(next);
+            }
+        }
+        out
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    /// Any interleaving, with duplicates and reordering, of the telemetry of
+    /// many lifecycles gives exactly the state of in-order delivery.
+    #[test]
+    fn ingest_converges_under_duplicates_and_reordering(
+        lifecycles in proptest::collection::vec(lifecycle(), 1..25),
+        order in any::<proptest::sample::Index>(),
+        dup_seed in any::<u64>(),
+        batch_size in 1usize..20,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            for (label, db, pg, _dir) in databases().await {
+                let site = SiteName::parse("p").unwrap();
+                db.sites().add(&site).await.unwrap();
+                let mut messages = Vec::new();
+                let mut expected = Vec::new();
+                for statuses in &lifecycles {
+                    let id = TrackedOperationId::new();
+                    for (i, s) in statuses.iter().enumerate() {
+                        messages.push(record("p", id, *s, i as u64 + 1));
+                    }
+                    expected.push(messages.last().unwrap().clone());
+                }
+                // Duplicate some messages, then shuffle deterministically.
+                let mut rng = dup_seed;
+                let n = messages.len();
+                for i in 0..n {
+                    rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    if rng >> 62 == 0 { messages.push(messages[i].clone()); }
+                }
+                let len = messages.len();
+                let start = order.index(len);
+                messages.rotate_left(start);
+                for i in (1..messages.len()).rev() {
+                    rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    messages.swap(i, (rng >> 33) as usize % (i + 1));
+                }
+                for batch in messages.chunks(batch_size) {
+                    db.site_calls().ingest(&site, batch, None).await.unwrap();
+                }
+                let mut got = db.site_calls().all_for_site("p").await.unwrap();
+                expected.sort_by_key(|r| r.tracked_operation_id);
+                got.sort_by_key(|r| r.tracked_operation_id);
+                prop_assert_eq!(got, expected, "{}", label);
+                cleanup(pg, db).await;
+            }
+            Ok(())
+        })?;
+    }
+}
