@@ -6,7 +6,17 @@
 //!   sqlx `Any` pool, versioned migrations, and the repositories (`sites`,
 //!   `site_calls`).
 //!
-//! Still to come (issue 3): the central–site link, the Site Call Audit actor
-//! (reconcile schedule, relay, purge), KPIs, the REST API.
+//! - [`communication`]: Central–Site Communication, central half: the
+//!   gRPC service sites stream to (authentication, telemetry, reconcile,
+//!   command relay).
+//!
+//! Still to come (issue 3): the Site Call Audit actor (ingest batching,
+//! purge), KPIs, the REST API, `sitelink central`.
 
+pub mod communication;
+pub mod config;
 pub mod configuration_database;
+pub mod startup;
+
+pub use config::CentralConfig;
+pub use startup::Central;

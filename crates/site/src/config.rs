@@ -13,6 +13,7 @@ use serde::Deserialize;
 use sitelink_commons::SiteName;
 
 use crate::{
+    central_link::CentralConfig,
     external_system_gateway::{DatabaseConfig, ExternalSystemConfig},
     site_runtime::{ScriptConfig, ScriptLimits},
     store_and_forward::EngineSettings,
@@ -41,6 +42,8 @@ pub struct SiteConfig {
     pub site: SiteSection,
     #[serde(default)]
     pub admin: AdminSection,
+    /// The central to report to; without it the site runs alone.
+    pub central: Option<CentralConfig>,
     #[serde(default)]
     pub store_and_forward: EngineSettings,
     #[serde(default)]
@@ -118,6 +121,10 @@ impl SiteConfig {
         };
         if cfg.site.data_dir.is_relative() {
             cfg.site.data_dir = base.join(&cfg.site.data_dir);
+        }
+        if let Some(c) = &cfg.central {
+            c.validate()
+                .map_err(|(k, m)| invalid(format!("central.{k}"), m))?;
         }
         for (name, sys) in &cfg.external_systems {
             sys.validate()

@@ -6,14 +6,18 @@
 //! - [`external_system_gateway`]: External System Gateway: HTTP systems,
 //!   database connections, error classification, the cached-call protocol.
 //! - [`site_runtime`]: Site Runtime: sandboxed Rhai scripts and their API.
+//! - [`central_link`]: Central–Site Communication, site half: the stream
+//!   to central (telemetry, reconcile pages, relayed commands).
 //! - [`admin_api`]: the local admin HTTP API (loopback by default).
 //! - [`config`]: the site configuration file (`site.toml`).
 //! - [`startup`]: [`Site`], which wires the components and owns the loops.
 //!
 //! Architecture invariant: the site opens no inbound port except its local
-//! admin API; it works fully without central.
+//! admin API (it dials central, never the reverse); it works fully without
+//! central.
 
 pub mod admin_api;
+pub mod central_link;
 pub mod config;
 pub mod external_system_gateway;
 pub mod site_runtime;

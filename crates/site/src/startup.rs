@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     admin_api,
+    central_link::{CentralConfig, CentralLink},
     config::SiteConfig,
     external_system_gateway::{database::Databases, http::HttpSystems, Gateway},
     site_runtime::ScriptRuntime,
@@ -22,6 +23,7 @@ pub struct Site {
     runtime: Arc<ScriptRuntime>,
     listener: tokio::net::TcpListener,
     admin_addr: SocketAddr,
+    central: Option<CentralConfig>,
 }
 
 impl Site {
@@ -46,6 +48,7 @@ impl Site {
             runtime,
             listener,
             admin_addr,
+            central: config.central,
         })
     }
 
@@ -73,6 +76,9 @@ impl Site {
             .spawn(RetryWorker::new(self.engine.clone(), self.gateway.clone()).run(cancel.clone()));
         tasks.spawn(self.runtime.clone().run_schedules(cancel.clone()));
         tasks.spawn(purge_loop(self.engine.clone(), cancel.clone()));
+        if let Some(central) = self.central.clone() {
+            tasks.spawn(CentralLink::new(self.engine.clone(), central).run(cancel.clone()));
+        }
         let app = admin_api::router(self.engine.clone(), self.runtime.clone());
         let shutdown = cancel.clone();
         tracing::info!(admin = %self.admin_addr, site = self.engine.site(), "site running");

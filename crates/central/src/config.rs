@@ -1,0 +1,84 @@
+//! The central configuration file (`central.toml`).
+
+use std::{net::SocketAddr, path::Path};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralConfig {
+    pub central: CentralSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralSection {
+    /// `sqlite://PATH` (relative to this file) or `postgres://…`.
+    pub database_url: String,
+    /// Where sites open their streams.
+    #[serde(default = "default_link_bind")]
+    pub link_bind: SocketAddr,
+    /// Reconcile every connected site this often (and on every connect).
+    #[serde(default = "default_reconcile_interval_seconds")]
+    pub reconcile_interval_seconds: u64,
+    /// Rows per reconcile page.
+    #[serde(default = "default_reconcile_page")]
+    pub reconcile_page: u32,
+    /// A relayed Retry/Discard with no answer after this is a timeout.
+    #[serde(default = "default_command_timeout_ms")]
+    pub command_timeout_ms: u64,
+}
+
+fn default_link_bind() -> SocketAddr {
+    "0.0.0.0:7070".parse().expect("valid default")
+}
+fn default_reconcile_interval_seconds() -> u64 {
+    300
+}
+fn default_reconcile_page() -> u32 {
+    1000
+}
+fn default_command_timeout_ms() -> u64 {
+    5000
+}
+
+impl CentralConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let absolute = std::path::absolute(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        Self::parse(&text, absolute.parent().unwrap_or(Path::new("/")))
+            .map_err(|message| ConfigError::Parse { path: p, message })
+    }
+
+    /// Parses config text; a relative SQLite path resolves against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+        let mut cfg: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(rest) = cfg.central.database_url.strip_prefix("sqlite://") {
+            if !rest.starts_with('/') {
+                cfg.central.database_url = format!("sqlite://{}", base.join(rest).display());
+            }
+        }
+        if cfg.central.reconcile_page == 0 {
+            return Err("central.reconcile_page: must be above 0".into());
+        }
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,315 @@
+//! The central–site link with real sites and a real central in one
+//! process: telemetry plus reconciliation converge through cut connections;
+//! Retry/Discard are relayed to the owning site; bad peers are refused.
+
+use std::{sync::Arc, time::Duration};
+
+use sitelink_central::{
+    communication::{Command, RelayOutcome},
+    Central, CentralConfig,
+};
+use sitelink_commons::{SiteName, TrackedOperationStatus::*, TrackingRecord};
+use sitelink_site::{Site, SiteConfig};
+use sitelink_test_support::{eventually, FakeHttp, Mode, TcpProxy};
+use tokio_util::sync::CancellationToken;
+
+struct TestCentral {
+    central: Option<Central>,
+    db: sitelink_central::configuration_database::Database,
+    sessions: Arc<sitelink_central::communication::Sessions>,
+    link: std::net::SocketAddr,
+    cancel: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+async fn spawn_central() -> TestCentral {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = CentralConfig::parse(
+        "[central]\ndatabase_url = \"sqlite://central.db\"\nlink_bind = \"127.0.0.1:0\"\nreconcile_interval_seconds = 1\nreconcile_page = 50\ncommand_timeout_ms = 2000\n",
+        dir.path(),
+    )
+    .unwrap();
+    let central = Central::build(cfg).await.unwrap();
+    let cancel = CancellationToken::new();
+    let mut c = TestCentral {
+        db: central.database().clone(),
+        sessions: central.sessions().clone(),
+        link: central.link_addr(),
+        central: Some(central),
+        cancel: cancel.clone(),
+        _dir: dir,
+    };
+    tokio::spawn(c.central.take().unwrap().run(cancel));
+    c
+}
+
+struct TestSite {
+    site: Option<Site>,
+    engine: sitelink_site::store_and_forward::Engine,
+    runtime: Arc<sitelink_site::site_runtime::ScriptRuntime>,
+    cancel: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn spawn_site(
+    name: &str,
+    token: &str,
+    central: std::net::SocketAddr,
+    erp: &str,
+    max_retries: u32,
+) -> TestSite {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SiteConfig::parse(
+        &format!(
+            r#"
+[site]
+name = "{name}"
+data_dir = "data"
+[admin]
+bind = "127.0.0.1:0"
+[central]
+addresses = ["http://{central}"]
+token = "{token}"
+reconnect_max_ms = 200
+[external_systems.erp]
+base_url = "{erp}"
+timeout_ms = 500
+retry = {{ interval_ms = 20, backoff = 1.0, max_interval_ms = 20, max_retries = {max_retries}, jitter = 0.0 }}
+methods.postOrder = {{ http_method = "POST", path = "/orders" }}
+"#
+        ),
+        dir.path(),
+    )
+    .unwrap();
+    let site = Site::build(cfg).await.unwrap();
+    let mut s = TestSite {
+        engine: site.engine().clone(),
+        runtime: site.runtime().clone(),
+        site: Some(site),
+        cancel: CancellationToken::new(),
+        handle: None,
+        _dir: dir,
+    };
+    s.handle = Some(tokio::spawn(s.site.take().unwrap().run(s.cancel.clone())));
+    s
+}
+
+impl TestSite {
+    async fn stop(&mut self) {
+        self.cancel.cancel();
+        self.handle.take().unwrap().await.unwrap().unwrap();
+    }
+
+    async fn rows(&self) -> Vec<TrackingRecord> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.engine.list(None, after, 1000).await.unwrap();
+            let Some(last) = page.last() else { return out };
+            after = Some(last.tracked_operation_id);
+            out.extend(page.into_iter().map(|mut r| {
+                r.change_seq = 0;
+                r
+            }));
+        }
+    }
+}
+
+async fn register(c: &TestCentral, name: &str) -> String {
+    c.db.sites()
+        .add(&SiteName::parse(name).unwrap())
+        .await
+        .unwrap()
+        .as_str()
+        .to_owned()
+}
+
+/// Waits until central's SiteCalls for `site` equal the site's tracking
+/// table, field by field.
+async fn converged(c: &TestCentral, site: &TestSite, name: &str) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("central converges to site {name}"),
+        || async {
+            let want = site.rows().await;
+            let got = c.db.site_calls().all_for_site(name).await.unwrap();
+            (!want.is_empty() && want == got).then_some(())
+        },
+    )
+    .await;
+}
+
+const BURST: &str = r#"let ids = []; for i in 0..5 { ids.push(ExternalSystem.CachedCall("erp", "postOrder", #{ order: i })); } ids"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_and_reconcile_converge_through_cut_connections() {
+    let central = spawn_central().await;
+    let fake = FakeHttp::start(Mode::SucceedEvery(3)).await;
+    let mut sites = Vec::new();
+    let mut proxies = Vec::new();
+    for name in ["s1", "s2", "s3"] {
+        let token = register(&central, name).await;
+        let proxy = TcpProxy::start(central.link).await;
+        sites.push(spawn_site(name, &token, proxy.addr(), &fake.url(), 4).await);
+        proxies.push(proxy);
+    }
+    // Load while the link is cut and healed several times.
+    for round in 0..6 {
+        if round % 2 == 0 {
+            proxies.iter().for_each(TcpProxy::cut);
+        }
+        for s in &sites {
+            s.runtime.run_source("burst", "line1", BURST).await.unwrap();
+        }
+        if round % 2 == 0 {
+            proxies.iter().for_each(TcpProxy::heal);
+        }
+    }
+    // One site stays offline for several reconcile periods while it works.
+    proxies[2].cut();
+    eventually(
+        Duration::from_secs(5),
+        "central sees s3 offline",
+        || async { (!central.sessions.is_online("s3")).then_some(()) },
+    )
+    .await;
+    // Offline past several reconcile periods (1 s each), working all along.
+    for _ in 0..3 {
+        sites[2]
+            .runtime
+            .run_source("burst", "line1", BURST)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    fake.set_mode(Mode::Ok).await;
+    for s in &sites {
+        eventually(Duration::from_secs(20), "site calls settle", || async {
+            s.rows()
+                .await
+                .iter()
+                .all(|r| matches!(r.status, Delivered | Parked))
+                .then_some(())
+        })
+        .await;
+    }
+    converged(&central, &sites[0], "s1").await;
+    converged(&central, &sites[1], "s2").await;
+    assert!(
+        central
+            .db
+            .site_calls()
+            .all_for_site("s3")
+            .await
+            .unwrap()
+            .len()
+            < sites[2].rows().await.len()
+    );
+    proxies[2].heal();
+    converged(&central, &sites[2], "s3").await;
+
+    // The site learned central's cursor (its purge rule uses it).
+    for (s, name) in sites.iter().zip(["s1", "s2", "s3"]) {
+        let cursor = central
+            .db
+            .sites()
+            .get(name)
+            .await
+            .unwrap()
+            .unwrap()
+            .reconcile_cursor;
+        eventually(
+            Duration::from_secs(10),
+            "the site learns the acknowledged cursor",
+            || async {
+                (s.engine.acked_cursor().await.unwrap() == cursor && cursor == s.engine.high_seq())
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    for s in &mut sites {
+        s.stop().await;
+    }
+    central.cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_and_discard_are_relayed_to_the_owning_site() {
+    let central = spawn_central().await;
+    let fake = FakeHttp::start(Mode::Unavailable).await;
+    let token = register(&central, "s1").await;
+    let mut site = spawn_site("s1", &token, central.link, &fake.url(), 1).await;
+    let run = site
+        .runtime
+        .run_source("burst", "line1", BURST)
+        .await
+        .unwrap();
+    let ids = run.tracked_operation_ids;
+    eventually(Duration::from_secs(10), "all parked at central", || async {
+        let rows = central.db.site_calls().all_for_site("s1").await.unwrap();
+        (rows.len() == 5 && rows.iter().all(|r| r.status == Parked)).then_some(())
+    })
+    .await;
+    fake.set_mode(Mode::Ok).await;
+    let timeout = Duration::from_secs(2);
+    assert_eq!(
+        central
+            .sessions
+            .relay("s1", Command::Retry(ids[0]), timeout)
+            .await,
+        RelayOutcome::Applied
+    );
+    assert_eq!(
+        central
+            .sessions
+            .relay("s1", Command::Discard(ids[1]), timeout)
+            .await,
+        RelayOutcome::Applied
+    );
+    assert_eq!(
+        central
+            .sessions
+            .relay("s1", Command::Discard(ids[1]), timeout)
+            .await,
+        RelayOutcome::NotParked
+    );
+    let unknown = sitelink_commons::TrackedOperationId::new();
+    assert_eq!(
+        central
+            .sessions
+            .relay("s1", Command::Retry(unknown), timeout)
+            .await,
+        RelayOutcome::NotFound
+    );
+    // Central never edits the row; the site's telemetry brings the change.
+    eventually(
+        Duration::from_secs(10),
+        "retried call Delivered at central",
+        || async {
+            let a = central.db.site_calls().get(ids[0]).await.unwrap().unwrap();
+            let b = central.db.site_calls().get(ids[1]).await.unwrap().unwrap();
+            (a.status == Delivered && b.status == Discarded).then_some(())
+        },
+    )
+    .await;
+    // A stopped site: unreachable at once.
+    site.stop().await;
+    eventually(
+        Duration::from_secs(5),
+        "central notices the site is gone",
+        || async { (!central.sessions.is_online("s1")).then_some(()) },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        central
+            .sessions
+            .relay("s1", Command::Retry(ids[2]), timeout)
+            .await,
+        RelayOutcome::SiteUnreachable
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    central.cancel.cancel();
+}

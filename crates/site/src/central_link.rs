@@ -1,0 +1,275 @@
+//! Central–Site Communication, site half (SPEC §2 component 6, §5.1): the
+//! one stream the site opens to central, kept open by [`CentralLink::run`].
+//!
+//! On each connection: Hello (site, protocol version, high change sequence)
+//! with the token in the `authorization` metadata; then, concurrently,
+//! - telemetry: every committed change since the connection's start is
+//!   pushed in change-sequence order, in batches that say which range
+//!   `(from, to]` they cover completely (best-effort: a batch lost with a
+//!   broken stream is healed by central's reconcile);
+//! - answers to central: reconcile pages (`changes_after`), Retry/Discard
+//!   of parked operations (applied by the engine, answered with the
+//!   outcome), and CursorAcks (stored as the acknowledged cursor that the
+//!   purge rule uses).
+//!
+//! The link reconnects by itself with backoff, trying each central address
+//! in turn. Architecture invariant: the site never depends on central: the
+//! link only reads the engine's change stream and applies commands through
+//! the engine; with central down nothing else notices.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use sitelink_commons::{
+    contracts::v1::{
+        self, central_message, site_link_client::SiteLinkClient, site_message, SiteMessage,
+    },
+    TrackedOperationId, TrackingRecord,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::store_and_forward::{CommandOutcome, Engine};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Rows per telemetry batch.
+const TELEMETRY_BATCH: u32 = 500;
+/// Longest `last_error` sent, in characters (central stores the same).
+const LAST_ERROR_MAX_CHARS: usize = 4096;
+
+/// `[central]` in site.toml; without it the site runs alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralConfig {
+    /// Central's link addresses (`http://host:port`), tried in turn.
+    pub addresses: Vec<String>,
+    /// The token `sitelink central site add` printed for this site.
+    pub token: String,
+    /// Longest wait between reconnection attempts, in milliseconds.
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+fn default_reconnect_max_ms() -> u64 {
+    10_000
+}
+
+impl CentralConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.addresses.is_empty() {
+            return Err((
+                "addresses".into(),
+                "needs at least one central address".into(),
+            ));
+        }
+        for a in &self.addresses {
+            tonic::transport::Endpoint::from_shared(a.clone()).map_err(|e| {
+                (
+                    "addresses".to_owned(),
+                    format!("{a:?} is not a valid address: {e}"),
+                )
+            })?;
+        }
+        if self.token.trim().is_empty() {
+            return Err(("token".into(), "must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+pub struct CentralLink {
+    engine: Engine,
+    config: CentralConfig,
+}
+
+impl CentralLink {
+    pub fn new(engine: Engine, config: CentralConfig) -> Self {
+        Self { engine, config }
+    }
+
+    /// Keeps a stream to central open until `cancel` fires.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        let max = Duration::from_millis(self.config.reconnect_max_ms.max(100));
+        for address in self.config.addresses.iter().cycle() {
+            let started = tokio::time::Instant::now();
+            let result = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = self.session(address) => r,
+            };
+            match result {
+                Ok(()) => tracing::info!(%address, "central closed the stream"),
+                Err(e) => tracing::warn!(%address, error = %e, "central link down"),
+            }
+            // A stream that lived a while resets the backoff.
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(max);
+        }
+        tracing::debug!("central link stopped");
+    }
+
+    async fn session(&self, address: &str) -> anyhow::Result<()> {
+        let channel = tonic::transport::Endpoint::from_shared(address.to_owned())?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_keepalive(Some(Duration::from_secs(30)))
+            .connect()
+            .await?;
+        let mut client = SiteLinkClient::new(channel);
+        let (tx, rx) = mpsc::channel::<SiteMessage>(64);
+        let high = self.engine.high_seq();
+        let hello = v1::Hello {
+            site: self.engine.site().to_owned(),
+            protocol_version: PROTOCOL_VERSION,
+            high_seq: high,
+        };
+        tx.send(SiteMessage {
+            correlation: 0,
+            body: Some(site_message::Body::Hello(hello)),
+        })
+        .await?;
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.config.token).parse()?,
+        );
+        let mut inbound = client.open(request).await?.into_inner();
+        tracing::info!(%address, "connected to central");
+
+        // Telemetry covers what changes from now on; central's reconcile on
+        // connect covers everything up to now.
+        let mut sent = high;
+        let mut changes = self.engine.subscribe_changes();
+        loop {
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    while sent < self.engine.high_seq() {
+                        let (rows, to) = self.page(sent, TELEMETRY_BATCH).await?;
+                        let batch = v1::TelemetryBatch { from_seq: sent, to_seq: to, rows };
+                        tx.send(SiteMessage { correlation: 0, body: Some(site_message::Body::Telemetry(batch)) }).await?;
+                        sent = to;
+                    }
+                }
+                msg = inbound.message() => {
+                    let Some(msg) = msg? else { return Ok(()) };
+                    if let Some(answer) = self.answer(msg).await? {
+                        tx.send(answer).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows changed after `after`, and the sequence up to which they cover
+    /// every change completely.
+    async fn page(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> anyhow::Result<(Vec<v1::CachedCallTelemetry>, u64)> {
+        // Read the high mark first: every change up to it is either in the
+        // page or was superseded by a later change of the same row.
+        let high = self.engine.high_seq();
+        let rows = self.engine.changes_after(after, limit).await?;
+        let last = rows.last().map_or(after, |r| r.change_seq);
+        let to = if (rows.len() as u32) < limit {
+            last.max(high).max(after)
+        } else {
+            last
+        };
+        Ok((rows.iter().map(telemetry).collect(), to))
+    }
+
+    async fn answer(&self, msg: v1::CentralMessage) -> anyhow::Result<Option<SiteMessage>> {
+        let reply = |body| {
+            Some(SiteMessage {
+                correlation: msg.correlation,
+                body: Some(body),
+            })
+        };
+        Ok(match msg.body {
+            Some(central_message::Body::Welcome(w)) => {
+                tracing::info!(
+                    cursor = w.cursor,
+                    "central has this site's changes up to its cursor"
+                );
+                self.engine.set_acked_cursor(w.cursor).await?;
+                None
+            }
+            Some(central_message::Body::CursorAck(a)) => {
+                self.engine.set_acked_cursor(a.cursor).await?;
+                None
+            }
+            Some(central_message::Body::Reconcile(r)) => {
+                let limit = r.limit.clamp(1, 10_000);
+                let (rows, next_seq) = self.page(r.after_seq, limit).await?;
+                let has_more = rows.len() as u32 == limit;
+                reply(site_message::Body::Reconcile(
+                    v1::CachedCallReconcileResponse {
+                        rows,
+                        next_seq,
+                        has_more,
+                    },
+                ))
+            }
+            Some(central_message::Body::Retry(v1::RetryParkedOperation { id })) => reply(
+                site_message::Body::CommandResult(self.command(&id, true).await),
+            ),
+            Some(central_message::Body::Discard(v1::DiscardParkedOperation { id })) => reply(
+                site_message::Body::CommandResult(self.command(&id, false).await),
+            ),
+            None => {
+                tracing::warn!("a message from central with no body (newer central?); ignored");
+                None
+            }
+        })
+    }
+
+    async fn command(&self, id: &str, retry: bool) -> v1::CommandResult {
+        let (outcome, error) = match id.parse::<TrackedOperationId>() {
+            Err(e) => (v1::CommandOutcome::Error, Some(e.to_string())),
+            Ok(op) => {
+                let applied = if retry {
+                    self.engine.retry_parked(op).await
+                } else {
+                    self.engine.discard_parked(op).await
+                };
+                tracing::info!(%id, retry, ?applied, "operator command from central");
+                match applied {
+                    Ok(CommandOutcome::Applied) => (v1::CommandOutcome::Applied, None),
+                    Ok(CommandOutcome::NotFound) => (v1::CommandOutcome::NotFound, None),
+                    Ok(CommandOutcome::NotParked(s)) => (
+                        v1::CommandOutcome::NotParked,
+                        Some(format!("status is {s}")),
+                    ),
+                    Err(e) => (v1::CommandOutcome::Error, Some(e.to_string())),
+                }
+            }
+        };
+        v1::CommandResult {
+            id: id.to_owned(),
+            outcome: outcome as i32,
+            error,
+        }
+    }
+}
+
+fn telemetry(r: &TrackingRecord) -> v1::CachedCallTelemetry {
+    let mut t = v1::CachedCallTelemetry::from(r);
+    if let Some(e) = &mut t.last_error {
+        if let Some((cut, _)) = e.char_indices().nth(LAST_ERROR_MAX_CHARS) {
+            e.truncate(cut);
+            e.push_str("…[truncated]");
+        }
+    }
+    t
+}
