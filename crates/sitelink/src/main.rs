@@ -1,6 +1,7 @@
 //! `sitelink`: the one binary of SPEC §2 component 13 (Host). Thin: parse
-//! the command line, start tracing, build the role, run it until SIGTERM or
-//! SIGINT.
+//! the command line, start tracing, build the role (`site` or `central`),
+//! run it until SIGTERM or SIGINT; `central site add|list|revoke` manage
+//! the sites; `bench` runs benchmarks.
 
 mod bench;
 
@@ -8,6 +9,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sitelink_central::{configuration_database::Database, Central, CentralConfig};
+use sitelink_commons::SiteName;
 use sitelink_site::{Site, SiteConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +32,13 @@ enum Command {
         #[arg(long, default_value = "site.toml")]
         config: PathBuf,
     },
+    /// Run the central role, or manage it (`central site add NAME`, ...).
+    Central {
+        #[arg(long, default_value = "central.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: Option<CentralCommand>,
+    },
     /// Run a benchmark; the last line printed is one JSON object.
     Bench {
         #[command(subcommand)]
@@ -36,7 +46,26 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Subcommand)]
+enum CentralCommand {
+    /// Manage the sites allowed to connect.
+    Site {
+        #[command(subcommand)]
+        action: SiteAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SiteAction {
+    /// Register a site and print its token (shown only this once).
+    Add { name: String },
+    /// List the registered sites.
+    List,
+    /// Revoke a site's token: its streams are refused from now on.
+    Revoke { name: String },
+}
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -46,10 +75,30 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes on one line, without a backtrace: the
+            // message names what was wrong.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async {
         match cli.command {
             Command::Site { config } => run_site(config).await,
+            Command::Central {
+                config,
+                command: None,
+            } => run_central(config).await,
+            Command::Central {
+                config,
+                command: Some(CentralCommand::Site { action }),
+            } => manage_sites(config, action).await,
             Command::Bench { name } => bench::run(name).await,
         }
     })
@@ -64,6 +113,45 @@ async fn run_site(config: PathBuf) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     tokio::spawn(stop_on_signal(cancel.clone()));
     site.run(cancel).await
+}
+
+async fn run_central(config: PathBuf) -> anyhow::Result<()> {
+    let central = Central::build(CentralConfig::load(&config)?).await?;
+    println!("site link listening on {}", central.link_addr());
+    let cancel = CancellationToken::new();
+    tokio::spawn(stop_on_signal(cancel.clone()));
+    central.run(cancel).await
+}
+
+async fn manage_sites(config: PathBuf, action: SiteAction) -> anyhow::Result<()> {
+    let config = CentralConfig::load(&config)?;
+    let db = Database::connect(&config.central.database_url).await?;
+    match action {
+        SiteAction::Add { name } => {
+            let name = SiteName::parse(&name)?;
+            let token = db.sites().add(&name).await?;
+            eprintln!("site {name} added; put this token in its site.toml under [central] (it is not shown again):");
+            println!("{}", token.as_str());
+        }
+        SiteAction::List => {
+            println!(
+                "{:<24} {:<8} {:>12} {:>12}  last seen (ms since epoch)",
+                "site", "revoked", "cursor", "high_seq"
+            );
+            for s in db.sites().list().await? {
+                let seen = s.last_seen_ms.map_or("never".to_owned(), |t| t.to_string());
+                println!(
+                    "{:<24} {:<8} {:>12} {:>12}  {seen}",
+                    s.name, s.revoked, s.reconcile_cursor, s.high_seq
+                );
+            }
+        }
+        SiteAction::Revoke { name } => {
+            db.sites().revoke(&name).await?;
+            println!("site {name} revoked");
+        }
+    }
+    Ok(())
 }
 
 async fn stop_on_signal(cancel: CancellationToken) {
