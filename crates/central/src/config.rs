@@ -29,6 +29,15 @@ pub struct CentralSection {
     /// Where sites open their streams.
     #[serde(default = "default_link_bind")]
     pub link_bind: SocketAddr,
+    /// The REST API (and later the UI).
+    #[serde(default = "default_http_bind")]
+    pub http_bind: SocketAddr,
+    /// KPI window for "delivered/failed in the last interval", in seconds.
+    #[serde(default = "default_kpi_interval_seconds")]
+    pub kpi_interval_seconds: i64,
+    /// Pending/Retrying calls older than this count as stuck, in seconds.
+    #[serde(default = "default_stuck_threshold_seconds")]
+    pub stuck_threshold_seconds: i64,
     /// Reconcile every connected site this often (and on every connect).
     #[serde(default = "default_reconcile_interval_seconds")]
     pub reconcile_interval_seconds: u64,
@@ -42,6 +51,15 @@ pub struct CentralSection {
 
 fn default_link_bind() -> SocketAddr {
     "0.0.0.0:7070".parse().expect("valid default")
+}
+fn default_http_bind() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("valid default")
+}
+fn default_kpi_interval_seconds() -> i64 {
+    3600
+}
+fn default_stuck_threshold_seconds() -> i64 {
+    600
 }
 fn default_reconcile_interval_seconds() -> u64 {
     300

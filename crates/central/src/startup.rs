@@ -1,6 +1,7 @@
 //! Building and running central: [`Central::build`] opens the database and
-//! binds the link listener (port 0 works: tests read [`Central::link_addr`]);
-//! [`Central::run`] serves until the cancellation token fires.
+//! binds the link and HTTP listeners (port 0 works: tests read
+//! [`Central::link_addr`] and [`Central::http_addr`]); [`Central::run`]
+//! serves both until the cancellation token fires.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -11,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     communication::{LinkService, LinkSettings, Sessions},
     config::CentralConfig,
-    configuration_database::Database,
+    configuration_database::{Database, Role},
+    rest_api::{self, ApiState, KpiSettings},
 };
 
 /// Largest message accepted on the link; a bigger one closes that stream.
@@ -21,34 +23,55 @@ pub struct Central {
     db: Database,
     sessions: Arc<Sessions>,
     settings: LinkSettings,
+    kpis: KpiSettings,
     link_listener: tokio::net::TcpListener,
     link_addr: SocketAddr,
+    http_listener: tokio::net::TcpListener,
+    http_addr: SocketAddr,
 }
 
 impl Central {
     pub async fn build(config: CentralConfig) -> anyhow::Result<Self> {
         let c = &config.central;
         let db = Database::connect(&c.database_url).await?;
+        // The first admin, for automation: only while there is no user.
+        if let Ok(password) = std::env::var("SITELINK_ADMIN_PASSWORD") {
+            if db.users().count().await? == 0 {
+                db.users().add("admin", &password, Role::Admin).await?;
+                tracing::info!("created user admin from SITELINK_ADMIN_PASSWORD");
+            }
+        }
         let link_listener = tokio::net::TcpListener::bind(c.link_bind)
             .await
             .with_context(|| format!("binding the site link to {}", c.link_bind))?;
-        let link_addr = link_listener.local_addr()?;
-        let settings = LinkSettings {
-            reconcile_page: c.reconcile_page,
-            reconcile_interval: Duration::from_secs(c.reconcile_interval_seconds.max(1)),
-            command_timeout: Duration::from_millis(c.command_timeout_ms),
-        };
+        let http_listener = tokio::net::TcpListener::bind(c.http_bind)
+            .await
+            .with_context(|| format!("binding the HTTP API to {}", c.http_bind))?;
         Ok(Self {
-            db,
             sessions: Arc::new(Sessions::default()),
-            settings,
+            settings: LinkSettings {
+                reconcile_page: c.reconcile_page,
+                reconcile_interval: Duration::from_secs(c.reconcile_interval_seconds.max(1)),
+                command_timeout: Duration::from_millis(c.command_timeout_ms),
+            },
+            kpis: KpiSettings {
+                interval_seconds: c.kpi_interval_seconds,
+                stuck_threshold_seconds: c.stuck_threshold_seconds,
+            },
+            link_addr: link_listener.local_addr()?,
             link_listener,
-            link_addr,
+            http_addr: http_listener.local_addr()?,
+            http_listener,
+            db,
         })
     }
 
     pub fn link_addr(&self) -> SocketAddr {
         self.link_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     pub fn database(&self) -> &Database {
@@ -63,7 +86,7 @@ impl Central {
         self.settings
     }
 
-    /// Serves the site link until `cancel` fires.
+    /// Serves the site link and the HTTP API until `cancel` fires.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let service = SiteLinkServer::new(LinkService::new(
             self.db.clone(),
@@ -71,13 +94,22 @@ impl Central {
             self.settings,
         ))
         .max_decoding_message_size(MAX_LINK_MESSAGE_BYTES);
-        tracing::info!(link = %self.link_addr, "central running");
+        tracing::info!(link = %self.link_addr, http = %self.http_addr, "central running");
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.link_listener);
-        tonic::transport::Server::builder()
+        let link = tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming, cancel.cancelled())
-            .await
-            .context("site link server")?;
+            .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
+        let api = rest_api::router(ApiState {
+            db: self.db.clone(),
+            sessions: self.sessions.clone(),
+            command_timeout: self.settings.command_timeout,
+            kpis: self.kpis,
+        });
+        let http = axum::serve(self.http_listener, api)
+            .with_graceful_shutdown(cancel.clone().cancelled_owned());
+        let (link, http) = tokio::join!(link, std::future::IntoFuture::into_future(http));
+        link.context("site link server")?;
+        http.context("HTTP API")?;
         tracing::info!("central stopped");
         Ok(())
     }

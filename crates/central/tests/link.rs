@@ -2,145 +2,15 @@
 //! process: telemetry plus reconciliation converge through cut connections;
 //! Retry/Discard are relayed to the owning site; bad peers are refused.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use sitelink_central::{
-    communication::{Command, RelayOutcome},
-    Central, CentralConfig,
-};
-use sitelink_commons::{SiteName, TrackedOperationStatus::*, TrackingRecord};
-use sitelink_site::{Site, SiteConfig};
+use sitelink_central::communication::{Command, RelayOutcome};
+use sitelink_commons::TrackedOperationStatus::*;
 use sitelink_test_support::{eventually, FakeHttp, Mode, TcpProxy};
-use tokio_util::sync::CancellationToken;
 
-struct TestCentral {
-    central: Option<Central>,
-    db: sitelink_central::configuration_database::Database,
-    sessions: Arc<sitelink_central::communication::Sessions>,
-    link: std::net::SocketAddr,
-    cancel: CancellationToken,
-    _dir: tempfile::TempDir,
-}
+mod common;
 
-async fn spawn_central() -> TestCentral {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = CentralConfig::parse(
-        "[central]\ndatabase_url = \"sqlite://central.db\"\nlink_bind = \"127.0.0.1:0\"\nreconcile_interval_seconds = 1\nreconcile_page = 50\ncommand_timeout_ms = 2000\n",
-        dir.path(),
-    )
-    .unwrap();
-    let central = Central::build(cfg).await.unwrap();
-    let cancel = CancellationToken::new();
-    let mut c = TestCentral {
-        db: central.database().clone(),
-        sessions: central.sessions().clone(),
-        link: central.link_addr(),
-        central: Some(central),
-        cancel: cancel.clone(),
-        _dir: dir,
-    };
-    tokio::spawn(c.central.take().unwrap().run(cancel));
-    c
-}
-
-struct TestSite {
-    site: Option<Site>,
-    engine: sitelink_site::store_and_forward::Engine,
-    runtime: Arc<sitelink_site::site_runtime::ScriptRuntime>,
-    cancel: CancellationToken,
-    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _dir: tempfile::TempDir,
-}
-
-async fn spawn_site(
-    name: &str,
-    token: &str,
-    central: std::net::SocketAddr,
-    erp: &str,
-    max_retries: u32,
-) -> TestSite {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = SiteConfig::parse(
-        &format!(
-            r#"
-[site]
-name = "{name}"
-data_dir = "data"
-[admin]
-bind = "127.0.0.1:0"
-[central]
-addresses = ["http://{central}"]
-token = "{token}"
-reconnect_max_ms = 200
-[external_systems.erp]
-base_url = "{erp}"
-timeout_ms = 500
-retry = {{ interval_ms = 20, backoff = 1.0, max_interval_ms = 20, max_retries = {max_retries}, jitter = 0.0 }}
-methods.postOrder = {{ http_method = "POST", path = "/orders" }}
-"#
-        ),
-        dir.path(),
-    )
-    .unwrap();
-    let site = Site::build(cfg).await.unwrap();
-    let mut s = TestSite {
-        engine: site.engine().clone(),
-        runtime: site.runtime().clone(),
-        site: Some(site),
-        cancel: CancellationToken::new(),
-        handle: None,
-        _dir: dir,
-    };
-    s.handle = Some(tokio::spawn(s.site.take().unwrap().run(s.cancel.clone())));
-    s
-}
-
-impl TestSite {
-    async fn stop(&mut self) {
-        self.cancel.cancel();
-        self.handle.take().unwrap().await.unwrap().unwrap();
-    }
-
-    async fn rows(&self) -> Vec<TrackingRecord> {
-        let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self.engine.list(None, after, 1000).await.unwrap();
-            let Some(last) = page.last() else { return out };
-            after = Some(last.tracked_operation_id);
-            out.extend(page.into_iter().map(|mut r| {
-                r.change_seq = 0;
-                r
-            }));
-        }
-    }
-}
-
-async fn register(c: &TestCentral, name: &str) -> String {
-    c.db.sites()
-        .add(&SiteName::parse(name).unwrap())
-        .await
-        .unwrap()
-        .as_str()
-        .to_owned()
-}
-
-/// Waits until central's SiteCalls for `site` equal the site's tracking
-/// table, field by field.
-async fn converged(c: &TestCentral, site: &TestSite, name: &str) {
-    eventually(
-        Duration::from_secs(30),
-        &format!("central converges to site {name}"),
-        || async {
-            let want = site.rows().await;
-            let got = c.db.site_calls().all_for_site(name).await.unwrap();
-            (!want.is_empty() && want == got).then_some(())
-        },
-    )
-    .await;
-}
-
-const BURST: &str = r#"let ids = []; for i in 0..5 { ids.push(ExternalSystem.CachedCall("erp", "postOrder", #{ order: i })); } ids"#;
+use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telemetry_and_reconcile_converge_through_cut_connections() {

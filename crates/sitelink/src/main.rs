@@ -9,7 +9,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sitelink_central::{configuration_database::Database, Central, CentralConfig};
+use sitelink_central::{
+    configuration_database::{Database, Role},
+    Central, CentralConfig,
+};
 use sitelink_commons::SiteName;
 use sitelink_site::{Site, SiteConfig};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +56,27 @@ enum CentralCommand {
         #[command(subcommand)]
         action: SiteAction,
     },
+    /// Manage operators (users, roles, API tokens).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Add an operator. The password comes from --password or, better,
+    /// the SITELINK_PASSWORD environment variable (not in shell history).
+    Add {
+        name: String,
+        /// Admin, Deployment or Viewer.
+        #[arg(long)]
+        role: String,
+        #[arg(long, env = "SITELINK_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
+    /// Issue a bearer API token for a user (shown only this once).
+    Token { name: String },
 }
 
 #[derive(Subcommand)]
@@ -99,6 +123,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config,
                 command: Some(CentralCommand::Site { action }),
             } => manage_sites(config, action).await,
+            Command::Central {
+                config,
+                command: Some(CentralCommand::User { action }),
+            } => manage_users(config, action).await,
             Command::Bench { name } => bench::run(name).await,
         }
     })
@@ -149,6 +177,28 @@ async fn manage_sites(config: PathBuf, action: SiteAction) -> anyhow::Result<()>
         SiteAction::Revoke { name } => {
             db.sites().revoke(&name).await?;
             println!("site {name} revoked");
+        }
+    }
+    Ok(())
+}
+
+async fn manage_users(config: PathBuf, action: UserAction) -> anyhow::Result<()> {
+    let config = CentralConfig::load(&config)?;
+    let db = Database::connect(&config.central.database_url).await?;
+    match action {
+        UserAction::Add {
+            name,
+            role,
+            password,
+        } => {
+            let role: Role = role.parse().map_err(anyhow::Error::msg)?;
+            db.users().add(&name, &password, role).await?;
+            println!("user {name} added with role {}", role.as_str());
+        }
+        UserAction::Token { name } => {
+            let token = db.users().issue_token(&name).await?;
+            eprintln!("API token for {name} (send it as `Authorization: Bearer …`; it is not shown again):");
+            println!("{token}");
         }
     }
     Ok(())

@@ -43,6 +43,30 @@ const MIGRATIONS: &[&[&str]] = &[
         "CREATE INDEX site_calls_by_status ON site_calls (status, source_site)",
         "CREATE INDEX site_calls_by_terminal ON site_calls (terminal_at_ms)",
     ],
+    // 2: users, API tokens, the operator audit log.
+    &[
+        "CREATE TABLE users (
+            name          TEXT PRIMARY KEY,
+            password_hash TEXT NOT NULL,
+            role          TEXT NOT NULL,
+            created_at_ms BIGINT NOT NULL
+        )",
+        "CREATE TABLE api_tokens (
+            token_hash    TEXT PRIMARY KEY,
+            user_name     TEXT NOT NULL REFERENCES users (name),
+            created_at_ms BIGINT NOT NULL
+        )",
+        // id: UUID v7 text, so it sorts by time on both backends.
+        "CREATE TABLE audit_log (
+            id          TEXT PRIMARY KEY,
+            at_ms       BIGINT NOT NULL,
+            user_name   TEXT NOT NULL,
+            action      TEXT NOT NULL,
+            target_id   TEXT NOT NULL,
+            source_site TEXT,
+            outcome     TEXT NOT NULL
+        )",
+    ],
 ];
 
 pub(super) async fn apply(db: &Database) -> anyhow::Result<()> {

@@ -15,14 +15,18 @@
 mod migrations;
 mod site_calls;
 mod sites;
+mod users;
 
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
 
-pub use site_calls::{IngestOutcome, SiteCalls, LAST_ERROR_MAX_CHARS};
+pub use site_calls::{
+    IngestOutcome, Kpis, PageCursor, SiteCallFilter, SiteCalls, LAST_ERROR_MAX_CHARS,
+};
 pub use sites::{SiteRecord, SiteToken, Sites};
+pub use users::{rfc3339, AuditEntry, AuditLog, Role, User, Users, UsersError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -105,6 +109,14 @@ impl Database {
 
     pub fn site_calls(&self) -> SiteCalls<'_> {
         SiteCalls::new(self)
+    }
+
+    pub fn users(&self) -> Users<'_> {
+        Users::new(self)
+    }
+
+    pub fn audit_log(&self) -> AuditLog<'_> {
+        AuditLog::new(self)
     }
 }
 

@@ -215,3 +215,223 @@ fn record(r: &sqlx::any::AnyRow) -> Result<TrackingRecord, sqlx::Error> {
         change_seq: 0,
     })
 }
+
+/// Filters of the Site Calls page and API (all optional).
+#[derive(Clone, Debug, Default)]
+pub struct SiteCallFilter {
+    pub site: Option<String>,
+    pub kind: Option<Kind>,
+    pub status: Option<sitelink_commons::TrackedOperationStatus>,
+    /// Created at or after (ms since epoch).
+    pub from_ms: Option<i64>,
+    /// Created before (ms since epoch).
+    pub to_ms: Option<i64>,
+}
+
+/// Where a page of the newest-first listing continues: the last row's
+/// creation time and id. Text form: `<ms>.<id>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageCursor {
+    pub created_at_ms: i64,
+    pub id: String,
+}
+
+impl PageCursor {
+    pub fn of(r: &TrackingRecord) -> Self {
+        Self {
+            created_at_ms: utc_to_unix_ms(r.created_at_utc),
+            id: r.tracked_operation_id.to_string(),
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.created_at_ms, self.id)
+    }
+
+    pub fn decode(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "after: not a page cursor from this API: {:?}",
+                s.chars().take(80).collect::<String>()
+            )
+        };
+        let (ms, id) = s.split_once('.').ok_or_else(bad)?;
+        let created_at_ms = ms.parse().map_err(|_| bad())?;
+        let id: TrackedOperationId = id.parse().map_err(|_| bad())?;
+        Ok(Self {
+            created_at_ms,
+            id: id.to_string(),
+        })
+    }
+}
+
+/// A value to bind in a query built from optional filters.
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// KPI figures of SPEC §5.2 (§7 names).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Kpis {
+    pub buffered: i64,
+    pub parked: i64,
+    pub failed_last_interval: i64,
+    pub delivered_last_interval: i64,
+    pub oldest_pending_age_seconds: Option<i64>,
+    pub stuck: i64,
+    pub interval_seconds: i64,
+    pub stuck_threshold_seconds: i64,
+}
+
+impl SiteCalls<'_> {
+    /// Newest first (creation time, then id), filtered, after `after`.
+    /// Only the filters given become SQL conditions, so each query can use
+    /// the index that fits it; values are always bound.
+    pub async fn list(
+        &self,
+        f: &SiteCallFilter,
+        after: Option<&PageCursor>,
+        limit: u32,
+    ) -> Result<Vec<TrackingRecord>, sqlx::Error> {
+        let mut conds: Vec<String> = Vec::new();
+        let mut binds: Vec<Bind> = Vec::new();
+        let next = |b: Bind, binds: &mut Vec<Bind>| {
+            binds.push(b);
+            format!("${}", binds.len())
+        };
+        if let Some(s) = &f.site {
+            let p = next(Bind::Text(s.clone()), &mut binds);
+            conds.push(format!("source_site = {p}"));
+        }
+        if let Some(k) = f.kind {
+            let p = next(Bind::Text(k.as_str().into()), &mut binds);
+            conds.push(format!("kind = {p}"));
+        }
+        if let Some(s) = f.status {
+            let p = next(Bind::Text(s.as_str().into()), &mut binds);
+            conds.push(format!("status = {p}"));
+        }
+        if let Some(ms) = f.from_ms {
+            let p = next(Bind::Int(ms), &mut binds);
+            conds.push(format!("created_at_ms >= {p}"));
+        }
+        if let Some(ms) = f.to_ms {
+            let p = next(Bind::Int(ms), &mut binds);
+            conds.push(format!("created_at_ms < {p}"));
+        }
+        if let Some(c) = after {
+            let ms = next(Bind::Int(c.created_at_ms), &mut binds);
+            let id = next(Bind::Text(c.id.clone()), &mut binds);
+            conds.push(format!(
+                "(created_at_ms < {ms} OR (created_at_ms = {ms} AND id < {id}))"
+            ));
+        }
+        let limit_p = next(Bind::Int(limit as i64), &mut binds);
+        let filter = if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        };
+        let sql = format!("{SELECT}{filter} ORDER BY created_at_ms DESC, id DESC LIMIT {limit_p}");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for b in binds {
+            q = match b {
+                Bind::Text(s) => q.bind(s),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.fetch_all(self.db.pool()).await?;
+        rows.iter().map(record).collect()
+    }
+
+    /// KPIs per site, computed point-in-time: non-terminal rows through the
+    /// status index, recent terminal rows through the terminal-time index.
+    pub async fn kpis_per_site(
+        &self,
+        now_ms: i64,
+        interval_seconds: i64,
+        stuck_threshold_seconds: i64,
+    ) -> Result<std::collections::BTreeMap<String, Kpis>, sqlx::Error> {
+        let mut out: std::collections::BTreeMap<String, Kpis> = Default::default();
+        let blank = Kpis {
+            interval_seconds,
+            stuck_threshold_seconds,
+            ..Default::default()
+        };
+        let stuck_before = now_ms - stuck_threshold_seconds * 1000;
+        let open = sqlx::query(
+            "SELECT source_site, status, COUNT(*), MIN(created_at_ms),
+                    SUM(CASE WHEN created_at_ms < $1 THEN 1 ELSE 0 END)
+             FROM site_calls WHERE status IN ('Pending', 'Retrying', 'Parked')
+             GROUP BY source_site, status",
+        )
+        .bind(stuck_before)
+        .fetch_all(self.db.pool())
+        .await?;
+        for r in &open {
+            let site: String = r.try_get(0)?;
+            let status: String = r.try_get(1)?;
+            let n: i64 = r.try_get(2)?;
+            let k = out.entry(site).or_insert_with(|| blank.clone());
+            if status == "Parked" {
+                k.parked += n;
+            } else {
+                k.buffered += n;
+                let oldest: i64 = r.try_get(3)?;
+                let age = ((now_ms - oldest) / 1000).max(0);
+                k.oldest_pending_age_seconds =
+                    Some(k.oldest_pending_age_seconds.map_or(age, |a| a.max(age)));
+                k.stuck += r.try_get::<i64, _>(4)?;
+            }
+        }
+        let recent = sqlx::query(
+            "SELECT source_site, status, COUNT(*) FROM site_calls
+             WHERE terminal_at_ms >= $1 AND status IN ('Delivered', 'Failed')
+             GROUP BY source_site, status",
+        )
+        .bind(now_ms - interval_seconds * 1000)
+        .fetch_all(self.db.pool())
+        .await?;
+        for r in &recent {
+            let site: String = r.try_get(0)?;
+            let status: String = r.try_get(1)?;
+            let n: i64 = r.try_get(2)?;
+            let k = out.entry(site).or_insert_with(|| blank.clone());
+            if status == "Delivered" {
+                k.delivered_last_interval += n;
+            } else {
+                k.failed_last_interval += n;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Kpis {
+    /// The global figures from the per-site ones.
+    pub fn total(
+        per_site: &std::collections::BTreeMap<String, Kpis>,
+        interval_seconds: i64,
+        stuck_threshold_seconds: i64,
+    ) -> Kpis {
+        let mut t = Kpis {
+            interval_seconds,
+            stuck_threshold_seconds,
+            ..Default::default()
+        };
+        for k in per_site.values() {
+            t.buffered += k.buffered;
+            t.parked += k.parked;
+            t.failed_last_interval += k.failed_last_interval;
+            t.delivered_last_interval += k.delivered_last_interval;
+            t.stuck += k.stuck;
+            t.oldest_pending_age_seconds =
+                match (t.oldest_pending_age_seconds, k.oldest_pending_age_seconds) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+        }
+        t
+    }
+}

@@ -1,0 +1,393 @@
+//! The central REST API v1 (SPEC §5.5, §7), on the central HTTP port:
+//! sites, site calls (keyset paging, newest first), Retry/Discard relayed to
+//! the owning site, KPIs, the operator audit log, Prometheus metrics and a
+//! health check.
+//!
+//! Authentication: HTTP Basic (user and password, argon2) or a bearer API
+//! token; every `/api/v1` route needs one. Viewer may read; only Deployment
+//! and Admin may retry or discard (403 otherwise). Errors are
+//! `{ "error": "..." }` naming what was wrong.
+
+mod auth;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{Path, Query, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde_json::json;
+use sitelink_commons::{Kind, TrackedOperationId, TrackedOperationStatus};
+
+use crate::{
+    communication::{Command, RelayOutcome, Sessions},
+    configuration_database::{now_ms, rfc3339, Database, Kpis, PageCursor, SiteCallFilter},
+};
+pub use auth::Authenticated;
+
+/// KPI settings (SPEC §5.2 defaults: 1 hour, 10 minutes).
+#[derive(Clone, Copy, Debug)]
+pub struct KpiSettings {
+    pub interval_seconds: i64,
+    pub stuck_threshold_seconds: i64,
+}
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub db: Database,
+    pub sessions: Arc<Sessions>,
+    pub command_timeout: Duration,
+    pub kpis: KpiSettings,
+}
+
+const MAX_LIMIT: u32 = 1000;
+const DEFAULT_LIMIT: u32 = 100;
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/sites", get(sites))
+        .route("/api/v1/site-calls", get(list_site_calls))
+        .route("/api/v1/site-calls/{id}", get(get_site_call))
+        .route("/api/v1/site-calls/{id}/retry", post(retry))
+        .route("/api/v1/site-calls/{id}/discard", post(discard))
+        .route("/api/v1/kpis/site-calls", get(kpis))
+        .route("/api/v1/audit-log", get(audit_log))
+        .with_state(state)
+}
+
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Basic realm=\"sitelink\"".parse().unwrap(),
+            );
+        }
+        resp
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "REST API");
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("internal error: {e}"),
+    )
+}
+
+fn bad(m: String) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, m)
+}
+
+fn limit_of(q: &HashMap<String, String>) -> Result<u32, ApiError> {
+    match q.get("limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| {
+                bad(format!(
+                    "limit must be a whole number from 1 to {MAX_LIMIT}, got {l:?}"
+                ))
+            }),
+    }
+}
+
+fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
+    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(bad(format!(
+            "unknown query parameter {k:?} (allowed: {})",
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn time_param(q: &HashMap<String, String>, key: &str) -> Result<Option<i64>, ApiError> {
+    q.get(key)
+        .map(|v| {
+            time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                .map(sitelink_commons::utc_to_unix_ms)
+                .map_err(|_| {
+                    bad(format!(
+                        "{key} must be an RFC 3339 time (2026-01-31T08:00:00Z), got {v:?}"
+                    ))
+                })
+        })
+        .transpose()
+}
+
+async fn sites(State(st): State<ApiState>, _: Authenticated) -> Result<Response, ApiError> {
+    let items: Vec<_> = st
+        .db
+        .sites()
+        .list()
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "online": st.sessions.is_online(&s.name),
+                "last_seen_utc": s.last_seen_ms.map(rfc3339),
+                "cursor": s.reconcile_cursor,
+                "reconcile_lag": s.high_seq.saturating_sub(s.reconcile_cursor),
+                "revoked": s.revoked,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items, "next": null })).into_response())
+}
+
+async fn list_site_calls(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    only(
+        &q,
+        &["site", "kind", "status", "from", "to", "limit", "after"],
+    )?;
+    let kind = q
+        .get("kind")
+        .map(|k| k.parse::<Kind>())
+        .transpose()
+        .map_err(|e| bad(e.to_string()))?;
+    if kind == Some(Kind::Notification) {
+        return Err(bad(
+            "kind: site calls are ExternalCall or DatabaseWrite; notifications have their own API"
+                .into(),
+        ));
+    }
+    let filter = SiteCallFilter {
+        site: q.get("site").cloned(),
+        kind,
+        status: q
+            .get("status")
+            .map(|s| s.parse::<TrackedOperationStatus>())
+            .transpose()
+            .map_err(|e| bad(e.to_string()))?,
+        from_ms: time_param(&q, "from")?,
+        to_ms: time_param(&q, "to")?,
+    };
+    let after = q
+        .get("after")
+        .map(|a| PageCursor::decode(a))
+        .transpose()
+        .map_err(bad)?;
+    let limit = limit_of(&q)?;
+    let items = st
+        .db
+        .site_calls()
+        .list(&filter, after.as_ref(), limit)
+        .await
+        .map_err(internal)?;
+    let next = (items.len() as u32 == limit)
+        .then(|| items.last().map(|r| PageCursor::of(r).encode()))
+        .flatten();
+    Ok(Json(json!({ "items": items, "next": next })).into_response())
+}
+
+fn parse_id(id: &str) -> Result<TrackedOperationId, ApiError> {
+    id.parse()
+        .map_err(|e: sitelink_commons::ParseIdError| bad(e.to_string()))
+}
+
+async fn get_site_call(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    match st.db.site_calls().get(id).await.map_err(internal)? {
+        Some(r) => Ok(Json(r).into_response()),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no site call {id}"),
+        )),
+    }
+}
+
+async fn retry(
+    st: State<ApiState>,
+    user: Authenticated,
+    id: Path<String>,
+) -> Result<Response, ApiError> {
+    relay(st, user, id, true).await
+}
+
+async fn discard(
+    st: State<ApiState>,
+    user: Authenticated,
+    id: Path<String>,
+) -> Result<Response, ApiError> {
+    relay(st, user, id, false).await
+}
+
+/// Relays Retry/Discard to the owning site (central never edits the row)
+/// and writes the action to the audit log.
+async fn relay(
+    State(st): State<ApiState>,
+    Authenticated(user): Authenticated,
+    Path(id): Path<String>,
+    retry: bool,
+) -> Result<Response, ApiError> {
+    if !user.role.may_operate() {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("role {} may not retry or discard", user.role.as_str()),
+        ));
+    }
+    let id = parse_id(&id)?;
+    let action = if retry { "retry" } else { "discard" };
+    let row = st.db.site_calls().get(id).await.map_err(internal)?;
+    let (outcome, site) = match &row {
+        None => (RelayOutcome::NotFound, None),
+        Some(r) => {
+            let command = if retry {
+                Command::Retry(id)
+            } else {
+                Command::Discard(id)
+            };
+            (
+                st.sessions
+                    .relay(&r.source_site, command, st.command_timeout)
+                    .await,
+                Some(r.source_site.clone()),
+            )
+        }
+    };
+    let (status, name) = match &outcome {
+        RelayOutcome::Applied => (StatusCode::OK, "Applied"),
+        RelayOutcome::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
+        RelayOutcome::NotParked => (StatusCode::CONFLICT, "NotParked"),
+        RelayOutcome::SiteUnreachable => (StatusCode::SERVICE_UNAVAILABLE, "SiteUnreachable"),
+        RelayOutcome::Timeout => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
+        RelayOutcome::Error(_) => (StatusCode::BAD_GATEWAY, "Error"),
+    };
+    st.db
+        .audit_log()
+        .record(&user.name, action, &id.to_string(), site.as_deref(), name)
+        .await
+        .map_err(internal)?;
+    tracing::info!(user = %user.name, action, %id, outcome = name, "operator action");
+    let mut body = json!({ "outcome": name });
+    if let RelayOutcome::Error(e) = &outcome {
+        body["error"] = json!(e);
+    }
+    if outcome == RelayOutcome::SiteUnreachable {
+        body["error"] = json!(format!(
+            "site {} is unreachable: it has no live stream to central",
+            site.unwrap_or_default()
+        ));
+    }
+    Ok((status, Json(body)).into_response())
+}
+
+async fn kpis(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    only(&q, &["site"])?;
+    let k = st.kpis;
+    let per_site = st
+        .db
+        .site_calls()
+        .kpis_per_site(now_ms(), k.interval_seconds, k.stuck_threshold_seconds)
+        .await
+        .map_err(internal)?;
+    if let Some(site) = q.get("site") {
+        let one = per_site.get(site).cloned().unwrap_or(Kpis {
+            interval_seconds: k.interval_seconds,
+            stuck_threshold_seconds: k.stuck_threshold_seconds,
+            ..Default::default()
+        });
+        return Ok(Json(one).into_response());
+    }
+    let mut total = serde_json::to_value(Kpis::total(
+        &per_site,
+        k.interval_seconds,
+        k.stuck_threshold_seconds,
+    ))
+    .map_err(internal)?;
+    total["per_site"] = serde_json::to_value(&per_site).map_err(internal)?;
+    Ok(Json(total).into_response())
+}
+
+async fn audit_log(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    only(&q, &["limit", "after"])?;
+    let limit = limit_of(&q)?;
+    let items = st
+        .db
+        .audit_log()
+        .list(q.get("after").map(String::as_str), limit)
+        .await
+        .map_err(internal)?;
+    let next = (items.len() as u32 == limit)
+        .then(|| items.last().map(|e| e.id.clone()))
+        .flatten();
+    Ok(Json(json!({ "items": items, "next": next })).into_response())
+}
+
+/// Prometheus text exposition, written by hand: a handful of gauges does
+/// not need a metrics registry.
+async fn metrics(State(st): State<ApiState>) -> Result<Response, ApiError> {
+    use std::fmt::Write;
+    let k = st.kpis;
+    let per_site = st
+        .db
+        .site_calls()
+        .kpis_per_site(now_ms(), k.interval_seconds, k.stuck_threshold_seconds)
+        .await
+        .map_err(internal)?;
+    let mut out = String::new();
+    let online = st.sessions.online();
+    let _ = writeln!(out, "# HELP sitelink_connected_sites Sites with a live stream.\n# TYPE sitelink_connected_sites gauge");
+    let _ = writeln!(out, "sitelink_connected_sites {}", online.len());
+    for (name, help) in [
+        ("buffered", "Site calls Pending or Retrying."),
+        ("parked", "Site calls Parked."),
+        (
+            "failed_last_interval",
+            "Site calls Failed in the KPI interval.",
+        ),
+        (
+            "delivered_last_interval",
+            "Site calls Delivered in the KPI interval.",
+        ),
+        (
+            "stuck",
+            "Site calls Pending or Retrying longer than the stuck threshold.",
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP sitelink_site_calls_{name} {help}\n# TYPE sitelink_site_calls_{name} gauge"
+        );
+        for (site, kp) in &per_site {
+            let v = match name {
+                "buffered" => kp.buffered,
+                "parked" => kp.parked,
+                "failed_last_interval" => kp.failed_last_interval,
+                "delivered_last_interval" => kp.delivered_last_interval,
+                _ => kp.stuck,
+            };
+            let _ = writeln!(out, "sitelink_site_calls_{name}{{site=\"{site}\"}} {v}");
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}

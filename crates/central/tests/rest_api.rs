@@ -1,0 +1,318 @@
+//! The REST API v1 against a real central with a real site: authentication
+//! and roles, sites, site calls with filters and keyset paging, the
+//! Retry/Discard relay with its status codes and audit log, KPIs, metrics,
+//! and bad input in every filter.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use sitelink_central::configuration_database::Role;
+use sitelink_test_support::{eventually, FakeHttp, Mode};
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn get(&self, path: &str, auth: (&str, &str)) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .basic_auth(auth.0, Some(auth.1))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+    async fn post(&self, path: &str, auth: (&str, &str)) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .basic_auth(auth.0, Some(auth.1))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+const ADMIN: (&str, &str) = ("alice", "alice-password");
+const DEPLOY: (&str, &str) = ("dora", "dora-password");
+const VIEWER: (&str, &str) = ("victor", "victor-password");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_and_act_on_site_calls() {
+    let central = spawn_central().await;
+    for (user, role) in [
+        (ADMIN, Role::Admin),
+        (DEPLOY, Role::Deployment),
+        (VIEWER, Role::Viewer),
+    ] {
+        central.db.users().add(user.0, user.1, role).await.unwrap();
+    }
+    let api = Api {
+        base: central.http.clone(),
+        http: reqwest::Client::new(),
+    };
+    let fake = FakeHttp::start(Mode::Unavailable).await;
+    let token = register(&central, "s1").await;
+    let mut site = spawn_site("s1", &token, central.link, &fake.url(), 1).await;
+    let ids = site
+        .runtime
+        .run_source("burst", "line1", BURST)
+        .await
+        .unwrap()
+        .tracked_operation_ids;
+    eventually(
+        Duration::from_secs(10),
+        "five parked calls at central",
+        || async {
+            let (_, v) = api.get("/api/v1/site-calls?status=Parked", VIEWER).await;
+            (v["items"].as_array().map(Vec::len) == Some(5)).then_some(())
+        },
+    )
+    .await;
+
+    // Authentication.
+    let r = api
+        .http
+        .get(format!("{}/api/v1/sites", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    assert_eq!(
+        api.get("/api/v1/sites", ("victor", "wrong-password"))
+            .await
+            .0,
+        401
+    );
+    let bearer = central.db.users().issue_token("victor").await.unwrap();
+    let r = api
+        .http
+        .get(format!("{}/api/v1/sites", api.base))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = api
+        .http
+        .get(format!("{}/api/v1/sites", api.base))
+        .bearer_auth("slu1.nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Sites.
+    let (status, sites) = api.get("/api/v1/sites", VIEWER).await;
+    assert_eq!(status, 200);
+    let s1 = &sites["items"][0];
+    assert_eq!(
+        (s1["name"].as_str(), s1["online"].as_bool()),
+        (Some("s1"), Some(true))
+    );
+    assert!(s1["last_seen_utc"].as_str().unwrap().ends_with('Z'));
+    assert!(s1["cursor"].as_u64().is_some() && s1["reconcile_lag"].as_u64().is_some());
+    assert!(sites["next"].is_null());
+
+    // Listing: keyset paging, newest first, no row twice.
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/site-calls?site=s1&kind=ExternalCall&limit=2".to_owned();
+    loop {
+        let (status, page) = api.get(&path, VIEWER).await;
+        assert_eq!(status, 200, "{page}");
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["tracked_operation_id"].as_str().unwrap().to_owned());
+            assert_eq!(item["kind"], "ExternalCall");
+            assert_eq!(item["source_site"], "s1");
+        }
+        match page["next"].as_str() {
+            Some(next) => {
+                path = format!("/api/v1/site-calls?site=s1&kind=ExternalCall&limit=2&after={next}")
+            }
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    expected.reverse(); // newest first
+    assert_eq!(seen, expected);
+    let (_, one) = api
+        .get(&format!("/api/v1/site-calls/{}", ids[0]), VIEWER)
+        .await;
+    assert_eq!(one["status"], "Parked");
+    assert_eq!(one["target_summary"], "erp.postOrder");
+
+    // Bad input in every filter: a clear 400, or a safe empty result.
+    for (query, expected) in [
+        ("status=Exploded", "Exploded"),
+        ("kind=Notification", "notifications"),
+        ("kind=Bogus", "Bogus"),
+        ("from=yesterday", "from must be an RFC 3339 time"),
+        ("to=1'%20OR%201=1", "to must be an RFC 3339 time"),
+        ("limit=0", "limit must be"),
+        (
+            "after=1'%3B%20DROP%20TABLE%20site_calls",
+            "after: not a page cursor",
+        ),
+        ("sort=id", "unknown query parameter"),
+    ] {
+        let (status, body) = api
+            .get(&format!("/api/v1/site-calls?{query}"), VIEWER)
+            .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(expected),
+            "{query}: {body}"
+        );
+    }
+    let (status, body) = api
+        .get("/api/v1/site-calls?site=s1'%20OR%20'1'%3D'1", VIEWER)
+        .await;
+    assert_eq!(
+        (status, body["items"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    assert_eq!(api.get("/api/v1/site-calls/not-an-id", VIEWER).await.0, 400);
+    assert_eq!(
+        api.get(
+            &format!(
+                "/api/v1/site-calls/{}",
+                sitelink_commons::TrackedOperationId::new()
+            ),
+            VIEWER
+        )
+        .await
+        .0,
+        404
+    );
+
+    // KPIs, global with per_site, and for one site.
+    let (_, k) = api.get("/api/v1/kpis/site-calls", VIEWER).await;
+    assert_eq!(
+        (k["parked"].as_i64(), k["buffered"].as_i64()),
+        (Some(5), Some(0))
+    );
+    assert_eq!(k["per_site"]["s1"]["parked"], 5);
+    assert_eq!(
+        (
+            k["interval_seconds"].as_i64(),
+            k["stuck_threshold_seconds"].as_i64()
+        ),
+        (Some(3600), Some(600))
+    );
+    let (_, k1) = api.get("/api/v1/kpis/site-calls?site=s1", VIEWER).await;
+    assert_eq!(k1["parked"], 5);
+
+    // Roles: Viewer may not act.
+    let (status, body) = api
+        .post(&format!("/api/v1/site-calls/{}/retry", ids[0]), VIEWER)
+        .await;
+    assert_eq!(status, 403, "{body}");
+
+    // Retry and Discard, relayed; central waits for the site's telemetry.
+    fake.set_mode(Mode::Ok).await;
+    let (status, body) = api
+        .post(&format!("/api/v1/site-calls/{}/retry", ids[0]), DEPLOY)
+        .await;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("Applied")));
+    let (status, body) = api
+        .post(&format!("/api/v1/site-calls/{}/discard", ids[1]), ADMIN)
+        .await;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("Applied")));
+    eventually(
+        Duration::from_secs(10),
+        "central shows Delivered and Discarded",
+        || async {
+            let a = api
+                .get(&format!("/api/v1/site-calls/{}", ids[0]), VIEWER)
+                .await
+                .1;
+            let b = api
+                .get(&format!("/api/v1/site-calls/{}", ids[1]), VIEWER)
+                .await
+                .1;
+            (a["status"] == "Delivered" && b["status"] == "Discarded").then_some(())
+        },
+    )
+    .await;
+    let (status, body) = api
+        .post(&format!("/api/v1/site-calls/{}/discard", ids[1]), DEPLOY)
+        .await;
+    assert_eq!((status, body["outcome"].as_str()), (409, Some("NotParked")));
+    let unknown = sitelink_commons::TrackedOperationId::new();
+    let (status, body) = api
+        .post(&format!("/api/v1/site-calls/{unknown}/retry"), DEPLOY)
+        .await;
+    assert_eq!((status, body["outcome"].as_str()), (404, Some("NotFound")));
+
+    // The site stops: 503 at once, with a message that says so.
+    site.stop().await;
+    eventually(
+        Duration::from_secs(5),
+        "central sees the site offline",
+        || async { (!central.sessions.is_online("s1")).then_some(()) },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let (status, body) = api
+        .post(&format!("/api/v1/site-calls/{}/retry", ids[2]), DEPLOY)
+        .await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (503, Some("SiteUnreachable"))
+    );
+    assert!(body["error"].as_str().unwrap().contains("unreachable"));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let (_, sites) = api.get("/api/v1/sites", VIEWER).await;
+    assert_eq!(sites["items"][0]["online"], false);
+
+    // Every action is in the audit log: who, which id, outcome.
+    let (_, log) = api.get("/api/v1/audit-log", VIEWER).await;
+    let entries = log["items"].as_array().unwrap();
+    assert_eq!(entries.len(), 5, "{log}");
+    assert_eq!(entries[0]["outcome"], "SiteUnreachable");
+    assert_eq!(entries[0]["user"], "dora");
+    assert_eq!(entries[0]["tracked_operation_id"], ids[2].to_string());
+    assert!(entries
+        .iter()
+        .any(|e| e["user"] == "alice" && e["action"] == "discard" && e["outcome"] == "Applied"));
+    assert!(
+        !entries.iter().any(|e| e["user"] == "victor"),
+        "a refused action is not an action"
+    );
+
+    // Metrics and health.
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("sitelink_connected_sites 0"), "{metrics}");
+    assert!(
+        metrics.contains("sitelink_site_calls_parked{site=\"s1\"} 3"),
+        "{metrics}"
+    );
+    assert_eq!(
+        api.http
+            .get(format!("{}/healthz", api.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ok"
+    );
+    central.cancel.cancel();
+}
