@@ -38,6 +38,9 @@ pub struct CentralSection {
     /// Pending/Retrying calls older than this count as stuck, in seconds.
     #[serde(default = "default_stuck_threshold_seconds")]
     pub stuck_threshold_seconds: i64,
+    /// Terminal site calls older than this are purged (daily).
+    #[serde(default = "default_retention_days")]
+    pub retention_days: i64,
     /// Reconcile every connected site this often (and on every connect).
     #[serde(default = "default_reconcile_interval_seconds")]
     pub reconcile_interval_seconds: u64,
@@ -51,6 +54,9 @@ pub struct CentralSection {
 
 fn default_link_bind() -> SocketAddr {
     "0.0.0.0:7070".parse().expect("valid default")
+}
+fn default_retention_days() -> i64 {
+    365
 }
 fn default_http_bind() -> SocketAddr {
     "127.0.0.1:8080".parse().expect("valid default")

@@ -12,16 +12,20 @@
 //!
 //! - [`rest_api`]: the REST API v1 (sites, site calls, Retry/Discard relay,
 //!   KPIs, audit log, metrics), HTTP Basic or bearer tokens.
+//! - [`site_call_audit`]: Site Call Audit: where its parts live, and the
+//!   retention purge.
 //! - [`config`], [`startup`]: `central.toml` and [`Central`], which binds
 //!   the link and HTTP listeners and serves both.
 //!
-//! Still to come (issue 3): the Site Call Audit actor (ingest batching,
-//! retention purge), OpenAPI, TLS on the link, benchmarks.
+//! Still to come (issue 3): one SiteCallAuditActor owning ingest batching,
+//! the reconcile schedule, the relay and the purge; OpenAPI; TLS on the
+//! link; benchmarks.
 
 pub mod communication;
 pub mod config;
 pub mod configuration_database;
 pub mod rest_api;
+pub mod site_call_audit;
 pub mod startup;
 
 pub use config::CentralConfig;

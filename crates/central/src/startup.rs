@@ -14,6 +14,7 @@ use crate::{
     config::CentralConfig,
     configuration_database::{Database, Role},
     rest_api::{self, ApiState, KpiSettings},
+    site_call_audit::RetentionPurge,
 };
 
 /// Largest message accepted on the link; a bigger one closes that stream.
@@ -24,6 +25,7 @@ pub struct Central {
     sessions: Arc<Sessions>,
     settings: LinkSettings,
     kpis: KpiSettings,
+    retention_days: i64,
     link_listener: tokio::net::TcpListener,
     link_addr: SocketAddr,
     http_listener: tokio::net::TcpListener,
@@ -58,6 +60,7 @@ impl Central {
                 interval_seconds: c.kpi_interval_seconds,
                 stuck_threshold_seconds: c.stuck_threshold_seconds,
             },
+            retention_days: c.retention_days,
             link_addr: link_listener.local_addr()?,
             link_listener,
             http_addr: http_listener.local_addr()?,
@@ -107,7 +110,9 @@ impl Central {
         });
         let http = axum::serve(self.http_listener, api)
             .with_graceful_shutdown(cancel.clone().cancelled_owned());
-        let (link, http) = tokio::join!(link, std::future::IntoFuture::into_future(http));
+        let purge = RetentionPurge::new(self.db.clone(), self.retention_days).run(cancel.clone());
+        let (link, http, ()) =
+            tokio::join!(link, std::future::IntoFuture::into_future(http), purge);
         link.context("site link server")?;
         http.context("HTTP API")?;
         tracing::info!("central stopped");

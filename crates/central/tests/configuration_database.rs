@@ -278,3 +278,56 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test]
+async fn retention_purge_takes_only_old_terminal_rows() {
+    use sitelink_central::site_call_audit::RetentionPurge;
+    for (label, db, pg, _dir) in databases().await {
+        let site = SiteName::parse("s1").unwrap();
+        db.sites().add(&site).await.unwrap();
+        // All rows are from 2023; "now" below is far later.
+        let old_delivered = record("s1", TrackedOperationId::new(), Delivered, 2);
+        let old_parked = record("s1", TrackedOperationId::new(), Parked, 2);
+        let old_pending = record("s1", TrackedOperationId::new(), Pending, 1);
+        let old_discarded = record("s1", TrackedOperationId::new(), Discarded, 3);
+        let rows = [
+            old_delivered.clone(),
+            old_parked.clone(),
+            old_pending.clone(),
+            old_discarded.clone(),
+        ];
+        db.site_calls().ingest(&site, &rows, None).await.unwrap();
+        let purge = RetentionPurge::new(db.clone(), 365);
+        let terminal_ms = 1_700_000_000_000i64;
+        assert_eq!(
+            purge
+                .run_once(terminal_ms + 364 * 86_400_000)
+                .await
+                .unwrap(),
+            0,
+            "{label}: inside the window"
+        );
+        assert_eq!(
+            purge
+                .run_once(terminal_ms + 366 * 86_400_000)
+                .await
+                .unwrap(),
+            2,
+            "{label}"
+        );
+        let left: Vec<_> = db
+            .site_calls()
+            .all_for_site("s1")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(left.len(), 2, "{label}");
+        assert!(
+            left.contains(&Parked) && left.contains(&Pending),
+            "{label}: {left:?}"
+        );
+        cleanup(pg, db).await;
+    }
+}
