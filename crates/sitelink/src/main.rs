@@ -145,7 +145,9 @@ async fn run_site(config: PathBuf) -> anyhow::Result<()> {
 
 async fn run_central(config: PathBuf) -> anyhow::Result<()> {
     let central = Central::build(CentralConfig::load(&config)?).await?;
+    // On stdout, for tools and tests that start central with port 0.
     println!("site link listening on {}", central.link_addr());
+    println!("http listening on {}", central.http_addr());
     let cancel = CancellationToken::new();
     tokio::spawn(stop_on_signal(cancel.clone()));
     central.run(cancel).await
