@@ -29,6 +29,8 @@ pub struct CentralSection {
     /// Where sites open their streams.
     #[serde(default = "default_link_bind")]
     pub link_bind: SocketAddr,
+    /// TLS on the site link (rustls); without it the link is plain HTTP/2.
+    pub tls: Option<TlsFiles>,
     /// The REST API (and later the UI).
     #[serde(default = "default_http_bind")]
     pub http_bind: SocketAddr,
@@ -55,6 +57,14 @@ pub struct CentralSection {
 fn default_link_bind() -> SocketAddr {
     "0.0.0.0:7070".parse().expect("valid default")
 }
+/// `[central.tls]`: PEM files, relative to the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+}
+
 fn default_retention_days() -> i64 {
     365
 }
@@ -99,6 +109,10 @@ impl CentralConfig {
             if !rest.starts_with('/') {
                 cfg.central.database_url = format!("sqlite://{}", base.join(rest).display());
             }
+        }
+        if let Some(tls) = &mut cfg.central.tls {
+            tls.cert_file = base.join(&tls.cert_file);
+            tls.key_file = base.join(&tls.key_file);
         }
         if cfg.central.reconcile_page == 0 {
             return Err("central.reconcile_page: must be above 0".into());

@@ -18,8 +18,7 @@
 //!   the link and HTTP listeners and serves both.
 //!
 //! Still to come (issue 3): one SiteCallAuditActor owning ingest batching,
-//! the reconcile schedule, the relay and the purge; OpenAPI; TLS on the
-//! link; benchmarks.
+//! the reconcile schedule, the relay and the purge; OpenAPI; benchmarks.
 
 pub mod communication;
 pub mod config;

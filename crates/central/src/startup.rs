@@ -26,6 +26,8 @@ pub struct Central {
     settings: LinkSettings,
     kpis: KpiSettings,
     retention_days: i64,
+    /// The link's TLS identity, read at build so a bad file fails the start.
+    tls: Option<tonic::transport::Identity>,
     link_listener: tokio::net::TcpListener,
     link_addr: SocketAddr,
     http_listener: tokio::net::TcpListener,
@@ -43,6 +45,18 @@ impl Central {
                 tracing::info!("created user admin from SITELINK_ADMIN_PASSWORD");
             }
         }
+        let tls = match &c.tls {
+            None => None,
+            Some(files) => {
+                let read = |p: &std::path::Path| {
+                    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+                };
+                Some(tonic::transport::Identity::from_pem(
+                    read(&files.cert_file)?,
+                    read(&files.key_file)?,
+                ))
+            }
+        };
         let link_listener = tokio::net::TcpListener::bind(c.link_bind)
             .await
             .with_context(|| format!("binding the site link to {}", c.link_bind))?;
@@ -61,6 +75,7 @@ impl Central {
                 stuck_threshold_seconds: c.stuck_threshold_seconds,
             },
             retention_days: c.retention_days,
+            tls,
             link_addr: link_listener.local_addr()?,
             link_listener,
             http_addr: http_listener.local_addr()?,
@@ -99,7 +114,13 @@ impl Central {
         .max_decoding_message_size(MAX_LINK_MESSAGE_BYTES);
         tracing::info!(link = %self.link_addr, http = %self.http_addr, "central running");
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.link_listener);
-        let link = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(identity) = self.tls {
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .context("TLS configuration of the site link")?;
+        }
+        let link = builder
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
         let api = rest_api::router(ApiState {

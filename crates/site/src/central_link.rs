@@ -46,6 +46,11 @@ pub struct CentralConfig {
     pub addresses: Vec<String>,
     /// The token `sitelink central site add` printed for this site.
     pub token: String,
+    /// PEM file of the CA (or self-signed certificate) that central's TLS
+    /// certificate must chain to; required for `https://` addresses.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The name in central's certificate, if not the address's host.
+    pub tls_domain: Option<String>,
     /// Longest wait between reconnection attempts, in milliseconds.
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
@@ -70,6 +75,16 @@ impl CentralConfig {
                     format!("{a:?} is not a valid address: {e}"),
                 )
             })?;
+        }
+        if self.addresses.iter().any(|a| a.starts_with("https://")) && self.ca_file.is_none() {
+            return Err((
+                "ca_file".into(),
+                "https:// addresses need the CA certificate that signed central's".into(),
+            ));
+        }
+        if let Some(ca) = &self.ca_file {
+            std::fs::metadata(ca)
+                .map_err(|e| ("ca_file".to_owned(), format!("{}: {e}", ca.display())))?;
         }
         if self.token.trim().is_empty() {
             return Err(("token".into(), "must not be empty".into()));
@@ -116,7 +131,16 @@ impl CentralLink {
     }
 
     async fn session(&self, address: &str) -> anyhow::Result<()> {
-        let channel = tonic::transport::Endpoint::from_shared(address.to_owned())?
+        let mut endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())?;
+        if let Some(ca) = &self.config.ca_file {
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(ca)?));
+            if let Some(domain) = &self.config.tls_domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(3))
             .tcp_keepalive(Some(Duration::from_secs(30)))
             .connect()

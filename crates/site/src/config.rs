@@ -122,7 +122,10 @@ impl SiteConfig {
         if cfg.site.data_dir.is_relative() {
             cfg.site.data_dir = base.join(&cfg.site.data_dir);
         }
-        if let Some(c) = &cfg.central {
+        if let Some(c) = &mut cfg.central {
+            if let Some(ca) = &mut c.ca_file {
+                *ca = base.join(&*ca);
+            }
             c.validate()
                 .map_err(|(k, m)| invalid(format!("central.{k}"), m))?;
         }

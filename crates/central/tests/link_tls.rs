@@ -1,0 +1,142 @@
+//! The link over TLS (rustls): a site that trusts central's self-signed
+//! certificate converges; one that trusts another certificate cannot
+//! connect, and neither can a plain-text client.
+
+mod common;
+
+use std::time::Duration;
+
+use sitelink_central::{Central, CentralConfig};
+use sitelink_commons::SiteName;
+use sitelink_site::{Site, SiteConfig};
+use sitelink_test_support::{eventually, FakeHttp, Mode};
+use tokio_util::sync::CancellationToken;
+
+fn self_signed(dir: &std::path::Path, stem: &str) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join(format!("{stem}.crt")), cert.cert.pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{stem}.key")),
+        cert.signing_key.serialize_pem(),
+    )
+    .unwrap();
+}
+
+async fn tls_site(
+    dir: &std::path::Path,
+    token: &str,
+    link: std::net::SocketAddr,
+    ca: &str,
+    erp: &str,
+) -> (Site, tempfile::TempDir) {
+    let site_dir = tempfile::tempdir().unwrap();
+    let cfg = SiteConfig::parse(
+        &format!(
+            r#"
+[site]
+name = "s1"
+data_dir = "data"
+[admin]
+bind = "127.0.0.1:0"
+[central]
+addresses = ["https://localhost:{}"]
+token = "{token}"
+ca_file = "{}"
+reconnect_max_ms = 200
+[external_systems.erp]
+base_url = "{erp}"
+methods.postOrder = {{ http_method = "POST", path = "/orders" }}
+"#,
+            link.port(),
+            dir.join(ca).display()
+        ),
+        site_dir.path(),
+    )
+    .unwrap();
+    (Site::build(cfg).await.unwrap(), site_dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_runs_over_tls_with_a_self_signed_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    self_signed(dir.path(), "central");
+    self_signed(dir.path(), "other");
+    let cfg = CentralConfig::parse(
+        "[central]\ndatabase_url = \"sqlite://central.db\"\nlink_bind = \"127.0.0.1:0\"\nhttp_bind = \"127.0.0.1:0\"\n[central.tls]\ncert_file = \"central.crt\"\nkey_file = \"central.key\"\n",
+        dir.path(),
+    )
+    .unwrap();
+    let central = Central::build(cfg).await.unwrap();
+    let (db, sessions, link) = (
+        central.database().clone(),
+        central.sessions().clone(),
+        central.link_addr(),
+    );
+    let cancel = CancellationToken::new();
+    tokio::spawn(central.run(cancel.clone()));
+    let token = db
+        .sites()
+        .add(&SiteName::parse("s1").unwrap())
+        .await
+        .unwrap()
+        .as_str()
+        .to_owned();
+    let fake = FakeHttp::start(Mode::Ok).await;
+
+    // A client trusting another certificate cannot even connect.
+    let other = std::fs::read(dir.path().join("other.crt")).unwrap();
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("https://localhost:{}", link.port()))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(other)),
+            )
+            .unwrap();
+    let e = endpoint
+        .connect()
+        .await
+        .err()
+        .expect("a certificate it does not trust");
+    assert!(
+        format!("{e:?}").to_lowercase().contains("certificate"),
+        "{e:?}"
+    );
+    // Nor can a plain-text client open a stream.
+    let plain = sitelink_commons::contracts::v1::site_link_client::SiteLinkClient::connect(
+        format!("http://{link}"),
+    )
+    .await;
+    if let Ok(mut client) = plain {
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        assert!(client
+            .open(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .is_err());
+    }
+    assert!(!sessions.is_online("s1"));
+
+    // Trusting central's certificate: connected, and calls converge.
+    let (site, _d2) = tls_site(dir.path(), &token, link, "central.crt", &fake.url()).await;
+    let runtime = site.runtime().clone();
+    let engine = site.engine().clone();
+    let site_cancel = CancellationToken::new();
+    let site_task = tokio::spawn(site.run(site_cancel.clone()));
+    eventually(Duration::from_secs(10), "s1 online over TLS", || async {
+        sessions.is_online("s1").then_some(())
+    })
+    .await;
+    let ids = runtime
+        .run_source("burst", "line1", common::BURST)
+        .await
+        .unwrap()
+        .tracked_operation_ids;
+    eventually(Duration::from_secs(10), "central has the calls", || async {
+        (db.site_calls().all_for_site("s1").await.unwrap().len() == ids.len()).then_some(())
+    })
+    .await;
+    assert_eq!(engine.list(None, None, 10).await.unwrap().len(), ids.len());
+    site_cancel.cancel();
+    site_task.await.unwrap().unwrap();
+    cancel.cancel();
+}
