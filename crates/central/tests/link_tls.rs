@@ -96,8 +96,7 @@ async fn the_link_runs_over_tls_with_a_self_signed_certificate() {
     let e = endpoint
         .connect()
         .await
-        .err()
-        .expect("a certificate it does not trust");
+        .expect_err("a certificate it does not trust");
     assert!(
         format!("{e:?}").to_lowercase().contains("certificate"),
         "{e:?}"
