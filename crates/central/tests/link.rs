@@ -2,7 +2,7 @@
 //! process: telemetry plus reconciliation converge through cut connections;
 //! Retry/Discard are relayed to the owning site; bad peers are refused.
 
-use std::time::Duration;
+use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
 use sitelink_central::communication::{Command, RelayOutcome};
 use sitelink_commons::TrackedOperationStatus::*;
@@ -181,5 +181,72 @@ async fn retry_and_discard_are_relayed_to_the_owning_site() {
         RelayOutcome::SiteUnreachable
     );
     assert!(started.elapsed() < Duration::from_secs(2));
+    central.cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_alone_keeps_central_current() {
+    // Reconcile only on connect (the period is an hour here): every later
+    // change must arrive by telemetry, and advance the cursor.
+    let central = spawn_central_with("reconcile_interval_seconds = 3600").await;
+    let fake = FakeHttp::start(Mode::Ok).await;
+    let token = register(&central, "s1").await;
+    let mut site = spawn_site("s1", &token, central.link, &fake.url(), 3).await;
+    eventually(Duration::from_secs(5), "s1 online", || async {
+        central.sessions.is_online("s1").then_some(())
+    })
+    .await;
+    // Once the reconcile of the connect is done (the cursor covers
+    // everything), later changes travel by telemetry alone.
+    site.runtime
+        .run_source("burst", "line1", BURST)
+        .await
+        .unwrap();
+    converged(&central, &site, "s1").await;
+    let cursor_covers_site = || async {
+        let cursor = central
+            .db
+            .sites()
+            .get("s1")
+            .await
+            .unwrap()
+            .unwrap()
+            .reconcile_cursor;
+        (cursor == site.engine.high_seq()).then_some(())
+    };
+    eventually(
+        Duration::from_secs(5),
+        "the cursor covers the site",
+        cursor_covers_site,
+    )
+    .await;
+    let stats = &central.sessions.stats;
+    let (telemetry0, reconcile0) = (
+        stats.telemetry_rows.load(Relaxed),
+        stats.reconcile_rows.load(Relaxed),
+    );
+    for _ in 0..2 {
+        site.runtime
+            .run_source("burst", "line1", BURST)
+            .await
+            .unwrap();
+    }
+    converged(&central, &site, "s1").await;
+    eventually(
+        Duration::from_secs(5),
+        "telemetry batches advance the cursor",
+        cursor_covers_site,
+    )
+    .await;
+    assert_eq!(
+        stats.reconcile_rows.load(Relaxed),
+        reconcile0,
+        "nothing needed reconciling"
+    );
+    assert!(
+        stats.telemetry_rows.load(Relaxed) >= telemetry0 + 10,
+        "every call arrived by telemetry"
+    );
+    site.stop().await;
     central.cancel.cancel();
 }

@@ -89,11 +89,21 @@ struct Live {
     correlation: Arc<AtomicU64>,
 }
 
+/// Counters of what the link transferred (exported in `/metrics`).
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Rows received in telemetry batches.
+    pub telemetry_rows: AtomicU64,
+    /// Rows received in reconcile pages.
+    pub reconcile_rows: AtomicU64,
+}
+
 /// The live streams, by site name.
 #[derive(Default)]
 pub struct Sessions {
     live: Mutex<HashMap<String, Live>>,
     generations: AtomicU64,
+    pub stats: Arc<LinkStats>,
 }
 
 impl Sessions {
@@ -292,6 +302,7 @@ impl SiteLink for LinkService {
             pending,
             correlation,
             settings: self.settings,
+            stats: self.sessions.stats.clone(),
         };
         let sessions = self.sessions.clone();
         tokio::spawn(async move {

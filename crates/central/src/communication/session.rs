@@ -27,6 +27,7 @@ pub(super) struct Session {
     pub pending: Arc<Mutex<HashMap<u64, oneshot::Sender<v1::CommandResult>>>>,
     pub correlation: Arc<AtomicU64>,
     pub settings: LinkSettings,
+    pub stats: Arc<super::LinkStats>,
 }
 
 /// A reconcile in progress: the correlation of the page asked for and the
@@ -136,13 +137,19 @@ impl Session {
         let mut reconcile = Some(self.request_page(cursor).await?);
         let mut every = tokio::time::interval(self.settings.reconcile_interval);
         every.tick().await; // the first tick is now; connect already asked
+        let mut last_tick_cursor: Option<u64> = None;
         loop {
             let msg = tokio::select! {
                 m = inbound.message() => m,
                 _ = every.tick() => {
-                    if reconcile.is_none() {
-                        reconcile = Some(self.request_page(self.cursor().await?).await?);
+                    // Pull only when the cursor stood still for a whole
+                    // period: while telemetry keeps advancing it, there is
+                    // no gap to heal and a pull would send rows twice.
+                    let cursor = self.cursor().await?;
+                    if reconcile.is_none() && last_tick_cursor == Some(cursor) {
+                        reconcile = Some(self.request_page(cursor).await?);
                     }
+                    last_tick_cursor = Some(cursor);
                     continue;
                 }
             };
@@ -159,6 +166,9 @@ impl Session {
                             batch.from_seq, batch.to_seq
                         ));
                     }
+                    self.stats
+                        .telemetry_rows
+                        .fetch_add(batch.rows.len() as u64, Ordering::Relaxed);
                     self.ingest(&batch.rows, batch.from_seq, batch.to_seq)
                         .await?;
                     self.db
@@ -181,6 +191,9 @@ impl Session {
                             page.next_seq, r.after_seq
                         ));
                     }
+                    self.stats
+                        .reconcile_rows
+                        .fetch_add(page.rows.len() as u64, Ordering::Relaxed);
                     self.ingest(&page.rows, r.after_seq, page.next_seq).await?;
                     reconcile = if page.has_more {
                         Some(self.request_page(page.next_seq).await?)

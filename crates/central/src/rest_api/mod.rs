@@ -358,6 +358,29 @@ async fn metrics(State(st): State<ApiState>) -> Result<Response, ApiError> {
     let online = st.sessions.online();
     let _ = writeln!(out, "# HELP sitelink_connected_sites Sites with a live stream.\n# TYPE sitelink_connected_sites gauge");
     let _ = writeln!(out, "sitelink_connected_sites {}", online.len());
+    let stats = &st.sessions.stats;
+    for (name, help, v) in [
+        (
+            "telemetry_rows_total",
+            "Rows received in telemetry batches.",
+            &stats.telemetry_rows,
+        ),
+        (
+            "reconcile_rows_total",
+            "Rows received in reconcile pages.",
+            &stats.reconcile_rows,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP sitelink_link_{name} {help}\n# TYPE sitelink_link_{name} counter"
+        );
+        let _ = writeln!(
+            out,
+            "sitelink_link_{name} {}",
+            v.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     for (name, help) in [
         ("buffered", "Site calls Pending or Retrying."),
         ("parked", "Site calls Parked."),

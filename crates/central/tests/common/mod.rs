@@ -21,9 +21,16 @@ pub struct TestCentral {
 }
 
 pub async fn spawn_central() -> TestCentral {
+    spawn_central_with("reconcile_interval_seconds = 1").await
+}
+
+/// A central with `extra` lines in its `[central]` section.
+pub async fn spawn_central_with(extra: &str) -> TestCentral {
     let dir = tempfile::tempdir().unwrap();
     let cfg = CentralConfig::parse(
-        "[central]\ndatabase_url = \"sqlite://central.db\"\nlink_bind = \"127.0.0.1:0\"\nhttp_bind = \"127.0.0.1:0\"\nreconcile_interval_seconds = 1\nreconcile_page = 50\ncommand_timeout_ms = 2000\n",
+        &format!(
+            "[central]\ndatabase_url = \"sqlite://central.db\"\nlink_bind = \"127.0.0.1:0\"\nhttp_bind = \"127.0.0.1:0\"\nreconcile_page = 50\ncommand_timeout_ms = 2000\n{extra}\n"
+        ),
         dir.path(),
     )
     .unwrap();

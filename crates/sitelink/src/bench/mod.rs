@@ -4,6 +4,8 @@
 //! figure, its baseline and their ratio (SPEC §7).
 
 mod cached_call;
+mod central_world;
+mod ingest;
 
 use clap::Subcommand;
 
@@ -16,11 +18,21 @@ pub enum BenchName {
         #[arg(long)]
         quick: bool,
     },
+    /// Telemetry ingest at central (gRPC end-to-end and repository) vs a
+    /// plain batched upsert; reconcile rows per changed row in steady state.
+    /// PostgreSQL: SITELINK_BENCH_POSTGRES_URL (default the local server).
+    Ingest {
+        #[arg(long, value_enum, default_value = "sqlite")]
+        db: central_world::Db,
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 pub async fn run(name: BenchName) -> anyhow::Result<()> {
     match name {
         BenchName::CachedCall { quick } => cached_call::run(quick).await,
+        BenchName::Ingest { db, quick } => ingest::run(db, quick).await,
     }
 }
 

@@ -1,0 +1,107 @@
+//! What the central benchmarks share: a central on a fresh database
+//! (SQLite in a temporary folder, or a new database on a PostgreSQL server
+//! that is dropped afterwards) and synthetic site-call rows.
+
+use sitelink_central::{Central, CentralConfig};
+use sitelink_commons::{
+    unix_ms_to_utc, Kind, TrackedOperationId, TrackedOperationStatus, TrackingRecord,
+};
+use sqlx::{Connection, Executor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh central database for one benchmark run.
+pub struct BenchDb {
+    pub url: String,
+    _dir: tempfile::TempDir,
+    pg: Option<(String, String)>,
+}
+
+impl BenchDb {
+    pub async fn new(db: Db) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        match db {
+            Db::Sqlite => Ok(Self {
+                url: format!("sqlite://{}", dir.path().join("central.db").display()),
+                _dir: dir,
+                pg: None,
+            }),
+            Db::Postgres => {
+                let base = std::env::var("SITELINK_BENCH_POSTGRES_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+                sqlx::any::install_default_drivers();
+                let name = format!("sl_bench_{:016x}", rand::random::<u64>());
+                let mut admin = sqlx::AnyConnection::connect(&base).await?;
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .await?;
+                let (head, _) = base
+                    .rsplit_once('/')
+                    .ok_or_else(|| anyhow::anyhow!("no database in {base}"))?;
+                Ok(Self {
+                    url: format!("{head}/{name}"),
+                    _dir: dir,
+                    pg: Some((base, name)),
+                })
+            }
+        }
+    }
+
+    pub async fn central(
+        &self,
+        reconcile_interval_seconds: u64,
+        reconcile_page: u32,
+    ) -> anyhow::Result<Central> {
+        let cfg = CentralConfig::parse(
+            &format!(
+                "[central]\ndatabase_url = \"{}\"\nlink_bind = \"127.0.0.1:0\"\nhttp_bind = \"127.0.0.1:0\"\nreconcile_interval_seconds = {reconcile_interval_seconds}\nreconcile_page = {reconcile_page}\n",
+                self.url
+            ),
+            self._dir.path(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Central::build(cfg).await
+    }
+
+    pub async fn drop_database(self) {
+        if let Some((base, name)) = self.pg {
+            if let Ok(mut admin) = sqlx::AnyConnection::connect(&base).await {
+                let _ = admin
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE {name} WITH (FORCE)"
+                    )))
+                    .await;
+            }
+        }
+    }
+}
+
+/// `n` delivered site calls of `site` with change sequences `first_seq..`.
+pub fn rows(site: &str, n: usize, first_seq: u64) -> Vec<TrackingRecord> {
+    let now = sitelink_commons::utc_to_unix_ms(time::OffsetDateTime::now_utc());
+    (0..n)
+        .map(|i| TrackingRecord {
+            tracked_operation_id: TrackedOperationId::new(),
+            source_site: site.into(),
+            kind: if i % 3 == 0 {
+                Kind::DatabaseWrite
+            } else {
+                Kind::ExternalCall
+            },
+            target_summary: "erp.postOrder".into(),
+            status: TrackedOperationStatus::Delivered,
+            retry_count: (i % 4) as u32,
+            last_error: None,
+            provenance: "line1/orders".into(),
+            created_at_utc: unix_ms_to_utc(now - 60_000 + i as i64 % 60_000),
+            updated_at_utc: unix_ms_to_utc(now),
+            terminal_at_utc: Some(unix_ms_to_utc(now)),
+            revision: 2,
+            change_seq: first_seq + i as u64,
+        })
+        .collect()
+}
