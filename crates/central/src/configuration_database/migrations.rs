@@ -67,6 +67,16 @@ const MIGRATIONS: &[&[&str]] = &[
             outcome     TEXT NOT NULL
         )",
     ],
+    // 3: indexes that answer the KPIs and the filtered first pages from the
+    // index alone at millions of rows (BENCHMARKS.md, bench queries).
+    &[
+        "DROP INDEX site_calls_by_status",
+        "DROP INDEX site_calls_by_terminal",
+        "CREATE INDEX site_calls_by_status ON site_calls (status, source_site, created_at_ms)",
+        "CREATE INDEX site_calls_by_terminal ON site_calls (terminal_at_ms, status, source_site)",
+        "CREATE INDEX site_calls_by_site_status_created ON site_calls (source_site, status, created_at_ms, id)",
+        "CREATE INDEX site_calls_by_status_created ON site_calls (status, created_at_ms, id)",
+    ],
 ];
 
 pub(super) async fn apply(db: &Database) -> anyhow::Result<()> {

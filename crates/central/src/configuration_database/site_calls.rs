@@ -385,24 +385,26 @@ impl SiteCalls<'_> {
                 k.stuck += r.try_get::<i64, _>(4)?;
             }
         }
+        // The plan must walk the terminal-time index (covering) over the
+        // interval only. So: no status condition in WHERE (the status index
+        // would walk every Delivered row), and a two-sided range (with a
+        // one-sided one SQLite's planner prefers scanning in GROUP BY order).
         let recent = sqlx::query(
-            "SELECT source_site, status, COUNT(*) FROM site_calls
-             WHERE terminal_at_ms >= $1 AND status IN ('Delivered', 'Failed')
-             GROUP BY source_site, status",
+            "SELECT source_site,
+                    SUM(CASE WHEN status = 'Delivered' THEN 1 ELSE 0 END),
+                    SUM(CASE WHEN status = 'Failed' THEN 1 ELSE 0 END)
+             FROM site_calls WHERE terminal_at_ms >= $1 AND terminal_at_ms <= $2
+             GROUP BY source_site",
         )
         .bind(now_ms - interval_seconds * 1000)
+        .bind(i64::MAX)
         .fetch_all(self.db.pool())
         .await?;
         for r in &recent {
             let site: String = r.try_get(0)?;
-            let status: String = r.try_get(1)?;
-            let n: i64 = r.try_get(2)?;
             let k = out.entry(site).or_insert_with(|| blank.clone());
-            if status == "Delivered" {
-                k.delivered_last_interval += n;
-            } else {
-                k.failed_last_interval += n;
-            }
+            k.delivered_last_interval += r.try_get::<i64, _>(1)?;
+            k.failed_last_interval += r.try_get::<i64, _>(2)?;
         }
         Ok(out)
     }

@@ -6,6 +6,7 @@
 mod cached_call;
 mod central_world;
 mod ingest;
+mod queries;
 
 use clap::Subcommand;
 
@@ -27,12 +28,23 @@ pub enum BenchName {
         #[arg(long)]
         quick: bool,
     },
+    /// KPI query and first pages of filtered Site Calls listings on a table
+    /// of `--rows` rows (p50/p99 against 50 ms and 100 ms).
+    Queries {
+        #[arg(long, value_enum, default_value = "sqlite")]
+        db: central_world::Db,
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 pub async fn run(name: BenchName) -> anyhow::Result<()> {
     match name {
         BenchName::CachedCall { quick } => cached_call::run(quick).await,
         BenchName::Ingest { db, quick } => ingest::run(db, quick).await,
+        BenchName::Queries { db, rows, quick } => queries::run(db, rows, quick).await,
     }
 }
 
