@@ -37,7 +37,7 @@ use sitelink_commons::{
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::configuration_database::Database;
+use crate::{configuration_database::Database, site_call_audit::IngestBatcher};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -216,14 +216,18 @@ pub struct LinkService {
     db: Database,
     sessions: Arc<Sessions>,
     settings: LinkSettings,
+    /// The one task that commits what every stream receives.
+    ingest: IngestBatcher,
 }
 
 impl LinkService {
     pub fn new(db: Database, sessions: Arc<Sessions>, settings: LinkSettings) -> Self {
+        let ingest = IngestBatcher::spawn(db.clone());
         Self {
             db,
             sessions,
             settings,
+            ingest,
         }
     }
 }
@@ -303,6 +307,7 @@ impl SiteLink for LinkService {
             correlation,
             settings: self.settings,
             stats: self.sessions.stats.clone(),
+            ingest: self.ingest.clone(),
         };
         let sessions = self.sessions.clone();
         tokio::spawn(async move {

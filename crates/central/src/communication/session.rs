@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
 
 use super::LinkSettings;
-use crate::configuration_database::Database;
+use crate::{configuration_database::Database, site_call_audit::IngestBatcher};
 
 pub(super) struct Session {
     pub site: SiteName,
@@ -28,6 +28,7 @@ pub(super) struct Session {
     pub correlation: Arc<AtomicU64>,
     pub settings: LinkSettings,
     pub stats: Arc<super::LinkStats>,
+    pub ingest: IngestBatcher,
 }
 
 /// A reconcile in progress: the correlation of the page asked for and the
@@ -93,12 +94,7 @@ impl Session {
         // A range with a row this build cannot read is not complete here:
         // apply the rest, leave the cursor, let a newer central reconcile it.
         let range = (malformed == 0).then_some((from, to));
-        let outcome = self
-            .db
-            .site_calls()
-            .ingest(&self.site, &records, range)
-            .await
-            .map_err(|e| format!("ingest: {e}"))?;
+        let outcome = self.ingest.ingest(&self.site, records, range).await?;
         for (id, why) in &outcome.rejected {
             tracing::warn!(site = %self.site, %id, reason = %why, "telemetry row rejected");
         }

@@ -23,7 +23,8 @@ use anyhow::Context;
 use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
 
 pub use site_calls::{
-    IngestOutcome, Kpis, PageCursor, SiteCallFilter, SiteCalls, LAST_ERROR_MAX_CHARS,
+    IngestJob, IngestOutcome, Kpis, PageCursor, SiteCallFilter, SiteCalls, LAST_ERROR_MAX_CHARS,
+    ROWS_PER_STATEMENT,
 };
 pub use sites::{SiteRecord, SiteToken, Sites};
 pub use users::{rfc3339, AuditEntry, AuditLog, Role, User, Users, UsersError};

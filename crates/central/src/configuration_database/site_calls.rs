@@ -20,8 +20,18 @@ use super::Database;
 pub const LAST_ERROR_MAX_CHARS: usize = 4096;
 /// Longest target summary and provenance stored, in characters.
 const SHORT_TEXT_MAX_CHARS: usize = 512;
-/// Rows per upsert statement (12 parameters each; both backends allow it).
-const ROWS_PER_STATEMENT: usize = 400;
+/// Rows per upsert statement. Measured (bench ingest): 50 rows ran 4–9×
+/// faster than 400 on both backends through sqlx's `Any` driver; very large
+/// statements cost more to prepare than they save in round trips.
+pub const ROWS_PER_STATEMENT: usize = 50;
+
+/// One ingest for [`SiteCalls::ingest_many`].
+#[derive(Clone, Debug)]
+pub struct IngestJob {
+    pub site: SiteName,
+    pub rows: Vec<TrackingRecord>,
+    pub complete_range: Option<(u64, u64)>,
+}
 
 /// What one ingest did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -62,107 +72,22 @@ impl<'a> SiteCalls<'a> {
         rows: &[TrackingRecord],
         complete_range: Option<(u64, u64)>,
     ) -> Result<IngestOutcome, sqlx::Error> {
-        let mut out = IngestOutcome::default();
-        // One row per id (the highest revision): an upsert may not touch a
-        // row twice in one statement.
-        let mut latest: HashMap<TrackedOperationId, &TrackingRecord> =
-            HashMap::with_capacity(rows.len());
-        for r in rows {
-            if r.source_site != site.as_str() {
-                out.rejected.push((
-                    r.tracked_operation_id.to_string(),
-                    format!("reported by site {site} for site {:?}", r.source_site),
-                ));
-                continue;
-            }
-            if r.kind == Kind::Notification {
-                out.rejected.push((
-                    r.tracked_operation_id.to_string(),
-                    "notifications are not site calls".into(),
-                ));
-                continue;
-            }
-            latest
-                .entry(r.tracked_operation_id)
-                .and_modify(|e| {
-                    if r.revision > e.revision {
-                        *e = r
-                    }
-                })
-                .or_insert(r);
-        }
-        let rows: Vec<&TrackingRecord> = latest.into_values().collect();
         let mut tx = self.db.pool().begin().await?;
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut sql = String::from(
-                "INSERT INTO site_calls (id, source_site, kind, target_summary, status, retry_count, last_error,
-                    provenance, created_at_ms, updated_at_ms, terminal_at_ms, revision) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let b = i * 12;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push('(');
-                sql.push_str(
-                    &(1..=12)
-                        .map(|k| format!("${}", b + k))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
-                sql.push(')');
-            }
-            sql.push_str(
-                " ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, target_summary = excluded.target_summary,
-                    status = excluded.status, retry_count = excluded.retry_count, last_error = excluded.last_error,
-                    provenance = excluded.provenance, created_at_ms = excluded.created_at_ms,
-                    updated_at_ms = excluded.updated_at_ms, terminal_at_ms = excluded.terminal_at_ms,
-                    revision = excluded.revision
-                 WHERE excluded.revision > site_calls.revision
-                   AND site_calls.terminal_at_ms IS NULL
-                   AND site_calls.source_site = excluded.source_site",
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for r in chunk {
-                q = q
-                    .bind(r.tracked_operation_id.to_string())
-                    .bind(r.source_site.clone())
-                    .bind(r.kind.as_str())
-                    .bind(truncate(&r.target_summary, SHORT_TEXT_MAX_CHARS))
-                    .bind(r.status.as_str())
-                    .bind(r.retry_count as i64)
-                    .bind(
-                        r.last_error
-                            .as_deref()
-                            .map(|e| truncate(e, LAST_ERROR_MAX_CHARS)),
-                    )
-                    .bind(truncate(&r.provenance, SHORT_TEXT_MAX_CHARS))
-                    .bind(utc_to_unix_ms(r.created_at_utc))
-                    .bind(utc_to_unix_ms(r.updated_at_utc))
-                    .bind(r.terminal_at_utc.map(utc_to_unix_ms))
-                    .bind(r.revision as i64);
-            }
-            out.applied += q.execute(&mut *tx).await?.rows_affected();
-        }
-        if let Some((from, to)) = complete_range {
-            let done = sqlx::query(
-                "UPDATE sites SET reconcile_cursor = $1 WHERE name = $2 AND reconcile_cursor >= $3 AND reconcile_cursor < $1",
-            )
-            .bind(to as i64)
-            .bind(site.as_str())
-            .bind(from as i64)
-            .execute(&mut *tx)
-            .await?;
-            out.cursor_advanced = done.rows_affected() > 0;
-        }
-        let cursor: Option<i64> =
-            sqlx::query_scalar("SELECT reconcile_cursor FROM sites WHERE name = $1")
-                .bind(site.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        out.cursor = cursor.unwrap_or(0) as u64;
+        let out = ingest_in(&mut tx, site, rows, complete_range).await?;
         tx.commit().await?;
         Ok(out)
+    }
+
+    /// Several ingests (of one or many sites) in ONE transaction: one commit
+    /// for all of them. Each keeps its own rows, rule and cursor range.
+    pub async fn ingest_many(&self, jobs: &[IngestJob]) -> Result<Vec<IngestOutcome>, sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
+        let mut outs = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            outs.push(ingest_in(&mut tx, &j.site, &j.rows, j.complete_range).await?);
+        }
+        tx.commit().await?;
+        Ok(outs)
     }
 
     pub async fn get(&self, id: TrackedOperationId) -> Result<Option<TrackingRecord>, sqlx::Error> {
@@ -183,6 +108,115 @@ impl<'a> SiteCalls<'a> {
         .await?;
         rows.iter().map(record).collect()
     }
+}
+
+/// The ingest rule inside a transaction the caller commits.
+async fn ingest_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    site: &SiteName,
+    rows: &[TrackingRecord],
+    complete_range: Option<(u64, u64)>,
+) -> Result<IngestOutcome, sqlx::Error> {
+    let mut out = IngestOutcome::default();
+
+    // One row per id (the highest revision): an upsert may not touch a
+    // row twice in one statement.
+    let mut latest: HashMap<TrackedOperationId, &TrackingRecord> =
+        HashMap::with_capacity(rows.len());
+    for r in rows {
+        if r.source_site != site.as_str() {
+            out.rejected.push((
+                r.tracked_operation_id.to_string(),
+                format!("reported by site {site} for site {:?}", r.source_site),
+            ));
+            continue;
+        }
+        if r.kind == Kind::Notification {
+            out.rejected.push((
+                r.tracked_operation_id.to_string(),
+                "notifications are not site calls".into(),
+            ));
+            continue;
+        }
+        latest
+            .entry(r.tracked_operation_id)
+            .and_modify(|e| {
+                if r.revision > e.revision {
+                    *e = r
+                }
+            })
+            .or_insert(r);
+    }
+    let rows: Vec<&TrackingRecord> = latest.into_values().collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO site_calls (id, source_site, kind, target_summary, status, retry_count, last_error,
+                provenance, created_at_ms, updated_at_ms, terminal_at_ms, revision) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 12;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            sql.push_str(
+                &(1..=12)
+                    .map(|k| format!("${}", b + k))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+            sql.push(')');
+        }
+        sql.push_str(
+            " ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, target_summary = excluded.target_summary,
+                status = excluded.status, retry_count = excluded.retry_count, last_error = excluded.last_error,
+                provenance = excluded.provenance, created_at_ms = excluded.created_at_ms,
+                updated_at_ms = excluded.updated_at_ms, terminal_at_ms = excluded.terminal_at_ms,
+                revision = excluded.revision
+             WHERE excluded.revision > site_calls.revision
+               AND site_calls.terminal_at_ms IS NULL
+               AND site_calls.source_site = excluded.source_site",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for r in chunk {
+            q = q
+                .bind(r.tracked_operation_id.to_string())
+                .bind(r.source_site.clone())
+                .bind(r.kind.as_str())
+                .bind(truncate(&r.target_summary, SHORT_TEXT_MAX_CHARS))
+                .bind(r.status.as_str())
+                .bind(r.retry_count as i64)
+                .bind(
+                    r.last_error
+                        .as_deref()
+                        .map(|e| truncate(e, LAST_ERROR_MAX_CHARS)),
+                )
+                .bind(truncate(&r.provenance, SHORT_TEXT_MAX_CHARS))
+                .bind(utc_to_unix_ms(r.created_at_utc))
+                .bind(utc_to_unix_ms(r.updated_at_utc))
+                .bind(r.terminal_at_utc.map(utc_to_unix_ms))
+                .bind(r.revision as i64);
+        }
+        out.applied += q.execute(&mut **tx).await?.rows_affected();
+    }
+    if let Some((from, to)) = complete_range {
+        let done = sqlx::query(
+            "UPDATE sites SET reconcile_cursor = $1 WHERE name = $2 AND reconcile_cursor >= $3 AND reconcile_cursor < $1",
+        )
+        .bind(to as i64)
+        .bind(site.as_str())
+        .bind(from as i64)
+        .execute(&mut **tx)
+        .await?;
+        out.cursor_advanced = done.rows_affected() > 0;
+    }
+    let cursor: Option<i64> =
+        sqlx::query_scalar("SELECT reconcile_cursor FROM sites WHERE name = $1")
+            .bind(site.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+    out.cursor = cursor.unwrap_or(0) as u64;
+    Ok(out)
 }
 
 const SELECT: &str =

@@ -1,8 +1,11 @@
 //! Site Call Audit (SPEC §2 component 8, §5.2): central's view of every
 //! site's cached calls.
 //!
-//! Today its parts live where they run: ingest and the reconcile schedule
-//! in each site's stream ([`crate::communication`]), the Retry/Discard relay
+//! - [`IngestBatcher`]: the one task that commits ingest, batching the
+//!   telemetry and reconcile pages of all sites into few transactions.
+//!
+//! Its other parts live where they run: the reconcile schedule in each
+//! site's stream ([`crate::communication`]), the Retry/Discard relay
 //! in [`crate::communication::Sessions`] (called by the REST API, which
 //! writes the audit log), KPIs and listing in
 //! [`crate::configuration_database::SiteCalls`]. This module owns the
@@ -10,11 +13,15 @@
 //! retention window are deleted daily; `Parked`, `Pending` and `Retrying`
 //! rows never are.
 
+mod ingest;
+
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration_database::{now_ms, Database};
+
+pub use ingest::IngestBatcher;
 
 /// The daily retention purge of `SiteCalls`.
 pub struct RetentionPurge {

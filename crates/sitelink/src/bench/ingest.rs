@@ -4,8 +4,9 @@
 //! per row changed when nothing is lost (steady state).
 //!
 //! - `plain_upsert_rows_per_second`: 500-row transactions of multi-row
-//!   `INSERT … ON CONFLICT (id) DO UPDATE` into a table shaped like
-//!   `site_calls`, with no revision rule and no cursor (the baseline).
+//!   `INSERT … ON CONFLICT (id) DO UPDATE` (as many rows per statement as
+//!   the repository uses) into a table shaped like `site_calls`, with only
+//!   its primary key, no revision rule and no cursor (the baseline).
 //! - `repository_rows_per_second`: `SiteCalls::ingest` with the same batches
 //!   (revision rule, per-batch dedupe, cursor advance in the transaction).
 //! - `end_to_end_rows_per_second`: 4 sites stream `TelemetryBatch`es over
@@ -99,7 +100,8 @@ async fn plain_upsert(
     let start = Instant::now();
     for batch in data.chunks(BATCH) {
         let mut tx = db.pool().begin().await?;
-        for chunk in batch.chunks(400) {
+        // The same statement size as the repository: a fair baseline.
+        for chunk in batch.chunks(sitelink_central::configuration_database::ROWS_PER_STATEMENT) {
             let mut sql = String::from("INSERT INTO bench_plain VALUES ");
             for i in 0..chunk.len() {
                 if i > 0 {
