@@ -19,8 +19,8 @@
 //!   the link and HTTP listeners and serves both.
 //!
 //! Still to come (issue 3): one SiteCallAuditActor owning ingest, the
-//! reconcile schedule, the relay and the purge; the OpenAPI document; the
-//! reconcile catch-up benchmark and KPIs at 10 million rows.
+//! reconcile schedule, the relay and the purge; the OpenAPI document; KPIs
+//! at 10 million rows.
 
 pub mod communication;
 pub mod config;

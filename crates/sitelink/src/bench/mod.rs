@@ -7,6 +7,7 @@ mod cached_call;
 mod central_world;
 mod ingest;
 mod queries;
+mod reconcile;
 
 use clap::Subcommand;
 
@@ -28,6 +29,19 @@ pub enum BenchName {
         #[arg(long)]
         quick: bool,
     },
+    /// Catch-up of one site's changed rows by reconcile pages over the link.
+    Reconcile {
+        #[arg(long, value_enum, default_value = "sqlite")]
+        db: central_world::Db,
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// Rows per reconcile page.
+        #[arg(long, default_value_t = 1000)]
+        page: u32,
+        /// 100,000 rows at most (under 60 s).
+        #[arg(long)]
+        quick: bool,
+    },
     /// KPI query and first pages of filtered Site Calls listings on a table
     /// of `--rows` rows (p50/p99 against 50 ms and 100 ms).
     Queries {
@@ -45,6 +59,12 @@ pub async fn run(name: BenchName) -> anyhow::Result<()> {
         BenchName::CachedCall { quick } => cached_call::run(quick).await,
         BenchName::Ingest { db, quick } => ingest::run(db, quick).await,
         BenchName::Queries { db, rows, quick } => queries::run(db, rows, quick).await,
+        BenchName::Reconcile {
+            db,
+            rows,
+            page,
+            quick,
+        } => reconcile::run(db, if quick { rows.min(100_000) } else { rows }, page).await,
     }
 }
 
