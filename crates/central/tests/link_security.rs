@@ -271,3 +271,34 @@ async fn oversized_messages_and_garbage_bytes_close_only_their_own_connection() 
     good.stop().await;
     central.cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_that_never_answers_a_command_times_out() {
+    let central = spawn_central().await;
+    let token = register(&central, "mute").await;
+    // Connected, but it never answers anything.
+    let (_tx, mut inbound) = raw_stream(central.link, &token, "mute").await.unwrap();
+    let _welcome = inbound.message().await.unwrap();
+    let started = std::time::Instant::now();
+    let outcome = central
+        .sessions
+        .relay(
+            "mute",
+            sitelink_central::communication::Command::Retry(TrackedOperationId::new()),
+            Duration::from_millis(300),
+        )
+        .await;
+    assert_eq!(
+        outcome,
+        sitelink_central::communication::RelayOutcome::Timeout
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300)
+            && started.elapsed() < Duration::from_secs(2)
+    );
+    assert!(
+        central.sessions.is_online("mute"),
+        "a slow site is not disconnected"
+    );
+    central.cancel.cancel();
+}
