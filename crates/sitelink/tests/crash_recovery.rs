@@ -6,22 +6,30 @@
 //! every row ends Delivered or Parked. Also: SIGTERM stops it cleanly, and a
 //! broken config file is a clear error.
 
+mod common;
+
 use std::{
     collections::HashSet,
     path::Path,
-    process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use common::{list_all, sigterm, BIN};
 use rand::Rng;
 use sitelink_test_support::{eventually, FakeHttp, Mode};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
+use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sitelink");
+/// Starts a site and returns it with its admin URL.
+async fn start(config: &Path, log: &Path) -> (tokio::process::Child, String) {
+    let (child, addrs) =
+        common::start(&["site", "--config", config.to_str().unwrap()], log, 1).await;
+    (child, format!("http://{}", addrs[0]))
+}
+
+async fn all_operations(http: &reqwest::Client, url: &str) -> Vec<serde_json::Value> {
+    list_all(http, &format!("{url}/api/v1/operations?limit=1000"), false).await
+}
 
 fn write_config(dir: &Path, erp_url: &str) -> std::path::PathBuf {
     std::fs::write(
@@ -58,50 +66,6 @@ instance = "line1"
     )
     .unwrap();
     path
-}
-
-/// Starts the binary and returns it with its admin URL (read from stdout).
-async fn start(config: &Path, log: &Path) -> (Child, String) {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["site", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("site prints its admin address")
-        .unwrap()
-        .expect("a line");
-    let addr = line
-        .strip_prefix("admin listening on ")
-        .unwrap_or_else(|| panic!("unexpected: {line}"));
-    (child, format!("http://{addr}"))
-}
-
-async fn all_operations(http: &reqwest::Client, url: &str) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut u = format!("{url}/api/v1/operations?limit=1000");
-        if let Some(a) = &after {
-            u.push_str(&format!("&after={a}"));
-        }
-        let page: serde_json::Value = http.get(u).send().await.unwrap().json().await.unwrap();
-        out.extend(page["items"].as_array().unwrap().iter().cloned());
-        match page["next"].as_str() {
-            Some(n) => after = Some(n.to_owned()),
-            None => return out,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,18 +177,7 @@ async fn sigkill_at_random_moments_loses_no_id() {
     );
 
     // SIGTERM: a graceful stop with exit status 0.
-    let pid = child.id().unwrap().to_string();
-    let mut child = child;
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("stops on SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status}");
+    sigterm(child).await;
 }
 
 #[tokio::test]

@@ -1,0 +1,92 @@
+//! Helpers for tests that run the real `sitelink` binary.
+#![allow(dead_code)]
+
+use std::{path::Path, process::Stdio, time::Duration};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sitelink");
+pub const ADMIN_PASSWORD: &str = "convergence-test-password";
+
+/// Starts the binary and returns it with the addresses it printed.
+pub async fn start(args: &[&str], log: &Path, lines: usize) -> (Child, Vec<String>) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("SITELINK_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addrs = Vec::new();
+    for _ in 0..lines {
+        let line = tokio::time::timeout(Duration::from_secs(20), out.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        addrs.push(line.rsplit(' ').next().unwrap().to_owned());
+    }
+    (child, addrs)
+}
+
+/// Sends SIGTERM and waits for the exit: a graceful stop exits with 0.
+pub async fn sigterm(mut child: Child) {
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+pub async fn list_all(http: &reqwest::Client, url: &str, auth: bool) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut u = url.to_owned();
+        if let Some(a) = &after {
+            u.push_str(&format!("&after={a}"));
+        }
+        let mut req = http.get(u);
+        if auth {
+            req = req.basic_auth("admin", Some(ADMIN_PASSWORD));
+        }
+        let page: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+        out.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .cloned()
+                .map(|mut r| {
+                    r.as_object_mut().unwrap().remove("change_seq");
+                    r
+                }),
+        );
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    out.sort_by(|a, b| {
+        a["tracked_operation_id"]
+            .as_str()
+            .cmp(&b["tracked_operation_id"].as_str())
+    });
+    out
+}
