@@ -331,3 +331,19 @@ async fn retention_purge_takes_only_old_terminal_rows() {
         cleanup(pg, db).await;
     }
 }
+
+#[test]
+fn the_example_central_config_in_the_repo_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/central.toml");
+    let cfg = sitelink_central::CentralConfig::load(&path).unwrap();
+    assert!(
+        cfg.central.database_url.starts_with("sqlite:///"),
+        "made absolute: {}",
+        cfg.central.database_url
+    );
+    let bad = sitelink_central::CentralConfig::parse(
+        "[central]\ndatabase_url = \"sqlite://x\"\nlink_bnd = \"1\"",
+        std::path::Path::new("/"),
+    );
+    assert!(bad.unwrap_err().contains("link_bnd"));
+}
