@@ -11,7 +11,8 @@
 //!   command relay).
 //!
 //! - [`rest_api`]: the REST API v1 (sites, site calls, Retry/Discard relay,
-//!   KPIs, audit log, metrics), HTTP Basic or bearer tokens.
+//!   KPIs, audit log, metrics, OpenAPI document), HTTP Basic or bearer
+//!   tokens.
 //! - [`site_call_audit`]: Site Call Audit: ingest batching (one committing
 //!   task for all streams), the retention purge, and where its other parts
 //!   live.
@@ -19,8 +20,7 @@
 //!   the link and HTTP listeners and serves both.
 //!
 //! Still to come (issue 3): one SiteCallAuditActor owning ingest, the
-//! reconcile schedule, the relay and the purge; the OpenAPI document; KPIs
-//! at 10 million rows.
+//! reconcile schedule, the relay and the purge; KPIs at 10 million rows.
 
 pub mod communication;
 pub mod config;

@@ -9,7 +9,9 @@ use crate::{Kind, TrackedOperationId, TrackedOperationStatus};
 /// One tracked operation. Field names are a contract (SPEC §7): add fields,
 /// never rename or remove. Times are RFC 3339 UTC.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TrackingRecord {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "01a21dc7-e371-702d-9d9a-b8a61109dc05"))]
     pub tracked_operation_id: TrackedOperationId,
     pub source_site: String,
     pub kind: Kind,

@@ -17,6 +17,7 @@ macro_rules! named_enum {
     ($(#[$m:meta])* $name:ident, $what:literal, [$($variant:ident),+ $(,)?]) => {
         $(#[$m])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         pub enum $name { $($variant),+ }
 
         impl $name {

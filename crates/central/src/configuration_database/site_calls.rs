@@ -306,7 +306,7 @@ enum Bind {
 }
 
 /// KPI figures of SPEC §5.2 (§7 names).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Kpis {
     pub buffered: i64,
     pub parked: i64,

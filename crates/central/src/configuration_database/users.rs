@@ -202,7 +202,7 @@ impl<'a> Users<'a> {
 }
 
 /// One operator action (SPEC §5.2: who, when, which id, outcome).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: String,
     pub at_utc: String,

@@ -1,7 +1,7 @@
 //! The central REST API v1 (SPEC §5.5, §7), on the central HTTP port:
 //! sites, site calls (keyset paging, newest first), Retry/Discard relayed to
-//! the owning site, KPIs, the operator audit log, Prometheus metrics and a
-//! health check.
+//! the owning site, KPIs, the operator audit log, Prometheus metrics, a
+//! health check, and its OpenAPI document (`/api/v1/openapi.json`, utoipa).
 //!
 //! Authentication: HTTP Basic (user and password, argon2) or a bearer API
 //! token; every `/api/v1` route needs one. Viewer may read; only Deployment
@@ -9,6 +9,7 @@
 //! `{ "error": "..." }` naming what was wrong.
 
 mod auth;
+mod openapi;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -19,7 +20,6 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use serde_json::json;
 use sitelink_commons::{Kind, TrackedOperationId, TrackedOperationStatus};
 
 use crate::{
@@ -27,6 +27,8 @@ use crate::{
     configuration_database::{now_ms, rfc3339, Database, Kpis, PageCursor, SiteCallFilter},
 };
 pub use auth::Authenticated;
+pub use openapi::ApiDoc;
+use openapi::{AuditPage, CommandAnswer, GlobalKpis, SiteCallsPage, SiteView, SitesPage};
 
 /// KPI settings (SPEC §5.2 defaults: 1 hour, 10 minutes).
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +59,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/site-calls/{id}/discard", post(discard))
         .route("/api/v1/kpis/site-calls", get(kpis))
         .route("/api/v1/audit-log", get(audit_log))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
+        )
         .with_state(state)
 }
 
@@ -64,7 +70,7 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        let mut resp = (self.0, Json(openapi::ErrorBody { error: self.1 })).into_response();
         if self.0 == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -126,28 +132,41 @@ fn time_param(q: &HashMap<String, String>, key: &str) -> Result<Option<i64>, Api
         .transpose()
 }
 
+#[utoipa::path(get, path = "/api/v1/sites", responses((status = 200, body = SitesPage), (status = 401, body = openapi::ErrorBody)))]
 async fn sites(State(st): State<ApiState>, _: Authenticated) -> Result<Response, ApiError> {
-    let items: Vec<_> = st
+    let items: Vec<SiteView> = st
         .db
         .sites()
         .list()
         .await
         .map_err(internal)?
         .into_iter()
-        .map(|s| {
-            json!({
-                "name": s.name,
-                "online": st.sessions.is_online(&s.name),
-                "last_seen_utc": s.last_seen_ms.map(rfc3339),
-                "cursor": s.reconcile_cursor,
-                "reconcile_lag": s.high_seq.saturating_sub(s.reconcile_cursor),
-                "revoked": s.revoked,
-            })
+        .map(|s| SiteView {
+            online: st.sessions.is_online(&s.name),
+            last_seen_utc: s.last_seen_ms.map(rfc3339),
+            cursor: s.reconcile_cursor,
+            reconcile_lag: s.high_seq.saturating_sub(s.reconcile_cursor),
+            revoked: s.revoked,
+            name: s.name,
         })
         .collect();
-    Ok(Json(json!({ "items": items, "next": null })).into_response())
+    Ok(Json(SitesPage { items, next: None }).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/site-calls",
+    params(
+        ("site" = Option<String>, Query, description = "only this site"),
+        ("kind" = Option<String>, Query, description = "ExternalCall or DatabaseWrite"),
+        ("status" = Option<String>, Query, description = "Pending, Retrying, Delivered, Parked, Failed or Discarded"),
+        ("from" = Option<String>, Query, description = "created at or after (RFC 3339)"),
+        ("to" = Option<String>, Query, description = "created before (RFC 3339)"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
+        ("after" = Option<String>, Query, description = "the `next` of the previous page"),
+    ),
+    responses((status = 200, body = SiteCallsPage), (status = 400, body = openapi::ErrorBody), (status = 401, body = openapi::ErrorBody))
+)]
 async fn list_site_calls(
     State(st): State<ApiState>,
     _: Authenticated,
@@ -194,7 +213,7 @@ async fn list_site_calls(
     let next = (items.len() as u32 == limit)
         .then(|| items.last().map(|r| PageCursor::of(r).encode()))
         .flatten();
-    Ok(Json(json!({ "items": items, "next": next })).into_response())
+    Ok(Json(SiteCallsPage { items, next }).into_response())
 }
 
 fn parse_id(id: &str) -> Result<TrackedOperationId, ApiError> {
@@ -202,6 +221,8 @@ fn parse_id(id: &str) -> Result<TrackedOperationId, ApiError> {
         .map_err(|e: sitelink_commons::ParseIdError| bad(e.to_string()))
 }
 
+#[utoipa::path(get, path = "/api/v1/site-calls/{id}", params(("id" = String, Path, description = "TrackedOperationId")),
+    responses((status = 200, body = sitelink_commons::TrackingRecord), (status = 400, body = openapi::ErrorBody), (status = 404, body = openapi::ErrorBody)))]
 async fn get_site_call(
     State(st): State<ApiState>,
     _: Authenticated,
@@ -217,6 +238,9 @@ async fn get_site_call(
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/site-calls/{id}/retry", params(("id" = String, Path, description = "TrackedOperationId")),
+    responses((status = 200, body = CommandAnswer), (status = 403, body = openapi::ErrorBody), (status = 404, body = CommandAnswer),
+        (status = 409, body = CommandAnswer), (status = 503, body = CommandAnswer), (status = 504, body = CommandAnswer)))]
 async fn retry(
     st: State<ApiState>,
     user: Authenticated,
@@ -225,6 +249,9 @@ async fn retry(
     relay(st, user, id, true).await
 }
 
+#[utoipa::path(post, path = "/api/v1/site-calls/{id}/discard", params(("id" = String, Path, description = "TrackedOperationId")),
+    responses((status = 200, body = CommandAnswer), (status = 403, body = openapi::ErrorBody), (status = 404, body = CommandAnswer),
+        (status = 409, body = CommandAnswer), (status = 503, body = CommandAnswer), (status = 504, body = CommandAnswer)))]
 async fn discard(
     st: State<ApiState>,
     user: Authenticated,
@@ -280,19 +307,26 @@ async fn relay(
         .await
         .map_err(internal)?;
     tracing::info!(user = %user.name, action, %id, outcome = name, "operator action");
-    let mut body = json!({ "outcome": name });
-    if let RelayOutcome::Error(e) = &outcome {
-        body["error"] = json!(e);
-    }
-    if outcome == RelayOutcome::SiteUnreachable {
-        body["error"] = json!(format!(
+    let error = match &outcome {
+        RelayOutcome::Error(e) => Some(e.clone()),
+        RelayOutcome::SiteUnreachable => Some(format!(
             "site {} is unreachable: it has no live stream to central",
             site.unwrap_or_default()
-        ));
-    }
-    Ok((status, Json(body)).into_response())
+        )),
+        _ => None,
+    };
+    Ok((
+        status,
+        Json(CommandAnswer {
+            outcome: name.to_owned(),
+            error,
+        }),
+    )
+        .into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/kpis/site-calls", params(("site" = Option<String>, Query, description = "one site's KPIs only")),
+    responses((status = 200, description = "GlobalKpis, or Kpis with ?site=", body = GlobalKpis)))]
 async fn kpis(
     State(st): State<ApiState>,
     _: Authenticated,
@@ -314,16 +348,13 @@ async fn kpis(
         });
         return Ok(Json(one).into_response());
     }
-    let mut total = serde_json::to_value(Kpis::total(
-        &per_site,
-        k.interval_seconds,
-        k.stuck_threshold_seconds,
-    ))
-    .map_err(internal)?;
-    total["per_site"] = serde_json::to_value(&per_site).map_err(internal)?;
-    Ok(Json(total).into_response())
+    let total = Kpis::total(&per_site, k.interval_seconds, k.stuck_threshold_seconds);
+    Ok(Json(GlobalKpis { total, per_site }).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/audit-log",
+    params(("limit" = Option<u32>, Query, description = "1 to 1000"), ("after" = Option<String>, Query, description = "the `next` of the previous page")),
+    responses((status = 200, body = AuditPage)))]
 async fn audit_log(
     State(st): State<ApiState>,
     _: Authenticated,
@@ -340,7 +371,7 @@ async fn audit_log(
     let next = (items.len() as u32 == limit)
         .then(|| items.last().map(|e| e.id.clone()))
         .flatten();
-    Ok(Json(json!({ "items": items, "next": next })).into_response())
+    Ok(Json(AuditPage { items, next }).into_response())
 }
 
 /// Prometheus text exposition, written by hand: a handful of gauges does
