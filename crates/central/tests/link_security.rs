@@ -9,43 +9,11 @@ use std::time::Duration;
 
 use common::*;
 use sitelink_commons::{
-    contracts::v1::{
-        self, central_message, site_link_client::SiteLinkClient, site_message, CentralMessage,
-        SiteMessage,
-    },
+    contracts::v1::{self, central_message, site_message, SiteMessage},
     TrackedOperationId,
 };
 use sitelink_test_support::{eventually, FakeHttp, Mode, TcpProxy};
-use tokio::{io::AsyncWriteExt, sync::mpsc};
-
-/// A hand-driven site: the raw stream, as a misbehaving peer would use it.
-async fn raw_stream(
-    link: std::net::SocketAddr,
-    token: &str,
-    hello_site: &str,
-) -> Result<(mpsc::Sender<SiteMessage>, tonic::Streaming<CentralMessage>), tonic::Status> {
-    let mut client = SiteLinkClient::connect(format!("http://{link}"))
-        .await
-        .unwrap()
-        .max_encoding_message_size(64 << 20);
-    let (tx, rx) = mpsc::channel(16);
-    let hello = v1::Hello {
-        site: hello_site.into(),
-        protocol_version: 1,
-        high_seq: 0,
-    };
-    tx.send(SiteMessage {
-        correlation: 0,
-        body: Some(site_message::Body::Hello(hello)),
-    })
-    .await
-    .unwrap();
-    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let inbound = client.open(req).await?.into_inner();
-    Ok((tx, inbound))
-}
+use tokio::io::AsyncWriteExt;
 
 fn row(site: &str, status: i32, last_error: Option<String>) -> v1::CachedCallTelemetry {
     v1::CachedCallTelemetry {

@@ -365,3 +365,64 @@ async fn the_openapi_document_describes_every_route() {
     assert!(doc["components"]["securitySchemes"]["basic"].is_object());
     central.cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_that_does_not_answer_gives_504() {
+    use sitelink_commons::contracts::v1;
+    let central = spawn_central().await;
+    central
+        .db
+        .users()
+        .add(DEPLOY.0, DEPLOY.1, Role::Deployment)
+        .await
+        .unwrap();
+    let api = Api {
+        base: central.http.clone(),
+        http: reqwest::Client::new(),
+    };
+    let token = register(&central, "mute").await;
+    // A connected site that reports one parked call and then never answers.
+    let (tx, mut inbound) = raw_stream(central.link, &token, "mute").await.unwrap();
+    let _welcome = inbound.message().await.unwrap();
+    let id = sitelink_commons::TrackedOperationId::new();
+    let row = v1::CachedCallTelemetry {
+        id: id.to_string(),
+        source_site: "mute".into(),
+        kind: v1::Kind::ExternalCall as i32,
+        target_summary: "erp.postOrder".into(),
+        status: v1::Status::Parked as i32,
+        retry_count: 3,
+        last_error: Some("HTTP 503".into()),
+        created_at_unix_ms: 1_700_000_000_000,
+        updated_at_unix_ms: 1_700_000_000_000,
+        terminal_at_unix_ms: None,
+        provenance: "i/s".into(),
+        revision: 4,
+        change_seq: 1,
+    };
+    let batch = v1::TelemetryBatch {
+        from_seq: 0,
+        to_seq: 1,
+        rows: vec![row],
+    };
+    tx.send(v1::SiteMessage {
+        correlation: 0,
+        body: Some(v1::site_message::Body::Telemetry(batch)),
+    })
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the parked call at central",
+        || async {
+            (api.get(&format!("/api/v1/site-calls/{id}"), DEPLOY).await.0 == 200).then_some(())
+        },
+    )
+    .await;
+    // The test central's command timeout is 2 s.
+    let (status, body) = api
+        .post(&format!("/api/v1/site-calls/{id}/retry"), DEPLOY)
+        .await;
+    assert_eq!((status, body["outcome"].as_str()), (504, Some("Timeout")));
+    central.cancel.cancel();
+}

@@ -5,7 +5,10 @@
 use std::{sync::Arc, time::Duration};
 
 use sitelink_central::{Central, CentralConfig};
-use sitelink_commons::{SiteName, TrackingRecord};
+use sitelink_commons::{
+    contracts::v1::{CentralMessage, SiteMessage},
+    SiteName, TrackingRecord,
+};
 use sitelink_site::{Site, SiteConfig};
 use sitelink_test_support::eventually;
 use tokio_util::sync::CancellationToken;
@@ -148,3 +151,42 @@ pub async fn converged(c: &TestCentral, site: &TestSite, name: &str) {
 
 /// A script that makes five cached calls and returns their ids.
 pub const BURST: &str = r#"let ids = []; for i in 0..5 { ids.push(ExternalSystem.CachedCall("erp", "postOrder", #{ order: i })); } ids"#;
+
+/// A hand-driven site: the raw stream, as a misbehaving peer would use it.
+pub async fn raw_stream(
+    link: std::net::SocketAddr,
+    token: &str,
+    hello_site: &str,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<SiteMessage>,
+        tonic::Streaming<CentralMessage>,
+    ),
+    tonic::Status,
+> {
+    let mut client = sitelink_commons::contracts::v1::site_link_client::SiteLinkClient::connect(
+        format!("http://{link}"),
+    )
+    .await
+    .unwrap()
+    .max_encoding_message_size(64 << 20);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let hello = sitelink_commons::contracts::v1::Hello {
+        site: hello_site.into(),
+        protocol_version: 1,
+        high_seq: 0,
+    };
+    tx.send(SiteMessage {
+        correlation: 0,
+        body: Some(sitelink_commons::contracts::v1::site_message::Body::Hello(
+            hello,
+        )),
+    })
+    .await
+    .unwrap();
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let inbound = client.open(req).await?.into_inner();
+    Ok((tx, inbound))
+}
