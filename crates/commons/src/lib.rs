@@ -22,5 +22,8 @@ mod status;
 
 pub use id::{NotificationId, ParseIdError, TrackedOperationId};
 pub use names::{InvalidName, SiteName};
-pub use record::{unix_ms_to_utc, utc_to_unix_ms, TrackingRecord};
+pub use record::{
+    now_unix_ms, truncate_chars, unix_ms_to_utc, utc_to_unix_ms, TrackingRecord,
+    LAST_ERROR_MAX_CHARS,
+};
 pub use status::{Kind, TrackedOperationStatus, UnknownValue};

@@ -34,6 +34,24 @@ pub struct TrackingRecord {
     pub change_seq: u64,
 }
 
+/// Longest `last_error` a site sends and central stores, in characters.
+/// Both sides cut with [`truncate_chars`], so the limit lives here once.
+pub const LAST_ERROR_MAX_CHARS: usize = 4096;
+
+/// `s` cut to at most `max` characters (at a character boundary), marked
+/// `…[truncated]` when cut.
+pub fn truncate_chars(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => s.into(),
+        Some((cut, _)) => format!("{}…[truncated]", &s[..cut]).into(),
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_unix_ms() -> i64 {
+    utc_to_unix_ms(OffsetDateTime::now_utc())
+}
+
 /// Milliseconds since the Unix epoch, the form times are stored and sent in.
 pub fn utc_to_unix_ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
@@ -49,6 +67,12 @@ pub fn unix_ms_to_utc(ms: i64) -> OffsetDateTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncation_is_by_characters_and_marked() {
+        assert_eq!(truncate_chars("héllo", 10), "héllo");
+        assert_eq!(truncate_chars("héllo", 2), "hé…[truncated]");
+    }
 
     #[test]
     fn json_shape_matches_spec_section_7() {

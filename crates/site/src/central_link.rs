@@ -24,7 +24,7 @@ use sitelink_commons::{
     contracts::v1::{
         self, central_message, site_link_client::SiteLinkClient, site_message, SiteMessage,
     },
-    TrackedOperationId, TrackingRecord,
+    truncate_chars, TrackedOperationId, TrackingRecord, LAST_ERROR_MAX_CHARS,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -35,8 +35,6 @@ use crate::store_and_forward::{CommandOutcome, Engine};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Rows per telemetry batch.
 const TELEMETRY_BATCH: u32 = 500;
-/// Longest `last_error` sent, in characters (central stores the same).
-const LAST_ERROR_MAX_CHARS: usize = 4096;
 
 /// `[central]` in site.toml; without it the site runs alone.
 #[derive(Debug, Clone, Deserialize)]
@@ -289,11 +287,8 @@ impl CentralLink {
 
 fn telemetry(r: &TrackingRecord) -> v1::CachedCallTelemetry {
     let mut t = v1::CachedCallTelemetry::from(r);
-    if let Some(e) = &mut t.last_error {
-        if let Some((cut, _)) = e.char_indices().nth(LAST_ERROR_MAX_CHARS) {
-            e.truncate(cut);
-            e.push_str("…[truncated]");
-        }
-    }
+    t.last_error = t
+        .last_error
+        .map(|e| truncate_chars(&e, LAST_ERROR_MAX_CHARS).into_owned());
     t
 }

@@ -23,8 +23,7 @@ use anyhow::Context;
 use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
 
 pub use site_calls::{
-    IngestJob, IngestOutcome, Kpis, PageCursor, SiteCallFilter, SiteCalls, LAST_ERROR_MAX_CHARS,
-    ROWS_PER_STATEMENT,
+    IngestJob, IngestOutcome, Kpis, PageCursor, SiteCallFilter, SiteCalls, ROWS_PER_STATEMENT,
 };
 pub use sites::{SiteRecord, SiteToken, Sites};
 pub use users::{rfc3339, AuditEntry, AuditLog, Role, User, Users, UsersError};
@@ -141,7 +140,4 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    sitelink_commons::utc_to_unix_ms(time::OffsetDateTime::now_utc())
-}
+pub use sitelink_commons::{now_unix_ms as now_ms, LAST_ERROR_MAX_CHARS};

@@ -9,15 +9,13 @@
 use std::collections::HashMap;
 
 use sitelink_commons::{
-    unix_ms_to_utc, utc_to_unix_ms, Kind, SiteName, TrackedOperationId, TrackingRecord,
+    truncate_chars, unix_ms_to_utc, utc_to_unix_ms, Kind, SiteName, TrackedOperationId,
+    TrackingRecord, LAST_ERROR_MAX_CHARS,
 };
 use sqlx::Row;
 
 use super::Database;
 
-/// Longest `last_error` stored, in characters; longer ones are cut and end
-/// with `…[truncated]`.
-pub const LAST_ERROR_MAX_CHARS: usize = 4096;
 /// Longest target summary and provenance stored, in characters.
 const SHORT_TEXT_MAX_CHARS: usize = 512;
 /// Rows per upsert statement. Measured (bench ingest): 50 rows ran 4–9×
@@ -50,10 +48,7 @@ pub struct SiteCalls<'a> {
 }
 
 fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        None => s.to_owned(),
-        Some((cut, _)) => format!("{}…[truncated]", &s[..cut]),
-    }
+    truncate_chars(s, max).into_owned()
 }
 
 impl<'a> SiteCalls<'a> {

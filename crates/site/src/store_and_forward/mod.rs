@@ -174,10 +174,7 @@ pub struct Engine {
     settings: EngineSettings,
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    sitelink_commons::utc_to_unix_ms(time::OffsetDateTime::now_utc())
-}
+pub use sitelink_commons::now_unix_ms as now_ms;
 
 const SELECT_RECORD: &str =
     "SELECT id, kind, target_summary, status, retry_count, last_error, provenance,
