@@ -32,7 +32,7 @@ async fn operations_in_flight_at_a_crash_are_due_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir).await;
     // Recorded, attempt never finished (the process "died" here).
-    let id = engine.record_pending(request(), "i/s").await.unwrap();
+    let id = engine.record_pending(&request(), "i/s").await.unwrap();
     assert_eq!(engine.buffer_len().await.unwrap(), 0);
     drop(engine);
 
@@ -48,7 +48,7 @@ async fn operations_in_flight_at_a_crash_are_due_after_restart() {
     let r = engine.get(id).await.unwrap().unwrap();
     assert_eq!((r.status, r.revision), (Pending, 1));
     // The change sequence continues where it was.
-    let id2 = engine.record_pending(request(), "i/s").await.unwrap();
+    let id2 = engine.record_pending(&request(), "i/s").await.unwrap();
     assert!(engine.get(id2).await.unwrap().unwrap().change_seq > r.change_seq);
 }
 
@@ -60,7 +60,7 @@ async fn purge_takes_only_acknowledged_terminal_rows_or_those_past_the_hard_limi
         max_retries: 0,
         ..RetryPolicy::default()
     };
-    let delivered = engine.record_pending(request(), "i/s").await.unwrap();
+    let delivered = engine.record_pending(&request(), "i/s").await.unwrap();
     engine
         .record_outcome(
             delivered,
@@ -70,7 +70,7 @@ async fn purge_takes_only_acknowledged_terminal_rows_or_those_past_the_hard_limi
         )
         .await
         .unwrap();
-    let parked = engine.record_pending(request(), "i/s").await.unwrap();
+    let parked = engine.record_pending(&request(), "i/s").await.unwrap();
     engine
         .record_outcome(
             parked,
@@ -80,7 +80,7 @@ async fn purge_takes_only_acknowledged_terminal_rows_or_those_past_the_hard_limi
         )
         .await
         .unwrap();
-    let pending = engine.record_pending(request(), "i/s").await.unwrap();
+    let pending = engine.record_pending(&request(), "i/s").await.unwrap();
     assert_eq!(engine.get(parked).await.unwrap().unwrap().status, Parked);
 
     // Young rows are never purged.
@@ -113,7 +113,7 @@ async fn the_change_stream_pages_in_sequence_order_with_latest_state() {
     let policy = RetryPolicy::default();
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.push(engine.record_pending(request(), "i/s").await.unwrap());
+        ids.push(engine.record_pending(&request(), "i/s").await.unwrap());
     }
     // Change the first row twice: it appears once, last, as Delivered.
     engine
@@ -167,7 +167,7 @@ async fn concurrent_writes_share_commits() {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..200 {
         let e = engine.clone();
-        tasks.spawn(async move { e.record_pending(request(), "i/s").await.unwrap() });
+        tasks.spawn(async move { e.record_pending(&request(), "i/s").await.unwrap() });
     }
     let mut n = 0;
     while let Some(r) = tasks.join_next().await {
@@ -227,8 +227,8 @@ impl sitelink_site::store_and_forward::Deliverer for AcceptAll {
 async fn unreadable_retry_material_fails_that_row_only() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir).await;
-    let bad = engine.record_pending(request(), "i/s").await.unwrap();
-    let good = engine.record_pending(request(), "i/s").await.unwrap();
+    let bad = engine.record_pending(&request(), "i/s").await.unwrap();
+    let good = engine.record_pending(&request(), "i/s").await.unwrap();
     drop(engine);
     let conn = rusqlite::Connection::open(dir.path().join("buffer.db")).unwrap();
     conn.execute(

@@ -69,7 +69,7 @@ async fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
         };
         let id = match (&a, target) {
             (Action::New, _) => {
-                let id = engine.record_pending(request(), "i/s").await.unwrap();
+                let id = engine.record_pending(&request(), "i/s").await.unwrap();
                 let r = engine.get(id).await.unwrap().unwrap();
                 prop_assert_eq!(r.status, Pending);
                 prop_assert_eq!(r.revision, 1);

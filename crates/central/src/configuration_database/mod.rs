@@ -131,6 +131,16 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Lower-case hex SHA-256: how site and API tokens (256 random bits, so
+/// unguessable) are stored.
+fn sha256_hex(s: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Whether an error is a unique-key violation (SQLSTATE 23505 on
 /// PostgreSQL, extended code 1555/2067 on SQLite): by code, not by text.
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {

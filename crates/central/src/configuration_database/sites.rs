@@ -3,11 +3,10 @@
 
 use base64::Engine as _;
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use sitelink_commons::SiteName;
 use sqlx::Row;
 
-use super::{is_unique_violation, now_ms, Database};
+use super::{is_unique_violation, now_ms, sha256_hex as hash, Database};
 
 /// A site's token, shown once by `site add`. Its form is
 /// `slk1.<site>.<43 characters of randomness>`: the site name lets central
@@ -27,13 +26,6 @@ impl std::fmt::Debug for SiteToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SiteToken(…)")
     }
-}
-
-fn hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// A site as central knows it.

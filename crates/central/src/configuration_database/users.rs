@@ -8,10 +8,9 @@ use argon2::{
 use base64::Engine as _;
 use rand::RngCore;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use super::{is_unique_violation, now_ms, Database};
+use super::{is_unique_violation, now_ms, sha256_hex, Database};
 
 /// What a user may do (SPEC §5.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -72,13 +71,6 @@ pub enum UsersError {
     Hashing(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-}
-
-fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 pub struct Users<'a> {

@@ -167,10 +167,7 @@ impl Gateway {
         request: DeliveryRequest,
         provenance: &str,
     ) -> Result<TrackedOperationId, GatewayError> {
-        let id = self
-            .engine
-            .record_pending(request.clone(), provenance)
-            .await?;
+        let id = self.engine.record_pending(&request, provenance).await?;
         let outcome = self.deliver(id, &request).await;
         let message = match &outcome {
             AttemptOutcome::Permanent(m) => Some(m.clone()),

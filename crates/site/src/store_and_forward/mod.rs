@@ -238,11 +238,11 @@ impl Engine {
     /// returns.
     pub async fn record_pending(
         &self,
-        request: DeliveryRequest,
+        request: &DeliveryRequest,
         provenance: &str,
     ) -> Result<TrackedOperationId, EngineError> {
         let id = TrackedOperationId::new();
-        let request_json = serde_json::to_string(&request)
+        let request_json = serde_json::to_string(request)
             .map_err(|e| EngineError::Storage(format!("serializing the request: {e}")))?;
         self.write(WriteOp::Insert {
             id,

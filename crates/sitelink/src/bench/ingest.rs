@@ -297,7 +297,7 @@ async fn steady_state(db: Db, ops_per_site: usize) -> anyhow::Result<Value> {
                         method: "post".into(),
                         params: Default::default(),
                     };
-                    let id = engine.record_pending(request, "bench/steady").await?;
+                    let id = engine.record_pending(&request, "bench/steady").await?;
                     let outcome = if (i + w) % 10 == 0 {
                         AttemptOutcome::Transient("503".into())
                     } else {
