@@ -13,15 +13,12 @@
 //! - [`rest_api`]: the REST API v1 (sites, site calls, Retry/Discard relay,
 //!   KPIs, audit log, metrics, OpenAPI document), HTTP Basic or bearer
 //!   tokens.
-//! - [`site_call_audit`]: Site Call Audit: ingest batching (one committing
-//!   task for all streams), the retention purge, and where its other parts
-//!   live.
+//! - [`site_call_audit`]: Site Call Audit: the `SiteCallAuditActor`, one
+//!   task owning ingest batching, the reconcile schedule, the relay, the
+//!   KPI counter fold and the retention purge.
 //! - [`config`], [`startup`]: `central.toml` and [`Central`], which binds
 //!   the link and HTTP listeners and serves both.
 //!
-//! Still to come (issue 3): one SiteCallAuditActor owning ingest, the
-//! reconcile schedule, the relay and the purge; KPIs at 10 million rows.
-
 pub mod communication;
 pub mod config;
 pub mod configuration_database;

@@ -10,11 +10,11 @@ use sitelink_commons::contracts::v1::site_link_server::SiteLinkServer;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    communication::{LinkService, LinkSettings, Sessions},
+    communication::{LinkService, LinkSettings, LinkStats},
     config::CentralConfig,
     configuration_database::{Database, Role},
     rest_api::{self, ApiState, KpiSettings},
-    site_call_audit::RetentionPurge,
+    site_call_audit::{AuditSettings, SiteCallAudit, SiteCallAuditActor},
 };
 
 /// Largest message accepted on the link; a bigger one closes that stream.
@@ -22,10 +22,13 @@ pub const MAX_LINK_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct Central {
     db: Database,
-    sessions: Arc<Sessions>,
+    /// The Site Call Audit actor, run by [`Central::run`]; its handle.
+    actor: SiteCallAuditActor,
+    audit: SiteCallAudit,
+    stats: Arc<LinkStats>,
     settings: LinkSettings,
+    command_timeout: Duration,
     kpis: KpiSettings,
-    retention_days: i64,
     /// The link's TLS identity, read at build so a bad file fails the start.
     tls: Option<tonic::transport::Identity>,
     link_listener: tokio::net::TcpListener,
@@ -63,18 +66,26 @@ impl Central {
         let http_listener = tokio::net::TcpListener::bind(c.http_bind)
             .await
             .with_context(|| format!("binding the HTTP API to {}", c.http_bind))?;
+        let (actor, audit) = SiteCallAuditActor::new(
+            db.clone(),
+            AuditSettings {
+                reconcile_interval: Duration::from_secs(c.reconcile_interval_seconds.max(1)),
+                retention_days: c.retention_days,
+                ..AuditSettings::default()
+            },
+        );
         Ok(Self {
-            sessions: Arc::new(Sessions::default()),
+            actor,
+            audit,
+            stats: Arc::default(),
             settings: LinkSettings {
                 reconcile_page: c.reconcile_page,
-                reconcile_interval: Duration::from_secs(c.reconcile_interval_seconds.max(1)),
-                command_timeout: Duration::from_millis(c.command_timeout_ms),
             },
+            command_timeout: Duration::from_millis(c.command_timeout_ms),
             kpis: KpiSettings {
                 interval_seconds: c.kpi_interval_seconds,
                 stuck_threshold_seconds: c.stuck_threshold_seconds,
             },
-            retention_days: c.retention_days,
             tls,
             link_addr: link_listener.local_addr()?,
             link_listener,
@@ -96,19 +107,22 @@ impl Central {
         &self.db
     }
 
-    pub fn sessions(&self) -> &Arc<Sessions> {
-        &self.sessions
+    /// What the link transferred (also in `/metrics`).
+    pub fn link_stats(&self) -> &Arc<LinkStats> {
+        &self.stats
     }
 
-    pub fn settings(&self) -> LinkSettings {
-        self.settings
+    /// The Site Call Audit actor's handle (who is online, relays).
+    pub fn audit(&self) -> &SiteCallAudit {
+        &self.audit
     }
 
     /// Serves the site link and the HTTP API until `cancel` fires.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let service = SiteLinkServer::new(LinkService::new(
             self.db.clone(),
-            self.sessions.clone(),
+            self.audit.clone(),
+            self.stats.clone(),
             self.settings,
         ))
         .max_decoding_message_size(MAX_LINK_MESSAGE_BYTES);
@@ -125,15 +139,16 @@ impl Central {
             .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
         let api = rest_api::router(ApiState {
             db: self.db.clone(),
-            sessions: self.sessions.clone(),
-            command_timeout: self.settings.command_timeout,
+            audit: self.audit.clone(),
+            stats: self.stats.clone(),
+            command_timeout: self.command_timeout,
             kpis: self.kpis,
         });
         let http = axum::serve(self.http_listener, api)
             .with_graceful_shutdown(cancel.clone().cancelled_owned());
-        let purge = RetentionPurge::new(self.db.clone(), self.retention_days).run(cancel.clone());
+        let actor = self.actor.run(cancel.clone());
         let (link, http, ()) =
-            tokio::join!(link, std::future::IntoFuture::into_future(http), purge);
+            tokio::join!(link, std::future::IntoFuture::into_future(http), actor);
         link.context("site link server")?;
         http.context("HTTP API")?;
         tracing::info!("central stopped");

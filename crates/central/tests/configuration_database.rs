@@ -4,10 +4,10 @@
 //! property test), cursor advance over complete ranges only, bad input.
 
 use proptest::prelude::*;
-use sitelink_central::configuration_database::{Database, LAST_ERROR_MAX_CHARS};
+use sitelink_central::configuration_database::{Database, Kpis, LAST_ERROR_MAX_CHARS};
 use sitelink_commons::{
-    lifecycle::check_transition, unix_ms_to_utc, Kind, SiteName, TrackedOperationId,
-    TrackedOperationStatus, TrackedOperationStatus::*, TrackingRecord,
+    lifecycle::check_transition, unix_ms_to_utc, utc_to_unix_ms, Kind, SiteName,
+    TrackedOperationId, TrackedOperationStatus, TrackedOperationStatus::*, TrackingRecord,
 };
 
 /// Every backend this run can test: SQLite always, PostgreSQL if configured.
@@ -272,6 +272,114 @@ proptest! {
                 expected.sort_by_key(|r| r.tracked_operation_id);
                 got.sort_by_key(|r| r.tracked_operation_id);
                 prop_assert_eq!(got, expected, "{}", label);
+                cleanup(pg, db).await;
+            }
+            Ok(())
+        })?;
+    }
+}
+
+/// The KPIs of SPEC §5.2 computed the slow, obvious way from every row.
+fn kpis_by_scan(
+    rows: &[TrackingRecord],
+    now_ms: i64,
+    interval_s: i64,
+    stuck_s: i64,
+) -> std::collections::BTreeMap<String, Kpis> {
+    let mut out = std::collections::BTreeMap::<String, Kpis>::new();
+    for r in rows {
+        let created = utc_to_unix_ms(r.created_at_utc);
+        let terminal = r.terminal_at_utc.map(utc_to_unix_ms);
+        let recent = terminal.is_some_and(|t| t >= now_ms - interval_s * 1000);
+        if r.status.is_terminal() && !recent {
+            continue;
+        }
+        let k = out.entry(r.source_site.clone()).or_insert_with(|| Kpis {
+            interval_seconds: interval_s,
+            stuck_threshold_seconds: stuck_s,
+            ..Default::default()
+        });
+        match r.status {
+            Pending | Retrying => {
+                k.buffered += 1;
+                let age = ((now_ms - created) / 1000).max(0);
+                k.oldest_pending_age_seconds =
+                    Some(k.oldest_pending_age_seconds.unwrap_or(0).max(age));
+                if created < now_ms - stuck_s * 1000 {
+                    k.stuck += 1;
+                }
+            }
+            Parked => k.parked += 1,
+            Delivered => k.delivered_last_interval += 1,
+            Failed => k.failed_last_interval += 1,
+            Discarded => {}
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    /// The KPIs (maintained open-call counters, folded at random moments,
+    /// plus index seeks) equal a scan of every row, through inserts,
+    /// transitions, out-of-order telemetry and a retention purge.
+    #[test]
+    fn kpis_equal_a_scan_of_every_row(
+        calls in proptest::collection::vec((lifecycle(), 0usize..3, 0i64..1200, any::<bool>()), 1..40),
+        seed in any::<u64>(),
+        batch_size in 1usize..15,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            for (label, db, pg, _dir) in databases().await {
+                let now = 1_700_000_000_000i64;
+                let mut messages = Vec::new();
+                for (statuses, site, age_s, old) in &calls {
+                    let site = format!("k{site}");
+                    let id = TrackedOperationId::new();
+                    // Created `age_s` ago; terminal a year ago or just now.
+                    let created = now - age_s * 1000 - if *old { 400 * 86_400_000 } else { 0 };
+                    for (i, s) in statuses.iter().enumerate() {
+                        let mut r = record(&site, id, *s, i as u64 + 1);
+                        r.created_at_utc = unix_ms_to_utc(created);
+                        r.terminal_at_utc = s.is_terminal().then(|| unix_ms_to_utc(created + 1000));
+                        messages.push(r);
+                    }
+                }
+                let mut rng = seed | 1;
+                let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; rng };
+                for i in (1..messages.len()).rev() {
+                    let j = next() as usize % (i + 1);
+                    messages.swap(i, j);
+                }
+                for s in ["k0", "k1", "k2"] {
+                    db.sites().add(&SiteName::parse(s).unwrap()).await.unwrap();
+                }
+                let mut by_site: std::collections::BTreeMap<String, Vec<TrackingRecord>> = Default::default();
+                for m in messages { by_site.entry(m.source_site.clone()).or_default().push(m); }
+                for (site, msgs) in &by_site {
+                    let site = SiteName::parse(site).unwrap();
+                    for batch in msgs.chunks(batch_size) {
+                        db.site_calls().ingest(&site, batch, None).await.unwrap();
+                        if next() % 3 == 0 {
+                            db.site_calls().fold_open_counts().await.unwrap();
+                        }
+                    }
+                }
+                // A purge of old terminal rows leaves the open counts alone.
+                sitelink_central::site_call_audit::RetentionPurge::new(db.clone(), 365)
+                    .run_once(now).await.unwrap();
+                if next() % 2 == 0 {
+                    db.site_calls().fold_open_counts().await.unwrap();
+                }
+                let mut all = Vec::new();
+                for s in ["k0", "k1", "k2"] {
+                    all.extend(db.site_calls().all_for_site(s).await.unwrap());
+                }
+                for (interval, stuck) in [(3600, 600), (60, 0), (86_400, 86_400)] {
+                    let got = db.site_calls().kpis_per_site(now, interval, stuck).await.unwrap();
+                    prop_assert_eq!(&got, &kpis_by_scan(&all, now, interval, stuck), "{} {} {}", label, interval, stuck);
+                }
                 cleanup(pg, db).await;
             }
             Ok(())

@@ -41,7 +41,7 @@ async fn telemetry_and_reconcile_converge_through_cut_connections() {
     eventually(
         Duration::from_secs(5),
         "central sees s3 offline",
-        || async { (!central.sessions.is_online("s3")).then_some(()) },
+        || async { (!central.audit.is_online("s3").await).then_some(()) },
     )
     .await;
     // Offline past several reconcile periods (1 s each), working all along.
@@ -126,21 +126,21 @@ async fn retry_and_discard_are_relayed_to_the_owning_site() {
     let timeout = Duration::from_secs(2);
     assert_eq!(
         central
-            .sessions
+            .audit
             .relay("s1", Command::Retry(ids[0]), timeout)
             .await,
         RelayOutcome::Applied
     );
     assert_eq!(
         central
-            .sessions
+            .audit
             .relay("s1", Command::Discard(ids[1]), timeout)
             .await,
         RelayOutcome::Applied
     );
     assert_eq!(
         central
-            .sessions
+            .audit
             .relay("s1", Command::Discard(ids[1]), timeout)
             .await,
         RelayOutcome::NotParked
@@ -148,7 +148,7 @@ async fn retry_and_discard_are_relayed_to_the_owning_site() {
     let unknown = sitelink_commons::TrackedOperationId::new();
     assert_eq!(
         central
-            .sessions
+            .audit
             .relay("s1", Command::Retry(unknown), timeout)
             .await,
         RelayOutcome::NotFound
@@ -169,13 +169,13 @@ async fn retry_and_discard_are_relayed_to_the_owning_site() {
     eventually(
         Duration::from_secs(5),
         "central notices the site is gone",
-        || async { (!central.sessions.is_online("s1")).then_some(()) },
+        || async { (!central.audit.is_online("s1").await).then_some(()) },
     )
     .await;
     let started = std::time::Instant::now();
     assert_eq!(
         central
-            .sessions
+            .audit
             .relay("s1", Command::Retry(ids[2]), timeout)
             .await,
         RelayOutcome::SiteUnreachable
@@ -193,7 +193,7 @@ async fn telemetry_alone_keeps_central_current() {
     let token = register(&central, "s1").await;
     let mut site = spawn_site("s1", &token, central.link, &fake.url(), 3).await;
     eventually(Duration::from_secs(5), "s1 online", || async {
-        central.sessions.is_online("s1").then_some(())
+        central.audit.is_online("s1").await.then_some(())
     })
     .await;
     // Once the reconcile of the connect is done (the cursor covers
@@ -220,7 +220,7 @@ async fn telemetry_alone_keeps_central_current() {
         cursor_covers_site,
     )
     .await;
-    let stats = &central.sessions.stats;
+    let stats = &central.stats;
     let (telemetry0, reconcile0) = (
         stats.telemetry_rows.load(Relaxed),
         stats.reconcile_rows.load(Relaxed),

@@ -70,13 +70,13 @@ async fn unknown_wrong_and_revoked_tokens_are_refused() {
     let proxy = TcpProxy::start(central.link).await;
     let mut site = spawn_site("s1", &token, proxy.addr(), &fake.url(), 3).await;
     eventually(Duration::from_secs(5), "s1 online", || async {
-        central.sessions.is_online("s1").then_some(())
+        central.audit.is_online("s1").await.then_some(())
     })
     .await;
     central.db.sites().revoke("s1").await.unwrap();
     proxy.cut();
     eventually(Duration::from_secs(5), "s1 offline", || async {
-        (!central.sessions.is_online("s1")).then_some(())
+        (!central.audit.is_online("s1").await).then_some(())
     })
     .await;
     proxy.heal();
@@ -86,7 +86,7 @@ async fn unknown_wrong_and_revoked_tokens_are_refused() {
         .unwrap();
     let e = raw_stream(central.link, &token, "s1").await.err().unwrap();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
-    assert!(!central.sessions.is_online("s1"));
+    assert!(!central.audit.is_online("s1").await);
     assert!(central
         .db
         .site_calls()
@@ -180,7 +180,7 @@ async fn bad_rows_are_rejected_and_the_rest_of_the_batch_lands() {
         0
     );
     assert!(
-        central.sessions.is_online("s1"),
+        central.audit.is_online("s1").await,
         "bad rows do not close the stream"
     );
     central.cancel.cancel();
@@ -218,7 +218,7 @@ async fn oversized_messages_and_garbage_bytes_close_only_their_own_connection() 
     eventually(
         Duration::from_secs(5),
         "the oversized stream is closed",
-        || async { (!central.sessions.is_online("bad")).then_some(()) },
+        || async { (!central.audit.is_online("bad").await).then_some(()) },
     )
     .await;
     assert!(central
@@ -235,7 +235,7 @@ async fn oversized_messages_and_garbage_bytes_close_only_their_own_connection() 
         .await
         .unwrap();
     converged(&central, &good, "good").await;
-    assert!(central.sessions.is_online("good"));
+    assert!(central.audit.is_online("good").await);
     good.stop().await;
     central.cancel.cancel();
 }
@@ -249,7 +249,7 @@ async fn a_site_that_never_answers_a_command_times_out() {
     let _welcome = inbound.message().await.unwrap();
     let started = std::time::Instant::now();
     let outcome = central
-        .sessions
+        .audit
         .relay(
             "mute",
             sitelink_central::communication::Command::Retry(TrackedOperationId::new()),
@@ -265,7 +265,7 @@ async fn a_site_that_never_answers_a_command_times_out() {
             && started.elapsed() < Duration::from_secs(2)
     );
     assert!(
-        central.sessions.is_online("mute"),
+        central.audit.is_online("mute").await,
         "a slow site is not disconnected"
     );
     central.cancel.cancel();

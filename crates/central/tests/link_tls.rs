@@ -69,7 +69,7 @@ async fn the_link_runs_over_tls_with_a_self_signed_certificate() {
     let central = Central::build(cfg).await.unwrap();
     let (db, sessions, link) = (
         central.database().clone(),
-        central.sessions().clone(),
+        central.audit().clone(),
         central.link_addr(),
     );
     let cancel = CancellationToken::new();
@@ -113,7 +113,7 @@ async fn the_link_runs_over_tls_with_a_self_signed_certificate() {
             .await
             .is_err());
     }
-    assert!(!sessions.is_online("s1"));
+    assert!(!sessions.is_online("s1").await);
 
     // Trusting central's certificate: connected, and calls converge.
     let (site, _d2) = tls_site(dir.path(), &token, link, "central.crt", &fake.url()).await;
@@ -122,7 +122,7 @@ async fn the_link_runs_over_tls_with_a_self_signed_certificate() {
     let site_cancel = CancellationToken::new();
     let site_task = tokio::spawn(site.run(site_cancel.clone()));
     eventually(Duration::from_secs(10), "s1 online over TLS", || async {
-        sessions.is_online("s1").then_some(())
+        sessions.is_online("s1").await.then_some(())
     })
     .await;
     let ids = runtime

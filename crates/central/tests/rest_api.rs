@@ -257,7 +257,7 @@ async fn operators_see_and_act_on_site_calls() {
     eventually(
         Duration::from_secs(5),
         "central sees the site offline",
-        || async { (!central.sessions.is_online("s1")).then_some(()) },
+        || async { (!central.audit.is_online("s1").await).then_some(()) },
     )
     .await;
     let started = std::time::Instant::now();

@@ -2,16 +2,18 @@
 //! the gRPC service every site opens one bidirectional stream to.
 //!
 //! Main types: [`LinkService`] (the tonic service: authentication, one task
-//! per stream), [`Sessions`] (the live streams by site; relays operator
-//! commands and waits for their results), [`LinkSettings`].
+//! per stream), [`Command`] and [`RelayOutcome`] (operator commands and how
+//! they end), [`LinkStats`], [`LinkSettings`].
 //!
 //! Per stream: the token in the `authorization` metadata must name a known,
 //! unrevoked site; the first message must be a Hello from that same site.
-//! Then central asks for a reconcile from its cursor, ingests telemetry and
-//! reconcile pages (advancing the cursor only over complete ranges, and
-//! telling the site with a CursorAck), reconciles again every
-//! `reconcile_interval`, and relays commands. A malformed message ends that
-//! stream with a logged reason; nothing else is affected.
+//! Then the stream registers with the Site Call Audit actor
+//! ([`crate::site_call_audit`]), which decides when to reconcile and which
+//! commands to relay; the stream speaks the protocol: it pulls reconcile
+//! pages, hands telemetry and pages to the actor's ingest (the cursor
+//! advances only over complete ranges, and the site hears of it in a
+//! CursorAck), and routes command results back. A malformed message ends
+//! that stream with a logged reason; nothing else is affected.
 //!
 //! Invariant: rows are ingested as the authenticated site; a row that names
 //! another site is rejected and logged, and the rest of its batch lands.
@@ -19,25 +21,18 @@
 mod session;
 
 use std::{
-    collections::HashMap,
     pin::Pin,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
-    time::Duration,
+    sync::{atomic::AtomicU64, Arc},
 };
 
 use sitelink_commons::{
-    contracts::v1::{
-        self, central_message, site_link_server::SiteLink, CentralMessage, SiteMessage,
-    },
+    contracts::v1::{self, site_link_server::SiteLink, CentralMessage, SiteMessage},
     TrackedOperationId,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{configuration_database::Database, site_call_audit::IngestBatcher};
+use crate::{configuration_database::Database, site_call_audit::SiteCallAudit};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -46,18 +41,12 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub struct LinkSettings {
     /// Rows per reconcile page.
     pub reconcile_page: u32,
-    /// How often a connected site is reconciled (besides on connect).
-    pub reconcile_interval: Duration,
-    /// How long a relayed command may take before it is a timeout.
-    pub command_timeout: Duration,
 }
 
 impl Default for LinkSettings {
     fn default() -> Self {
         Self {
             reconcile_page: 1000,
-            reconcile_interval: Duration::from_secs(300),
-            command_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -80,15 +69,6 @@ pub enum RelayOutcome {
     Error(String),
 }
 
-/// One live stream.
-struct Live {
-    /// Which stream this is, so an old stream ending does not remove a newer.
-    generation: u64,
-    tx: mpsc::Sender<Result<CentralMessage, Status>>,
-    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<v1::CommandResult>>>>,
-    correlation: Arc<AtomicU64>,
-}
-
 /// Counters of what the link transferred (exported in `/metrics`).
 #[derive(Debug, Default)]
 pub struct LinkStats {
@@ -98,136 +78,27 @@ pub struct LinkStats {
     pub reconcile_rows: AtomicU64,
 }
 
-/// The live streams, by site name.
-#[derive(Default)]
-pub struct Sessions {
-    live: Mutex<HashMap<String, Live>>,
-    generations: AtomicU64,
-    pub stats: Arc<LinkStats>,
-}
-
-impl Sessions {
-    /// Names of the sites with a live stream.
-    pub fn online(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        v.sort();
-        v
-    }
-
-    pub fn is_online(&self, site: &str) -> bool {
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(site)
-    }
-
-    /// Relays a command to the owning site and waits for its answer: at once
-    /// `SiteUnreachable` without a live stream, `Timeout` after `timeout`.
-    pub async fn relay(&self, site: &str, command: Command, timeout: Duration) -> RelayOutcome {
-        let (tx, pending, correlation) = {
-            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            match live.get(site) {
-                None => return RelayOutcome::SiteUnreachable,
-                Some(l) => (
-                    l.tx.clone(),
-                    l.pending.clone(),
-                    l.correlation.fetch_add(1, Ordering::Relaxed) + 1,
-                ),
-            }
-        };
-        let (done, answer) = oneshot::channel();
-        pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(correlation, done);
-        let body = match command {
-            Command::Retry(id) => {
-                central_message::Body::Retry(v1::RetryParkedOperation { id: id.to_string() })
-            }
-            Command::Discard(id) => {
-                central_message::Body::Discard(v1::DiscardParkedOperation { id: id.to_string() })
-            }
-        };
-        if tx
-            .send(Ok(CentralMessage {
-                correlation,
-                body: Some(body),
-            }))
-            .await
-            .is_err()
-        {
-            pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&correlation);
-            return RelayOutcome::SiteUnreachable;
-        }
-        let result = tokio::time::timeout(timeout, answer).await;
-        pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&correlation);
-        match result {
-            Err(_) => RelayOutcome::Timeout,
-            // The stream ended before the answer came.
-            Ok(Err(_)) => RelayOutcome::SiteUnreachable,
-            Ok(Ok(r)) => match v1::CommandOutcome::try_from(r.outcome) {
-                Ok(v1::CommandOutcome::Applied) => RelayOutcome::Applied,
-                Ok(v1::CommandOutcome::NotFound) => RelayOutcome::NotFound,
-                Ok(v1::CommandOutcome::NotParked) => RelayOutcome::NotParked,
-                _ => {
-                    RelayOutcome::Error(r.error.unwrap_or_else(|| format!("outcome {}", r.outcome)))
-                }
-            },
-        }
-    }
-
-    fn register(&self, site: &str, live: Live) {
-        if let Some(old) = self
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(site.to_owned(), live)
-        {
-            tracing::info!(
-                site,
-                generation = old.generation,
-                "a newer stream replaces the site's old one"
-            );
-        }
-    }
-
-    fn deregister(&self, site: &str, generation: u64) {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if live.get(site).is_some_and(|l| l.generation == generation) {
-            live.remove(site);
-        }
-    }
-}
-
 /// The tonic service.
 pub struct LinkService {
     db: Database,
-    sessions: Arc<Sessions>,
     settings: LinkSettings,
-    /// The one task that commits what every stream receives.
-    ingest: IngestBatcher,
+    stats: Arc<LinkStats>,
+    /// Where every stream's rows, orders and answers go.
+    audit: SiteCallAudit,
 }
 
 impl LinkService {
-    pub fn new(db: Database, sessions: Arc<Sessions>, settings: LinkSettings) -> Self {
-        let ingest = IngestBatcher::spawn(db.clone());
+    pub fn new(
+        db: Database,
+        audit: SiteCallAudit,
+        stats: Arc<LinkStats>,
+        settings: LinkSettings,
+    ) -> Self {
         Self {
             db,
-            sessions,
             settings,
-            ingest,
+            stats,
+            audit,
         }
     }
 }
@@ -286,37 +157,22 @@ impl SiteLink for LinkService {
             )));
         }
         let (tx, rx) = mpsc::channel(256);
-        let generation = self.sessions.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        let pending = Arc::new(Mutex::new(HashMap::new()));
-        let correlation = Arc::new(AtomicU64::new(0));
-        self.sessions.register(
-            site.as_str(),
-            Live {
-                generation,
-                tx: tx.clone(),
-                pending: pending.clone(),
-                correlation: correlation.clone(),
-            },
-        );
         tracing::info!(%site, high_seq = hello.high_seq, "site connected");
         let session = session::Session {
             site: site.clone(),
             db: self.db.clone(),
             tx,
-            pending,
-            correlation,
             settings: self.settings,
-            stats: self.sessions.stats.clone(),
-            ingest: self.ingest.clone(),
+            stats: self.stats.clone(),
+            audit: self.audit.clone(),
+            correlation: 0,
+            commands: Default::default(),
         };
-        let sessions = self.sessions.clone();
         tokio::spawn(async move {
-            if let Err(reason) = session.run(inbound, hello.high_seq).await {
-                tracing::warn!(site = %session.site, %reason, "site stream closed");
-            } else {
-                tracing::info!(site = %session.site, "site disconnected");
+            match session.run(inbound, hello.high_seq).await {
+                Err(reason) => tracing::warn!(%site, %reason, "site stream closed"),
+                Ok(()) => tracing::info!(%site, "site disconnected"),
             }
-            sessions.deregister(session.site.as_str(), generation);
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

@@ -1,34 +1,37 @@
-//! One site's stream, as central runs it: reconcile on connect and every
-//! `reconcile_interval`, ingest telemetry and reconcile pages, acknowledge
-//! the cursor, and route command results to their waiting relays.
+//! One site's stream, as central runs it: the wire protocol of reconcile
+//! pages, telemetry and commands. What to do and when (reconcile on
+//! connect and on schedule, which command to relay) comes from the Site
+//! Call Audit actor as [`StreamOrder`]s; what arrives goes to it.
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{atomic::Ordering, Arc},
 };
 
 use sitelink_commons::{
     contracts::v1::{self, central_message, site_message, CentralMessage, SiteMessage},
     SiteName, TrackingRecord,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use super::LinkSettings;
-use crate::{configuration_database::Database, site_call_audit::IngestBatcher};
+use super::{Command, LinkSettings};
+use crate::{
+    configuration_database::Database,
+    site_call_audit::{SiteCallAudit, StreamId, StreamOrder},
+};
 
 pub(super) struct Session {
     pub site: SiteName,
     pub db: Database,
     pub tx: mpsc::Sender<Result<CentralMessage, Status>>,
-    pub pending: Arc<Mutex<HashMap<u64, oneshot::Sender<v1::CommandResult>>>>,
-    pub correlation: Arc<AtomicU64>,
     pub settings: LinkSettings,
     pub stats: Arc<super::LinkStats>,
-    pub ingest: IngestBatcher,
+    pub audit: SiteCallAudit,
+    /// Correlation of the last message this stream sent.
+    pub correlation: u64,
+    /// Commands sent and not yet answered: wire correlation → relay id.
+    pub commands: HashMap<u64, u64>,
 }
 
 /// A reconcile in progress: the correlation of the page asked for and the
@@ -49,8 +52,13 @@ impl Session {
             .map_err(|_| "the site's stream is gone".to_owned())
     }
 
-    async fn request_page(&self, after_seq: u64) -> Result<Reconcile, String> {
-        let correlation = self.correlation.fetch_add(1, Ordering::Relaxed) + 1;
+    fn next_correlation(&mut self) -> u64 {
+        self.correlation += 1;
+        self.correlation
+    }
+
+    async fn request_page(&mut self, after_seq: u64) -> Result<Reconcile, String> {
+        let correlation = self.next_correlation();
         let body = central_message::Body::Reconcile(v1::CachedCallReconcileRequest {
             after_seq,
             limit: self.settings.reconcile_page,
@@ -94,7 +102,7 @@ impl Session {
         // A range with a row this build cannot read is not complete here:
         // apply the rest, leave the cursor, let a newer central reconcile it.
         let range = (malformed == 0).then_some((from, to));
-        let outcome = self.ingest.ingest(&self.site, records, range).await?;
+        let outcome = self.audit.ingest(&self.site, records, range).await?;
         for (id, why) in &outcome.rejected {
             tracing::warn!(site = %self.site, %id, reason = %why, "telemetry row rejected");
         }
@@ -110,9 +118,10 @@ impl Session {
         Ok(())
     }
 
+    /// Runs the stream until it ends; tells the actor it is gone.
     pub async fn run(
-        &self,
-        mut inbound: Streaming<SiteMessage>,
+        mut self,
+        inbound: Streaming<SiteMessage>,
         high_seq: u64,
     ) -> Result<(), String> {
         self.db
@@ -129,23 +138,39 @@ impl Session {
             }),
         )
         .await?;
-        // Reconcile on every connect.
-        let mut reconcile = Some(self.request_page(cursor).await?);
-        let mut every = tokio::time::interval(self.settings.reconcile_interval);
-        every.tick().await; // the first tick is now; connect already asked
-        let mut last_tick_cursor: Option<u64> = None;
+        let (orders_tx, orders) = mpsc::unbounded_channel();
+        let id = self.audit.connected(&self.site, cursor, orders_tx).await?;
+        let result = self.serve(inbound, orders, id).await;
+        self.audit.disconnected(&self.site, id).await;
+        result
+    }
+
+    async fn serve(
+        &mut self,
+        mut inbound: Streaming<SiteMessage>,
+        // Unbounded: the actor must never wait on a stream; it sends at
+        // most one reconcile per period and one message per operator action.
+        mut orders: mpsc::UnboundedReceiver<StreamOrder>,
+        id: StreamId,
+    ) -> Result<(), String> {
+        let mut reconcile: Option<Reconcile> = None;
         loop {
             let msg = tokio::select! {
                 m = inbound.message() => m,
-                _ = every.tick() => {
-                    // Pull only when the cursor stood still for a whole
-                    // period: while telemetry keeps advancing it, there is
-                    // no gap to heal and a pull would send rows twice.
-                    let cursor = self.cursor().await?;
-                    if reconcile.is_none() && last_tick_cursor == Some(cursor) {
-                        reconcile = Some(self.request_page(cursor).await?);
+                order = orders.recv() => {
+                    match order {
+                        Some(StreamOrder::Reconcile { after_seq }) => {
+                            if reconcile.is_none() {
+                                reconcile = Some(self.request_page(after_seq).await?);
+                            }
+                        }
+                        Some(StreamOrder::Command { relay, command }) => {
+                            self.send_command(relay, command).await?;
+                        }
+                        // The actor replaced this stream with a newer one
+                        // or stopped: this stream has nothing left to do.
+                        None => return Ok(()),
                     }
-                    last_tick_cursor = Some(cursor);
                     continue;
                 }
             };
@@ -190,21 +215,18 @@ impl Session {
                     self.stats
                         .reconcile_rows
                         .fetch_add(page.rows.len() as u64, Ordering::Relaxed);
-                    self.ingest(&page.rows, r.after_seq, page.next_seq).await?;
+                    let after_seq = r.after_seq;
+                    self.ingest(&page.rows, after_seq, page.next_seq).await?;
                     reconcile = if page.has_more {
                         Some(self.request_page(page.next_seq).await?)
                     } else {
+                        self.audit.reconcile_finished(&self.site, id).await;
                         None
                     };
                 }
                 Some(site_message::Body::CommandResult(result)) => {
-                    let waiter = self
-                        .pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&msg.correlation);
-                    if let Some(w) = waiter {
-                        let _ = w.send(result);
+                    if let Some(relay) = self.commands.remove(&msg.correlation) {
+                        self.audit.command_result(relay, result).await;
                     }
                 }
                 Some(site_message::Body::Hello(_)) => {
@@ -213,5 +235,19 @@ impl Session {
                 None => return Err("a message with no body (from a newer site?)".into()),
             }
         }
+    }
+
+    async fn send_command(&mut self, relay: u64, command: Command) -> Result<(), String> {
+        let correlation = self.next_correlation();
+        self.commands.insert(correlation, relay);
+        let body = match command {
+            Command::Retry(id) => {
+                central_message::Body::Retry(v1::RetryParkedOperation { id: id.to_string() })
+            }
+            Command::Discard(id) => {
+                central_message::Body::Discard(v1::DiscardParkedOperation { id: id.to_string() })
+            }
+        };
+        self.send(correlation, body).await
     }
 }

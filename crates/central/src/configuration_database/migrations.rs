@@ -8,11 +8,28 @@ use sqlx::{AssertSqlSafe, Executor};
 
 use super::{Backend, Database};
 
+/// One schema version: statements for both backends, then the ones whose
+/// syntax differs (triggers).
+struct Migration {
+    both: &'static [&'static str],
+    sqlite: &'static [&'static str],
+    postgres: &'static [&'static str],
+}
+
+/// A migration whose SQL is the same on both backends.
+const fn both(statements: &'static [&'static str]) -> Migration {
+    Migration {
+        both: statements,
+        sqlite: &[],
+        postgres: &[],
+    }
+}
+
 /// Append only: a released migration is never edited. Each entry is a list
 /// of statements (the `Any` driver runs one statement per call).
-const MIGRATIONS: &[&[&str]] = &[
+const MIGRATIONS: &[Migration] = &[
     // 1: sites and the SiteCalls mirror.
-    &[
+    both(&[
         "CREATE TABLE sites (
             name          TEXT PRIMARY KEY,
             token_hash    TEXT NOT NULL,
@@ -42,9 +59,9 @@ const MIGRATIONS: &[&[&str]] = &[
         // KPIs and purge.
         "CREATE INDEX site_calls_by_status ON site_calls (status, source_site)",
         "CREATE INDEX site_calls_by_terminal ON site_calls (terminal_at_ms)",
-    ],
+    ]),
     // 2: users, API tokens, the operator audit log.
-    &[
+    both(&[
         "CREATE TABLE users (
             name          TEXT PRIMARY KEY,
             password_hash TEXT NOT NULL,
@@ -66,17 +83,90 @@ const MIGRATIONS: &[&[&str]] = &[
             source_site TEXT,
             outcome     TEXT NOT NULL
         )",
-    ],
+    ]),
     // 3: indexes that answer the KPIs and the filtered first pages from the
     // index alone at millions of rows (BENCHMARKS.md, bench queries).
-    &[
+    both(&[
         "DROP INDEX site_calls_by_status",
         "DROP INDEX site_calls_by_terminal",
         "CREATE INDEX site_calls_by_status ON site_calls (status, source_site, created_at_ms)",
         "CREATE INDEX site_calls_by_terminal ON site_calls (terminal_at_ms, status, source_site)",
         "CREATE INDEX site_calls_by_site_status_created ON site_calls (source_site, status, created_at_ms, id)",
         "CREATE INDEX site_calls_by_status_created ON site_calls (status, created_at_ms, id)",
-    ],
+    ]),
+    // 4: maintained counters of open calls per (site, status), so the KPIs
+    // cost O(sites), not O(open rows), at 10 million rows. Triggers append
+    // +1/-1 rows to `site_call_open_deltas` (an insert never waits for
+    // another transaction's lock, unlike an update of a shared counter
+    // row); the Site Call Audit actor folds them into
+    // `site_call_open_counts` every few seconds; KPIs read the sum of both.
+    Migration {
+        both: &[
+            "CREATE TABLE site_call_open_counts (
+                source_site TEXT NOT NULL,
+                status      TEXT NOT NULL,
+                n           BIGINT NOT NULL,
+                PRIMARY KEY (source_site, status)
+            )",
+            "CREATE TABLE site_call_open_deltas (
+                source_site TEXT NOT NULL,
+                status      TEXT NOT NULL,
+                delta       BIGINT NOT NULL
+            )",
+            "INSERT INTO site_call_open_counts (source_site, status, n)
+             SELECT source_site, status, COUNT(*) FROM site_calls
+             WHERE status IN ('Pending', 'Retrying', 'Parked') GROUP BY source_site, status",
+        ],
+        sqlite: &[
+            "CREATE TRIGGER site_calls_open_insert AFTER INSERT ON site_calls
+             WHEN NEW.status IN ('Pending', 'Retrying', 'Parked')
+             BEGIN
+                INSERT INTO site_call_open_deltas VALUES (NEW.source_site, NEW.status, 1);
+             END",
+            "CREATE TRIGGER site_calls_open_update AFTER UPDATE OF status ON site_calls
+             WHEN OLD.status IS NOT NEW.status
+              AND (OLD.status IN ('Pending', 'Retrying', 'Parked') OR NEW.status IN ('Pending', 'Retrying', 'Parked'))
+             BEGIN
+                INSERT INTO site_call_open_deltas SELECT OLD.source_site, OLD.status, -1
+                    WHERE OLD.status IN ('Pending', 'Retrying', 'Parked');
+                INSERT INTO site_call_open_deltas SELECT NEW.source_site, NEW.status, 1
+                    WHERE NEW.status IN ('Pending', 'Retrying', 'Parked');
+             END",
+            "CREATE TRIGGER site_calls_open_delete AFTER DELETE ON site_calls
+             WHEN OLD.status IN ('Pending', 'Retrying', 'Parked')
+             BEGIN
+                INSERT INTO site_call_open_deltas VALUES (OLD.source_site, OLD.status, -1);
+             END",
+        ],
+        postgres: &[
+            "CREATE FUNCTION site_calls_open_delta() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                IF TG_OP <> 'INSERT' THEN
+                    IF OLD.status IN ('Pending', 'Retrying', 'Parked') THEN
+                        INSERT INTO site_call_open_deltas VALUES (OLD.source_site, OLD.status, -1);
+                    END IF;
+                END IF;
+                IF TG_OP <> 'DELETE' THEN
+                    IF NEW.status IN ('Pending', 'Retrying', 'Parked') THEN
+                        INSERT INTO site_call_open_deltas VALUES (NEW.source_site, NEW.status, 1);
+                    END IF;
+                END IF;
+                RETURN NULL;
+             END $$",
+            // WHEN clauses keep the function call off the common path (a
+            // row that arrives Delivered, or a retry-count update).
+            "CREATE TRIGGER site_calls_open_insert AFTER INSERT ON site_calls FOR EACH ROW
+             WHEN (NEW.status IN ('Pending', 'Retrying', 'Parked'))
+             EXECUTE FUNCTION site_calls_open_delta()",
+            "CREATE TRIGGER site_calls_open_update AFTER UPDATE OF status ON site_calls FOR EACH ROW
+             WHEN (OLD.status IS DISTINCT FROM NEW.status
+               AND (OLD.status IN ('Pending', 'Retrying', 'Parked') OR NEW.status IN ('Pending', 'Retrying', 'Parked')))
+             EXECUTE FUNCTION site_calls_open_delta()",
+            "CREATE TRIGGER site_calls_open_delete AFTER DELETE ON site_calls FOR EACH ROW
+             WHEN (OLD.status IN ('Pending', 'Retrying', 'Parked'))
+             EXECUTE FUNCTION site_calls_open_delta()",
+        ],
+    },
 ];
 
 pub(super) async fn apply(db: &Database) -> anyhow::Result<()> {
@@ -85,14 +175,14 @@ pub(super) async fn apply(db: &Database) -> anyhow::Result<()> {
         // Two central nodes starting together must not both migrate.
         conn.execute("SELECT pg_advisory_lock(7365726)").await?;
     }
-    let result = apply_locked(&mut conn).await;
+    let result = apply_locked(&mut conn, db.backend()).await;
     if db.backend() == Backend::Postgres {
         conn.execute("SELECT pg_advisory_unlock(7365726)").await?;
     }
     result
 }
 
-async fn apply_locked(conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
+async fn apply_locked(conn: &mut sqlx::AnyConnection, backend: Backend) -> anyhow::Result<()> {
     conn.execute(
         "CREATE TABLE IF NOT EXISTS sitelink_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
     )
@@ -108,10 +198,14 @@ async fn apply_locked(conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
             MIGRATIONS.len()
         );
     }
-    for (i, statements) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i as i64 + 1;
+        let specific = match backend {
+            Backend::Sqlite => migration.sqlite,
+            Backend::Postgres => migration.postgres,
+        };
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        for sql in *statements {
+        for sql in migration.both.iter().chain(specific) {
             tx.execute(AssertSqlSafe(*sql))
                 .await
                 .with_context(|| format!("central migration {version}"))?;
@@ -125,4 +219,33 @@ async fn apply_locked(conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
         tracing::info!(version, "applied central migration");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sitelink_commons::TrackedOperationStatus;
+
+    /// The statuses the open-call counters of migration 4 count, as its
+    /// SQL spells them.
+    const OPEN_STATUSES_SQL: &str = "('Pending', 'Retrying', 'Parked')";
+
+    /// The counters' status list is exactly the non-terminal statuses, and
+    /// every trigger and the initial count spell it the same way.
+    #[test]
+    fn open_status_list_matches_the_lifecycle() {
+        for s in TrackedOperationStatus::ALL {
+            assert_eq!(
+                OPEN_STATUSES_SQL.contains(&format!("'{}'", s.as_str())),
+                !s.is_terminal(),
+                "{s:?}"
+            );
+        }
+        let m = &MIGRATIONS[3];
+        for sql in m.both[2..].iter().chain(m.sqlite).chain(m.postgres) {
+            let mentions = sql.matches("'Pending'").count();
+            assert!(mentions > 0, "{sql}");
+            assert_eq!(sql.matches(OPEN_STATUSES_SQL).count(), mentions, "{sql}");
+        }
+    }
 }

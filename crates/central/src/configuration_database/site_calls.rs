@@ -14,7 +14,7 @@ use sitelink_commons::{
 };
 use sqlx::Row;
 
-use super::Database;
+use super::{Backend, Database};
 
 /// Longest target summary and provenance stored, in characters.
 const SHORT_TEXT_MAX_CHARS: usize = 512;
@@ -374,6 +374,49 @@ impl SiteCalls<'_> {
         rows.iter().map(record).collect()
     }
 
+    /// Folds the open-call deltas the triggers appended into the counters;
+    /// returns how many delta rows it folded. Run by one task only (the
+    /// Site Call Audit actor). PostgreSQL: the DELETE takes exactly the
+    /// rows its snapshot sees, so deltas committed meanwhile stay for the
+    /// next fold. SQLite: the INSERT takes the write lock first, so nothing
+    /// commits between the sum and the delete.
+    pub async fn fold_open_counts(&self) -> Result<u64, sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
+        let folded = match self.db.backend() {
+            Backend::Postgres => {
+                sqlx::query_scalar::<_, i64>(
+                    "WITH d AS (DELETE FROM site_call_open_deltas RETURNING source_site, status, delta),
+                          s AS (INSERT INTO site_call_open_counts (source_site, status, n)
+                                SELECT source_site, status, SUM(delta) FROM d GROUP BY source_site, status
+                                ON CONFLICT (source_site, status) DO UPDATE SET n = site_call_open_counts.n + excluded.n)
+                     SELECT COUNT(*) FROM d",
+                )
+                .fetch_one(&mut *tx)
+                .await?
+            }
+            Backend::Sqlite => {
+                // `WHERE true`: SQLite's parser needs it before ON CONFLICT.
+                sqlx::query(
+                    "INSERT INTO site_call_open_counts (source_site, status, n)
+                     SELECT source_site, status, SUM(delta) FROM site_call_open_deltas WHERE true
+                     GROUP BY source_site, status
+                     ON CONFLICT (source_site, status) DO UPDATE SET n = site_call_open_counts.n + excluded.n",
+                )
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM site_call_open_deltas")
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected() as i64
+            }
+        };
+        sqlx::query("DELETE FROM site_call_open_counts WHERE n = 0")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(folded as u64)
+    }
+
     /// KPIs per site, computed point-in-time: non-terminal rows through the
     /// status index, recent terminal rows through the terminal-time index.
     pub async fn kpis_per_site(
@@ -389,11 +432,25 @@ impl SiteCalls<'_> {
             ..Default::default()
         };
         let stuck_before = now_ms - stuck_threshold_seconds * 1000;
+        // Open calls from the maintained counters (migration 4): one row
+        // per (site, status). For buffered groups, the oldest creation time
+        // is one index seek, and "stuck" is the count minus the calls
+        // created within the threshold (a range over recent rows only).
         let open = sqlx::query(
-            "SELECT source_site, status, COUNT(*), MIN(created_at_ms),
-                    SUM(CASE WHEN created_at_ms < $1 THEN 1 ELSE 0 END)
-             FROM site_calls WHERE status IN ('Pending', 'Retrying', 'Parked')
-             GROUP BY source_site, status",
+            "SELECT g.source_site, g.status, g.n,
+                    CASE WHEN g.status = 'Parked' THEN NULL ELSE
+                        (SELECT MIN(c.created_at_ms) FROM site_calls c
+                         WHERE c.status = g.status AND c.source_site = g.source_site) END,
+                    CASE WHEN g.status = 'Parked' THEN 0 ELSE
+                        (SELECT COUNT(*) FROM site_calls c
+                         WHERE c.status = g.status AND c.source_site = g.source_site
+                           AND c.created_at_ms >= $1) END
+             FROM (SELECT source_site, status, CAST(SUM(n) AS BIGINT) AS n
+                   FROM (SELECT source_site, status, n FROM site_call_open_counts
+                         UNION ALL
+                         SELECT source_site, status, delta FROM site_call_open_deltas) AS u
+                   GROUP BY source_site, status) AS g
+             WHERE g.n > 0",
         )
         .bind(stuck_before)
         .fetch_all(self.db.pool())
@@ -407,11 +464,12 @@ impl SiteCalls<'_> {
                 k.parked += n;
             } else {
                 k.buffered += n;
-                let oldest: i64 = r.try_get(3)?;
-                let age = ((now_ms - oldest) / 1000).max(0);
-                k.oldest_pending_age_seconds =
-                    Some(k.oldest_pending_age_seconds.map_or(age, |a| a.max(age)));
-                k.stuck += r.try_get::<i64, _>(4)?;
+                if let Some(oldest) = r.try_get::<Option<i64>, _>(3)? {
+                    let age = ((now_ms - oldest) / 1000).max(0);
+                    k.oldest_pending_age_seconds =
+                        Some(k.oldest_pending_age_seconds.map_or(age, |a| a.max(age)));
+                }
+                k.stuck += (n - r.try_get::<i64, _>(4)?).max(0);
             }
         }
         // The plan must walk the terminal-time index (covering) over the

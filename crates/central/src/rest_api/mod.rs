@@ -23,8 +23,9 @@ use axum::{
 use sitelink_commons::{Kind, TrackedOperationId, TrackedOperationStatus};
 
 use crate::{
-    communication::{Command, RelayOutcome, Sessions},
+    communication::{Command, LinkStats, RelayOutcome},
     configuration_database::{now_ms, rfc3339, Database, Kpis, PageCursor, SiteCallFilter},
+    site_call_audit::SiteCallAudit,
 };
 pub use auth::Authenticated;
 pub use openapi::ApiDoc;
@@ -40,7 +41,8 @@ pub struct KpiSettings {
 #[derive(Clone)]
 pub struct ApiState {
     pub db: Database,
-    pub sessions: Arc<Sessions>,
+    pub audit: SiteCallAudit,
+    pub stats: Arc<LinkStats>,
     pub command_timeout: Duration,
     pub kpis: KpiSettings,
 }
@@ -134,6 +136,7 @@ fn time_param(q: &HashMap<String, String>, key: &str) -> Result<Option<i64>, Api
 
 #[utoipa::path(get, path = "/api/v1/sites", responses((status = 200, body = SitesPage), (status = 401, body = openapi::ErrorBody)))]
 async fn sites(State(st): State<ApiState>, _: Authenticated) -> Result<Response, ApiError> {
+    let online = st.audit.online().await;
     let items: Vec<SiteView> = st
         .db
         .sites()
@@ -142,7 +145,7 @@ async fn sites(State(st): State<ApiState>, _: Authenticated) -> Result<Response,
         .map_err(internal)?
         .into_iter()
         .map(|s| SiteView {
-            online: st.sessions.is_online(&s.name),
+            online: online.contains(&s.name),
             last_seen_utc: s.last_seen_ms.map(rfc3339),
             cursor: s.reconcile_cursor,
             reconcile_lag: s.high_seq.saturating_sub(s.reconcile_cursor),
@@ -286,7 +289,7 @@ async fn relay(
                 Command::Discard(id)
             };
             (
-                st.sessions
+                st.audit
                     .relay(&r.source_site, command, st.command_timeout)
                     .await,
                 Some(r.source_site.clone()),
@@ -386,10 +389,10 @@ async fn metrics(State(st): State<ApiState>) -> Result<Response, ApiError> {
         .await
         .map_err(internal)?;
     let mut out = String::new();
-    let online = st.sessions.online();
+    let online = st.audit.online().await;
     let _ = writeln!(out, "# HELP sitelink_connected_sites Sites with a live stream.\n# TYPE sitelink_connected_sites gauge");
     let _ = writeln!(out, "sitelink_connected_sites {}", online.len());
-    let stats = &st.sessions.stats;
+    let stats = &st.stats;
     for (name, help, v) in [
         (
             "telemetry_rows_total",

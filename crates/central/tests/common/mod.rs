@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 pub struct TestCentral {
     central: Option<Central>,
     pub db: sitelink_central::configuration_database::Database,
-    pub sessions: Arc<sitelink_central::communication::Sessions>,
+    pub audit: sitelink_central::site_call_audit::SiteCallAudit,
+    pub stats: Arc<sitelink_central::communication::LinkStats>,
     pub link: std::net::SocketAddr,
     pub http: String,
     pub cancel: CancellationToken,
@@ -41,7 +42,8 @@ pub async fn spawn_central_with(extra: &str) -> TestCentral {
     let cancel = CancellationToken::new();
     let mut c = TestCentral {
         db: central.database().clone(),
-        sessions: central.sessions().clone(),
+        audit: central.audit().clone(),
+        stats: central.link_stats().clone(),
         link: central.link_addr(),
         http: format!("http://{}", central.http_addr()),
         central: Some(central),

@@ -258,7 +258,7 @@ async fn steady_state(db: Db, ops_per_site: usize) -> anyhow::Result<Value> {
     let bench_db = BenchDb::new(db).await?;
     let central = bench_db.central(1, 1000).await?;
     let database = central.database().clone();
-    let sessions = central.sessions().clone();
+    let (audit, stats) = (central.audit().clone(), central.link_stats().clone());
     let link = central.link_addr();
     let cancel = CancellationToken::new();
     let server = tokio::spawn(central.run(cancel.clone()));
@@ -281,10 +281,10 @@ async fn steady_state(db: Db, ops_per_site: usize) -> anyhow::Result<Value> {
         tokio::spawn(site.run(cancel.clone()));
         sites.push((name, engine));
     }
-    while sessions.online().len() < 2 {
+    while audit.online().await.len() < 2 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let start_reconcile = sessions.stats.reconcile_rows.load(Ordering::Relaxed);
+    let start_reconcile = stats.reconcile_rows.load(Ordering::Relaxed);
     let mut work = tokio::task::JoinSet::new();
     for (_, engine) in &sites {
         for w in 0..16 {
@@ -346,8 +346,8 @@ async fn steady_state(db: Db, ops_per_site: usize) -> anyhow::Result<Value> {
         );
     }
     let changed: u64 = sites.iter().map(|(_, e)| e.high_seq()).sum();
-    let reconcile = sessions.stats.reconcile_rows.load(Ordering::Relaxed) - start_reconcile;
-    let telemetry = sessions.stats.telemetry_rows.load(Ordering::Relaxed);
+    let reconcile = stats.reconcile_rows.load(Ordering::Relaxed) - start_reconcile;
+    let telemetry = stats.telemetry_rows.load(Ordering::Relaxed);
     cancel.cancel();
     server.await??;
     database.pool().close().await;

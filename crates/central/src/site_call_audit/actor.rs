@@ -1,0 +1,586 @@
+//! The `SiteCallAuditActor` (SPEC §5.2): the one task on a central node
+//! that owns Site Call Audit's moving parts. Everything reaches it as a
+//! message through its handle, [`SiteCallAudit`]:
+//!
+//! - **ingest batching**: site streams hand over telemetry batches and
+//!   reconcile pages; the actor commits everything queued in one
+//!   transaction (at most one commit in flight on SQLite, two on
+//!   PostgreSQL) and answers each stream when its rows are committed;
+//! - **the reconcile schedule**: a reconcile on every connect, then every
+//!   `reconcile_interval` for each connected site whose cursor stood still
+//!   for the whole period (while telemetry advances the cursor there is no
+//!   gap to heal, and a pull would transfer rows twice);
+//! - **the command relay**: which site has a live stream (and which of its
+//!   streams is the newest), routing Retry/Discard to it and its answer
+//!   back; `SiteUnreachable` at once without a stream or when the stream
+//!   ends first;
+//! - **the daily retention purge** and the fold of the open-call counters
+//!   behind the KPIs (migration 4).
+//!
+//! The actor never waits on the database in its own loop: commits, folds
+//! and purges run as child tasks it tracks, so a slow commit never delays a
+//! relay. Its state (sessions, cursors, pending relays, queued jobs) is
+//! plain data only this task touches: no locks.
+//!
+//! Invariant: a site has at most one registered stream (the newest); an
+//! older stream that ends never unregisters a newer one.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use sitelink_commons::{contracts::v1, SiteName, TrackingRecord};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::RetentionPurge;
+use crate::{
+    communication::{Command, RelayOutcome},
+    configuration_database::{now_ms, Backend, Database, IngestJob, IngestOutcome},
+};
+
+/// Most rows one ingest transaction takes; bounds commit latency.
+const MAX_ROWS_PER_COMMIT: usize = 5_000;
+
+/// What the actor needs to know of its schedule.
+#[derive(Clone, Copy, Debug)]
+pub struct AuditSettings {
+    /// How often a connected site is reconciled (besides on connect).
+    pub reconcile_interval: Duration,
+    /// Terminal rows older than this many days are purged.
+    pub retention_days: i64,
+    /// How often the purge runs (daily).
+    pub purge_every: Duration,
+    /// How often the open-call deltas are folded into the counters.
+    pub fold_every: Duration,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            reconcile_interval: Duration::from_secs(300),
+            retention_days: 365,
+            purge_every: Duration::from_secs(86_400),
+            fold_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the actor asks a site's stream to do. The stream turns it into
+/// wire messages and owns their correlations.
+#[derive(Debug)]
+pub enum StreamOrder {
+    /// Pull pages of changes above `after_seq`, then report
+    /// [`SiteCallAudit::reconcile_finished`].
+    Reconcile { after_seq: u64 },
+    /// Relay an operator command; report the site's answer with
+    /// [`SiteCallAudit::command_result`] quoting `relay`.
+    Command { relay: u64, command: Command },
+}
+
+/// Identifies one registered stream of a site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamId(u64);
+
+enum Msg {
+    Connected {
+        site: SiteName,
+        cursor: u64,
+        orders: mpsc::UnboundedSender<StreamOrder>,
+        reply: oneshot::Sender<StreamId>,
+    },
+    Disconnected {
+        site: SiteName,
+        stream: StreamId,
+    },
+    Ingest {
+        job: IngestJob,
+        reply: oneshot::Sender<Result<IngestOutcome, String>>,
+    },
+    ReconcileFinished {
+        site: SiteName,
+        stream: StreamId,
+    },
+    Relay {
+        site: String,
+        command: Command,
+        reply: oneshot::Sender<RelayOutcome>,
+    },
+    CommandResult {
+        relay: u64,
+        result: v1::CommandResult,
+    },
+    Online {
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    ScheduleNow {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Handle to the actor. Cheap to clone; every method fails softly (an
+/// error or `SiteUnreachable`) once the actor has stopped.
+#[derive(Clone)]
+pub struct SiteCallAudit {
+    tx: mpsc::Sender<Msg>,
+}
+
+const STOPPED: &str = "the Site Call Audit actor has stopped";
+
+impl SiteCallAudit {
+    /// Registers a new stream of `site` whose stored cursor is `cursor`;
+    /// the actor orders its first reconcile at once.
+    pub async fn connected(
+        &self,
+        site: &SiteName,
+        cursor: u64,
+        orders: mpsc::UnboundedSender<StreamOrder>,
+    ) -> Result<StreamId, String> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Connected {
+            site: site.clone(),
+            cursor,
+            orders,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| STOPPED.to_owned())
+    }
+
+    /// The stream ended; its pending relays answer `SiteUnreachable`.
+    pub async fn disconnected(&self, site: &SiteName, stream: StreamId) {
+        let _ = self
+            .send(Msg::Disconnected {
+                site: site.clone(),
+                stream,
+            })
+            .await;
+    }
+
+    /// Ingests rows of `site` covering `complete_range` (if given);
+    /// resolves once they are committed.
+    pub async fn ingest(
+        &self,
+        site: &SiteName,
+        rows: Vec<TrackingRecord>,
+        complete_range: Option<(u64, u64)>,
+    ) -> Result<IngestOutcome, String> {
+        let (reply, rx) = oneshot::channel();
+        let job = IngestJob {
+            site: site.clone(),
+            rows,
+            complete_range,
+        };
+        self.send(Msg::Ingest { job, reply }).await?;
+        rx.await.map_err(|_| STOPPED.to_owned())?
+    }
+
+    /// The reconcile the actor ordered on this stream is done (or failed).
+    pub async fn reconcile_finished(&self, site: &SiteName, stream: StreamId) {
+        let _ = self
+            .send(Msg::ReconcileFinished {
+                site: site.clone(),
+                stream,
+            })
+            .await;
+    }
+
+    /// The site's answer to relayed command `relay`.
+    pub async fn command_result(&self, relay: u64, result: v1::CommandResult) {
+        let _ = self.send(Msg::CommandResult { relay, result }).await;
+    }
+
+    /// Relays `command` to `site` and waits for its answer: at once
+    /// `SiteUnreachable` without a live stream, `Timeout` after `timeout`.
+    pub async fn relay(&self, site: &str, command: Command, timeout: Duration) -> RelayOutcome {
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::Relay {
+            site: site.to_owned(),
+            command,
+            reply,
+        };
+        if self.send(msg).await.is_err() {
+            return RelayOutcome::SiteUnreachable;
+        }
+        // The waiter keeps the clock; the actor drops the pending relay when
+        // this receiver is gone (see `sweep_relays`).
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => RelayOutcome::Timeout,
+            Ok(Err(_)) => RelayOutcome::SiteUnreachable,
+            Ok(Ok(outcome)) => outcome,
+        }
+    }
+
+    /// Names of the sites with a live stream, sorted.
+    pub async fn online(&self) -> Vec<String> {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Msg::Online { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Runs one step of the reconcile schedule now, as a period ending
+    /// would (tests drive the schedule with this instead of waiting).
+    pub async fn run_schedule_once(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Msg::ScheduleNow { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub async fn is_online(&self, site: &str) -> bool {
+        self.online().await.iter().any(|s| s == site)
+    }
+
+    async fn send(&self, msg: Msg) -> Result<(), String> {
+        self.tx.send(msg).await.map_err(|_| STOPPED.to_owned())
+    }
+}
+
+/// A registered stream.
+struct Stream {
+    id: StreamId,
+    orders: mpsc::UnboundedSender<StreamOrder>,
+    /// The cursor as the last commit left it.
+    cursor: u64,
+    /// The cursor at the previous schedule tick (None: no tick yet).
+    cursor_at_last_tick: Option<u64>,
+    reconciling: bool,
+}
+
+struct PendingRelay {
+    stream: StreamId,
+    reply: oneshot::Sender<RelayOutcome>,
+}
+
+struct QueuedIngest {
+    job: IngestJob,
+    reply: oneshot::Sender<Result<IngestOutcome, String>>,
+}
+
+/// What a child task reports back.
+enum Done {
+    /// Site and cursor of each committed job (the replies went directly).
+    Ingest(Vec<(SiteName, u64)>),
+    Fold(Result<u64, sqlx::Error>),
+    Purge(Result<u64, sqlx::Error>),
+}
+
+pub struct SiteCallAuditActor {
+    db: Database,
+    settings: AuditSettings,
+    rx: mpsc::Receiver<Msg>,
+    streams: HashMap<SiteName, Stream>,
+    next_stream: u64,
+    relays: HashMap<u64, PendingRelay>,
+    next_relay: u64,
+    queued: Vec<QueuedIngest>,
+    /// The commit tasks running now.
+    commits: HashSet<tokio::task::Id>,
+    /// 1 on SQLite (one writer at a time is all it has), 2 on PostgreSQL
+    /// (two transactions in flight keep both cores busy).
+    max_commits_in_flight: usize,
+    /// The fold task running now, if any (never two at once).
+    fold: Option<tokio::task::Id>,
+    children: JoinSet<Done>,
+}
+
+impl SiteCallAuditActor {
+    /// The actor and its handle; run the actor with [`Self::run`].
+    pub fn new(db: Database, settings: AuditSettings) -> (Self, SiteCallAudit) {
+        let (tx, rx) = mpsc::channel(1024);
+        let max_commits_in_flight = if db.backend() == Backend::Sqlite {
+            1
+        } else {
+            2
+        };
+        let actor = Self {
+            db,
+            settings,
+            rx,
+            streams: HashMap::new(),
+            next_stream: 0,
+            relays: HashMap::new(),
+            next_relay: 0,
+            queued: Vec::new(),
+            commits: HashSet::new(),
+            max_commits_in_flight,
+            fold: None,
+            children: JoinSet::new(),
+        };
+        (actor, SiteCallAudit { tx })
+    }
+
+    /// Runs until `cancel` fires, then lets in-flight commits finish so
+    /// every stream gets its answer.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut schedule = tokio::time::interval(self.settings.reconcile_interval);
+        let mut fold = tokio::time::interval(self.settings.fold_every);
+        // The first purge an hour after start, not at once: a restart loop
+        // should not purge in a loop.
+        let mut purge = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(3600).min(self.settings.purge_every),
+            self.settings.purge_every,
+        );
+        for t in [&mut schedule, &mut fold, &mut purge] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        schedule.tick().await; // the first tick is now; connects order their own
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
+                Some(done) = self.children.join_next_with_id(), if !self.children.is_empty() => {
+                    self.finished(done);
+                }
+                _ = schedule.tick() => self.schedule_reconciles(),
+                _ = fold.tick() => self.start_fold(),
+                _ = purge.tick() => self.start_purge(),
+            }
+        }
+        while let Some(done) = self.children.join_next_with_id().await {
+            self.finished(done);
+        }
+        tracing::info!("Site Call Audit actor stopped");
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Connected {
+                site,
+                cursor,
+                orders,
+                reply,
+            } => {
+                self.next_stream += 1;
+                let id = StreamId(self.next_stream);
+                let reconciling = orders
+                    .send(StreamOrder::Reconcile { after_seq: cursor })
+                    .is_ok();
+                let stream = Stream {
+                    id,
+                    orders,
+                    cursor,
+                    cursor_at_last_tick: None,
+                    reconciling,
+                };
+                if let Some(old) = self.streams.insert(site.clone(), stream) {
+                    tracing::info!(%site, old = old.id.0, "a newer stream replaces the site's old one");
+                    self.unreachable(old.id);
+                }
+                let _ = reply.send(id);
+            }
+            Msg::Disconnected { site, stream } => {
+                if self.streams.get(&site).is_some_and(|s| s.id == stream) {
+                    self.streams.remove(&site);
+                }
+                self.unreachable(stream);
+            }
+            Msg::Ingest { job, reply } => {
+                self.queued.push(QueuedIngest { job, reply });
+                self.start_commits();
+            }
+            Msg::ReconcileFinished { site, stream } => {
+                if let Some(s) = self.streams.get_mut(&site).filter(|s| s.id == stream) {
+                    s.reconciling = false;
+                }
+            }
+            Msg::Relay {
+                site,
+                command,
+                reply,
+            } => {
+                self.sweep_relays();
+                let Some(stream) = SiteName::parse(&site)
+                    .ok()
+                    .and_then(|s| self.streams.get(&s))
+                else {
+                    let _ = reply.send(RelayOutcome::SiteUnreachable);
+                    return;
+                };
+                self.next_relay += 1;
+                let relay = self.next_relay;
+                if stream
+                    .orders
+                    .send(StreamOrder::Command { relay, command })
+                    .is_err()
+                {
+                    let _ = reply.send(RelayOutcome::SiteUnreachable);
+                    return;
+                }
+                self.relays.insert(
+                    relay,
+                    PendingRelay {
+                        stream: stream.id,
+                        reply,
+                    },
+                );
+            }
+            Msg::CommandResult { relay, result } => {
+                if let Some(p) = self.relays.remove(&relay) {
+                    let _ = p.reply.send(relay_outcome(result));
+                }
+            }
+            Msg::ScheduleNow { reply } => {
+                self.schedule_reconciles();
+                let _ = reply.send(());
+            }
+            Msg::Online { reply } => {
+                let mut names: Vec<String> =
+                    self.streams.keys().map(|s| s.as_str().to_owned()).collect();
+                names.sort();
+                let _ = reply.send(names);
+            }
+        }
+    }
+
+    fn finished(&mut self, done: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
+        let id = match &done {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        if self.commits.remove(&id) {
+            self.start_commits();
+        }
+        if self.fold == Some(id) {
+            self.fold = None;
+        }
+        match done.map(|(_, d)| d) {
+            Ok(Done::Ingest(cursors)) => {
+                for (site, cursor) in cursors {
+                    if let Some(s) = self.streams.get_mut(&site) {
+                        s.cursor = s.cursor.max(cursor);
+                    }
+                }
+            }
+            Ok(Done::Fold(result)) => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "folding the open-call counters failed");
+                }
+            }
+            Ok(Done::Purge(Ok(0))) => {}
+            Ok(Done::Purge(Ok(n))) => tracing::info!(purged = n, "retention purge of site calls"),
+            Ok(Done::Purge(Err(e))) => tracing::error!(error = %e, "retention purge failed"),
+            // A panicked commit dropped its replies: those streams see
+            // an error and close; their sites send the rows again.
+            Err(e) => tracing::error!(error = %e, "a Site Call Audit task failed"),
+        }
+    }
+
+    /// Starts commits while a slot is free, each taking what is queued (up
+    /// to [`MAX_ROWS_PER_COMMIT`] rows).
+    fn start_commits(&mut self) {
+        while self.commits.len() < self.max_commits_in_flight && !self.queued.is_empty() {
+            let mut rows = 0;
+            let take = self
+                .queued
+                .iter()
+                .take_while(|q| {
+                    let first = rows == 0;
+                    rows += q.job.rows.len().max(1);
+                    first || rows <= MAX_ROWS_PER_COMMIT
+                })
+                .count();
+            let batch: Vec<QueuedIngest> = self.queued.drain(..take).collect();
+            let db = self.db.clone();
+            let task = self.children.spawn(async move { commit(db, batch).await });
+            self.commits.insert(task.id());
+        }
+    }
+
+    fn schedule_reconciles(&mut self) {
+        self.sweep_relays();
+        for (site, s) in self.streams.iter_mut() {
+            if !s.reconciling && s.cursor_at_last_tick == Some(s.cursor) {
+                s.reconciling = s
+                    .orders
+                    .send(StreamOrder::Reconcile {
+                        after_seq: s.cursor,
+                    })
+                    .is_ok();
+                tracing::debug!(%site, cursor = s.cursor, "periodic reconcile");
+            }
+            s.cursor_at_last_tick = Some(s.cursor);
+        }
+    }
+
+    fn start_fold(&mut self) {
+        if self.fold.is_some() {
+            return;
+        }
+        let db = self.db.clone();
+        let task = self
+            .children
+            .spawn(async move { Done::Fold(db.site_calls().fold_open_counts().await) });
+        self.fold = Some(task.id());
+    }
+
+    fn start_purge(&mut self) {
+        let purge = RetentionPurge::new(self.db.clone(), self.settings.retention_days);
+        self.children
+            .spawn(async move { Done::Purge(purge.run_once(now_ms()).await) });
+    }
+
+    /// Answers `SiteUnreachable` to every relay waiting on `stream`.
+    fn unreachable(&mut self, stream: StreamId) {
+        let gone: Vec<u64> = self
+            .relays
+            .iter()
+            .filter(|(_, p)| p.stream == stream)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(p) = self.relays.remove(&id) {
+                let _ = p.reply.send(RelayOutcome::SiteUnreachable);
+            }
+        }
+    }
+
+    /// Drops relays whose waiter gave up (timed out).
+    fn sweep_relays(&mut self) {
+        self.relays.retain(|_, p| !p.reply.is_closed());
+    }
+}
+
+/// One ingest transaction for `batch`; answers each job.
+async fn commit(db: Database, batch: Vec<QueuedIngest>) -> Done {
+    let started = Instant::now();
+    let (jobs, replies): (Vec<IngestJob>, Vec<_>) =
+        batch.into_iter().map(|q| (q.job, q.reply)).unzip();
+    let mut cursors = Vec::with_capacity(jobs.len());
+    match db.site_calls().ingest_many(&jobs).await {
+        Ok(outcomes) => {
+            for ((job, reply), out) in jobs.iter().zip(replies).zip(outcomes) {
+                cursors.push((job.site.clone(), out.cursor));
+                let _ = reply.send(Ok(out));
+            }
+            tracing::trace!(jobs = jobs.len(), elapsed = ?started.elapsed(), "ingest committed");
+        }
+        Err(e) => {
+            // Rolled back: nothing of this batch is stored; each stream
+            // closes and its site sends the rows again after reconnecting.
+            tracing::error!(error = %e, jobs = jobs.len(), "ingest transaction failed");
+            for reply in replies {
+                let _ = reply.send(Err(format!("ingest: {e}")));
+            }
+        }
+    }
+    Done::Ingest(cursors)
+}
+
+fn relay_outcome(r: v1::CommandResult) -> RelayOutcome {
+    match v1::CommandOutcome::try_from(r.outcome) {
+        Ok(v1::CommandOutcome::Applied) => RelayOutcome::Applied,
+        Ok(v1::CommandOutcome::NotFound) => RelayOutcome::NotFound,
+        Ok(v1::CommandOutcome::NotParked) => RelayOutcome::NotParked,
+        _ => RelayOutcome::Error(r.error.unwrap_or_else(|| format!("outcome {}", r.outcome))),
+    }
+}
