@@ -19,6 +19,53 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct CentralConfig {
     pub central: CentralSection,
+    /// The SMTP server and retry policy of the Notification Outbox; without
+    /// it forwarded notifications are stored and wait.
+    pub notification_outbox: Option<OutboxSection>,
+    /// Notification lists: name → email addresses.
+    #[serde(default)]
+    pub notification_lists: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// `[notification_outbox]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSection {
+    pub smtp_host: String,
+    #[serde(default = "default_smtp_port")]
+    pub smtp_port: u16,
+    /// `none` (plain SMTP) or `starttls` (upgrade required).
+    #[serde(default)]
+    pub smtp_tls: SmtpTls,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<String>,
+    /// The sender address of every notification.
+    pub from: String,
+    /// One SMTP conversation may take this long before it is a (transient)
+    /// failure.
+    #[serde(default = "default_smtp_timeout_ms")]
+    pub smtp_timeout_ms: u64,
+    /// Terminal notifications older than this are purged (daily).
+    #[serde(default = "default_retention_days")]
+    pub retention_days: i64,
+    /// How transient SMTP failures are retried before parking.
+    #[serde(default)]
+    pub retry: sitelink_commons::RetryPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    #[default]
+    None,
+    Starttls,
+}
+
+fn default_smtp_port() -> u16 {
+    25
+}
+fn default_smtp_timeout_ms() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +163,34 @@ impl CentralConfig {
         }
         if cfg.central.reconcile_page == 0 {
             return Err("central.reconcile_page: must be above 0".into());
+        }
+        if let Some(o) = &cfg.notification_outbox {
+            o.retry
+                .validate()
+                .map_err(|e| format!("notification_outbox.{e}"))?;
+            o.from.parse::<lettre::Address>().map_err(|e| {
+                format!(
+                    "notification_outbox.from: {:?} is not an email address ({e})",
+                    o.from
+                )
+            })?;
+            if o.smtp_username.is_some() != o.smtp_password.is_some() {
+                return Err(
+                    "notification_outbox: smtp_username and smtp_password go together".into(),
+                );
+            }
+        }
+        for (name, addresses) in &cfg.notification_lists {
+            if addresses.is_empty() {
+                return Err(format!(
+                    "notification_lists.{name}: the list has no email address"
+                ));
+            }
+            for a in addresses {
+                a.parse::<lettre::Address>().map_err(|e| {
+                    format!("notification_lists.{name}: {a:?} is not an email address ({e})")
+                })?;
+            }
         }
         Ok(cfg)
     }

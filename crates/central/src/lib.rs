@@ -10,6 +10,9 @@
 //!   gRPC service sites stream to (authentication, telemetry, reconcile,
 //!   command relay).
 //!
+//! - [`notification_outbox`]: Notification Outbox: accepts forwarded
+//!   notifications and delivers them over SMTP (lettre), with retries,
+//!   parking, KPIs and a purge.
 //! - [`rest_api`]: the REST API v1 (sites, site calls, Retry/Discard relay,
 //!   KPIs, audit log, metrics, OpenAPI document), HTTP Basic or bearer
 //!   tokens.
@@ -22,6 +25,7 @@
 pub mod communication;
 pub mod config;
 pub mod configuration_database;
+pub mod notification_outbox;
 pub mod rest_api;
 pub mod site_call_audit;
 pub mod startup;

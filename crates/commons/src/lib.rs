@@ -9,6 +9,10 @@
 //!   (and, later, at central) goes through [`lifecycle::check_transition`].
 //! - [`TrackingRecord`]: the §7 JSON shape of a tracking row.
 //! - [`contracts`]: the protobuf messages (prost, compiled by `protox`).
+//! - [`check_notification`], [`safe_subject`], [`safe_body`]: the limits of
+//!   a notification, checked at the site and enforced again at central.
+//! - [`RetryPolicy`]: interval, backoff, cap, jitter and retry budget, the
+//!   same for a site's targets and central's SMTP server.
 //!
 //! Invariants: terminal statuses never change; revisions start at 1 and only
 //! grow; the protobuf schema is additive-only (guarded by a snapshot test).
@@ -17,13 +21,20 @@ pub mod contracts;
 mod id;
 pub mod lifecycle;
 mod names;
+mod notification;
 mod record;
+mod retry_policy;
 mod status;
 
 pub use id::{NotificationId, ParseIdError, TrackedOperationId};
 pub use names::{InvalidName, SiteName};
+pub use notification::{
+    check_notification, safe_body, safe_subject, NotificationError, NOTIFICATION_BODY_MAX_BYTES,
+    NOTIFICATION_LIST_MAX_CHARS, NOTIFICATION_SUBJECT_MAX_CHARS,
+};
 pub use record::{
     now_unix_ms, truncate_chars, unix_ms_to_utc, utc_to_unix_ms, TrackingRecord,
     LAST_ERROR_MAX_CHARS,
 };
+pub use retry_policy::RetryPolicy;
 pub use status::{Kind, TrackedOperationStatus, UnknownValue};

@@ -4,6 +4,8 @@
 //!   200, 400, 429, 503, a non-JSON or a huge body, to hang past any
 //!   timeout, to fail every n-th request, or to be down (port closed); it
 //!   records every request with its `Idempotency-Key`.
+//! - [`FakeSmtp`]: an SMTP server that accepts, answers 421/451/550, or is
+//!   down; it records every message and counts them per Message-ID.
 //! - [`TcpProxy`]: a fault-injecting TCP proxy that can cut all connections
 //!   and refuse new ones, then heal.
 //! - [`eventually`]: poll a condition with a timeout instead of sleeping.
@@ -13,12 +15,14 @@
 mod database;
 mod http;
 mod proxy;
+mod smtp;
 
 use std::{future::Future, time::Duration};
 
 pub use database::{fresh_database, FreshDatabase};
 pub use http::{FakeHttp, Mode, Recorded};
 pub use proxy::TcpProxy;
+pub use smtp::{FakeSmtp, ReceivedMail, SmtpMode};
 
 /// Polls `f` every 20 ms until it returns `Some`, and returns that value;
 /// panics naming `what` after `timeout`.

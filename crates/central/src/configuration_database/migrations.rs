@@ -167,6 +167,33 @@ const MIGRATIONS: &[Migration] = &[
              EXECUTE FUNCTION site_calls_open_delta()",
         ],
     },
+    // 5: the Notification Outbox (SPEC §5.3). `next_attempt_at_ms` is set
+    // while the dispatcher owes an attempt (Pending, Retrying) and NULL
+    // otherwise, so the due index holds only the work to do.
+    both(&[
+        "CREATE TABLE notifications (
+            id                 TEXT PRIMARY KEY,
+            source_site        TEXT NOT NULL,
+            list_name          TEXT NOT NULL,
+            subject            TEXT NOT NULL,
+            body               TEXT NOT NULL,
+            recipients         TEXT NOT NULL,
+            status             TEXT NOT NULL,
+            retry_count        BIGINT NOT NULL,
+            last_error         TEXT,
+            provenance         TEXT NOT NULL,
+            created_at_ms      BIGINT NOT NULL,
+            updated_at_ms      BIGINT NOT NULL,
+            terminal_at_ms     BIGINT,
+            next_attempt_at_ms BIGINT,
+            revision           BIGINT NOT NULL
+        )",
+        "CREATE INDEX notifications_due ON notifications (next_attempt_at_ms) WHERE next_attempt_at_ms IS NOT NULL",
+        "CREATE INDEX notifications_by_created ON notifications (created_at_ms, id)",
+        "CREATE INDEX notifications_by_site_created ON notifications (source_site, created_at_ms, id)",
+        "CREATE INDEX notifications_by_status ON notifications (status, source_site, created_at_ms)",
+        "CREATE INDEX notifications_by_terminal ON notifications (terminal_at_ms, status, source_site)",
+    ]),
 ];
 
 pub(super) async fn apply(db: &Database) -> anyhow::Result<()> {

@@ -5,7 +5,8 @@
 //! Main types: [`Database`] (pool + backend; [`Database::connect`] applies
 //! the migrations), [`Sites`] (registered sites, their hashed tokens and
 //! reconcile cursors), [`SiteCalls`] (the mirror of every site's tracking
-//! rows: ingest, lookups).
+//! rows: ingest, lookups, KPIs), [`Notifications`] (the Notification
+//! Outbox's own rows), [`Users`] and [`AuditLog`].
 //!
 //! Invariants: one schema, versioned migrations applied at start in order,
 //! each in its own transaction; SQL uses `$n` placeholders, which both
@@ -13,6 +14,7 @@
 //! ([`is_unique_violation`]), never by message text.
 
 mod migrations;
+mod notifications;
 mod site_calls;
 mod sites;
 mod users;
@@ -22,6 +24,10 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
 
+pub use notifications::{
+    DueNotification, NewNotification, NotificationCommand, NotificationRecord, Notifications,
+    SendOutcome,
+};
 pub use site_calls::{
     IngestJob, IngestOutcome, Kpis, PageCursor, SiteCallFilter, SiteCalls, ROWS_PER_STATEMENT,
 };
@@ -112,6 +118,10 @@ impl Database {
 
     pub fn site_calls(&self) -> SiteCalls<'_> {
         SiteCalls::new(self)
+    }
+
+    pub fn notifications(&self) -> Notifications<'_> {
+        Notifications::new(self)
     }
 
     pub fn users(&self) -> Users<'_> {

@@ -218,7 +218,7 @@ const SELECT: &str =
     "SELECT id, source_site, kind, target_summary, status, retry_count, last_error, provenance,
     created_at_ms, updated_at_ms, terminal_at_ms, revision FROM site_calls";
 
-fn decode<T: std::str::FromStr>(s: String, what: &str) -> Result<T, sqlx::Error>
+pub(super) fn decode<T: std::str::FromStr>(s: String, what: &str) -> Result<T, sqlx::Error>
 where
     T::Err: std::fmt::Display,
 {
@@ -300,6 +300,67 @@ enum Bind {
     Int(i64),
 }
 
+/// `select` (a `SELECT … FROM table` whose table has `source_site`, `kind`,
+/// `status`, `created_at_ms` and `id`) filtered by `f`, newest first
+/// (creation time, then id), after `after`, at most `limit` rows. Only the
+/// filters given become SQL conditions, so each query can use the index
+/// that fits it; values are always bound.
+pub(super) fn page_query(
+    select: &str,
+    f: &SiteCallFilter,
+    after: Option<&PageCursor>,
+    limit: u32,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    let mut conds: Vec<String> = Vec::new();
+    let mut binds: Vec<Bind> = Vec::new();
+    let next = |b: Bind, binds: &mut Vec<Bind>| {
+        binds.push(b);
+        format!("${}", binds.len())
+    };
+    if let Some(s) = &f.site {
+        let p = next(Bind::Text(s.clone()), &mut binds);
+        conds.push(format!("source_site = {p}"));
+    }
+    if let Some(k) = f.kind {
+        let p = next(Bind::Text(k.as_str().into()), &mut binds);
+        conds.push(format!("kind = {p}"));
+    }
+    if let Some(s) = f.status {
+        let p = next(Bind::Text(s.as_str().into()), &mut binds);
+        conds.push(format!("status = {p}"));
+    }
+    if let Some(ms) = f.from_ms {
+        let p = next(Bind::Int(ms), &mut binds);
+        conds.push(format!("created_at_ms >= {p}"));
+    }
+    if let Some(ms) = f.to_ms {
+        let p = next(Bind::Int(ms), &mut binds);
+        conds.push(format!("created_at_ms < {p}"));
+    }
+    if let Some(c) = after {
+        let ms = next(Bind::Int(c.created_at_ms), &mut binds);
+        let id = next(Bind::Text(c.id.clone()), &mut binds);
+        conds.push(format!(
+            "(created_at_ms < {ms} OR (created_at_ms = {ms} AND id < {id}))"
+        ));
+    }
+    let limit_p = next(Bind::Int(limit as i64), &mut binds);
+    let filter = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    let sql = format!("{select}{filter} ORDER BY created_at_ms DESC, id DESC LIMIT {limit_p}");
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for b in binds {
+        q = match b {
+            Bind::Text(s) => q.bind(s),
+            Bind::Int(i) => q.bind(i),
+        };
+    }
+    q
+}
+
 /// KPI figures of SPEC §5.2 (§7 names).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Kpis {
@@ -323,54 +384,9 @@ impl SiteCalls<'_> {
         after: Option<&PageCursor>,
         limit: u32,
     ) -> Result<Vec<TrackingRecord>, sqlx::Error> {
-        let mut conds: Vec<String> = Vec::new();
-        let mut binds: Vec<Bind> = Vec::new();
-        let next = |b: Bind, binds: &mut Vec<Bind>| {
-            binds.push(b);
-            format!("${}", binds.len())
-        };
-        if let Some(s) = &f.site {
-            let p = next(Bind::Text(s.clone()), &mut binds);
-            conds.push(format!("source_site = {p}"));
-        }
-        if let Some(k) = f.kind {
-            let p = next(Bind::Text(k.as_str().into()), &mut binds);
-            conds.push(format!("kind = {p}"));
-        }
-        if let Some(s) = f.status {
-            let p = next(Bind::Text(s.as_str().into()), &mut binds);
-            conds.push(format!("status = {p}"));
-        }
-        if let Some(ms) = f.from_ms {
-            let p = next(Bind::Int(ms), &mut binds);
-            conds.push(format!("created_at_ms >= {p}"));
-        }
-        if let Some(ms) = f.to_ms {
-            let p = next(Bind::Int(ms), &mut binds);
-            conds.push(format!("created_at_ms < {p}"));
-        }
-        if let Some(c) = after {
-            let ms = next(Bind::Int(c.created_at_ms), &mut binds);
-            let id = next(Bind::Text(c.id.clone()), &mut binds);
-            conds.push(format!(
-                "(created_at_ms < {ms} OR (created_at_ms = {ms} AND id < {id}))"
-            ));
-        }
-        let limit_p = next(Bind::Int(limit as i64), &mut binds);
-        let filter = if conds.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conds.join(" AND "))
-        };
-        let sql = format!("{SELECT}{filter} ORDER BY created_at_ms DESC, id DESC LIMIT {limit_p}");
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for b in binds {
-            q = match b {
-                Bind::Text(s) => q.bind(s),
-                Bind::Int(i) => q.bind(i),
-            };
-        }
-        let rows = q.fetch_all(self.db.pool()).await?;
+        let rows = page_query(SELECT, f, after, limit)
+            .fetch_all(self.db.pool())
+            .await?;
         rows.iter().map(record).collect()
     }
 
@@ -472,29 +488,51 @@ impl SiteCalls<'_> {
                 k.stuck += (n - r.try_get::<i64, _>(4)?).max(0);
             }
         }
-        // The plan must walk the terminal-time index (covering) over the
-        // interval only. So: no status condition in WHERE (the status index
-        // would walk every Delivered row), and a two-sided range (with a
-        // one-sided one SQLite's planner prefers scanning in GROUP BY order).
-        let recent = sqlx::query(
-            "SELECT source_site,
-                    SUM(CASE WHEN status = 'Delivered' THEN 1 ELSE 0 END),
-                    SUM(CASE WHEN status = 'Failed' THEN 1 ELSE 0 END)
-             FROM site_calls WHERE terminal_at_ms >= $1 AND terminal_at_ms <= $2
-             GROUP BY source_site",
+        add_recent_terminal(
+            self.db,
+            "site_calls",
+            now_ms,
+            interval_seconds,
+            &blank,
+            &mut out,
         )
-        .bind(now_ms - interval_seconds * 1000)
-        .bind(i64::MAX)
-        .fetch_all(self.db.pool())
         .await?;
-        for r in &recent {
-            let site: String = r.try_get(0)?;
-            let k = out.entry(site).or_insert_with(|| blank.clone());
-            k.delivered_last_interval += r.try_get::<i64, _>(1)?;
-            k.failed_last_interval += r.try_get::<i64, _>(2)?;
-        }
         Ok(out)
     }
+}
+
+/// Adds each site's Delivered and Failed rows that became terminal within
+/// the interval to `out` (`table`: `site_calls` or `notifications`).
+pub(super) async fn add_recent_terminal(
+    db: &Database,
+    table: &str,
+    now_ms: i64,
+    interval_seconds: i64,
+    blank: &Kpis,
+    out: &mut std::collections::BTreeMap<String, Kpis>,
+) -> Result<(), sqlx::Error> {
+    // The plan must walk the terminal-time index (covering) over the
+    // interval only. So: no status condition in WHERE (the status index
+    // would walk every Delivered row), and a two-sided range (with a
+    // one-sided one SQLite's planner prefers scanning in GROUP BY order).
+    let recent = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT source_site,
+                SUM(CASE WHEN status = 'Delivered' THEN 1 ELSE 0 END),
+                SUM(CASE WHEN status = 'Failed' THEN 1 ELSE 0 END)
+         FROM {table} WHERE terminal_at_ms >= $1 AND terminal_at_ms <= $2
+         GROUP BY source_site"
+    )))
+    .bind(now_ms - interval_seconds * 1000)
+    .bind(i64::MAX)
+    .fetch_all(db.pool())
+    .await?;
+    for r in &recent {
+        let site: String = r.try_get(0)?;
+        let k = out.entry(site).or_insert_with(|| blank.clone());
+        k.delivered_last_interval += r.try_get::<i64, _>(1)?;
+        k.failed_last_interval += r.try_get::<i64, _>(2)?;
+    }
+    Ok(())
 }
 
 impl Kpis {

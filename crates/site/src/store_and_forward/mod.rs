@@ -24,7 +24,6 @@
 //! - Purge deletes only terminal rows, and only once acknowledged (or past
 //!   the hard limit).
 
-mod policy;
 mod retry_worker;
 mod schema;
 mod writer;
@@ -44,8 +43,8 @@ use sitelink_commons::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use policy::RetryPolicy;
 pub use retry_worker::{Deliverer, RetryWorker, RunOnce};
+pub use sitelink_commons::RetryPolicy;
 use writer::{Job, Signals, WriteOp, WriteResult};
 
 /// What is stored with a row so the call can be retried after any restart.

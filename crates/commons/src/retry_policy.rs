@@ -1,5 +1,6 @@
-//! Retry policy of a target (external system or database connection):
-//! interval with exponential backoff and jitter, capped, and a retry budget.
+//! Retry policy of a target (a site's external system or database
+//! connection, central's SMTP server): interval with exponential backoff
+//! and jitter, capped, and a retry budget.
 
 use std::time::Duration;
 

@@ -1,0 +1,405 @@
+//! [`Notifications`]: the Notification Outbox's table (SPEC §5.3). Central
+//! is the deliverer and the source of truth here: rows are inserted once
+//! (insert if not exists) when a site forwards a notification, and then
+//! changed only by central itself — the dispatcher's attempts and
+//! operator Retry/Discard — each change through the one transition table
+//! and with revision + 1.
+
+use sitelink_commons::{
+    lifecycle::check_transition, safe_body, safe_subject, truncate_chars, unix_ms_to_utc, Kind,
+    RetryPolicy, SiteName, TrackedOperationId, TrackedOperationStatus, TrackingRecord,
+    LAST_ERROR_MAX_CHARS, NOTIFICATION_LIST_MAX_CHARS,
+};
+use sqlx::Row;
+
+use super::{
+    site_calls::{add_recent_terminal, decode, page_query},
+    Database, Kpis, PageCursor, SiteCallFilter,
+};
+use TrackedOperationStatus::*;
+
+/// A notification as a site forwards it.
+#[derive(Clone, Debug)]
+pub struct NewNotification {
+    pub id: TrackedOperationId,
+    pub list: String,
+    pub subject: String,
+    pub body: String,
+    pub provenance: String,
+    pub created_at_ms: i64,
+}
+
+/// One notification in the shape of SPEC §7: a tracking record plus
+/// `list` and `subject`; `body` and `recipients` on the detail view only.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct NotificationRecord {
+    #[serde(flatten)]
+    pub tracking: TrackingRecord,
+    pub list: String,
+    pub subject: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<Vec<String>>,
+}
+
+/// A notification the dispatcher owes an attempt.
+#[derive(Clone, Debug)]
+pub struct DueNotification {
+    pub id: TrackedOperationId,
+    pub recipients: Vec<String>,
+    pub subject: String,
+    pub body: String,
+    pub status: TrackedOperationStatus,
+    pub retry_count: u32,
+    pub revision: i64,
+}
+
+/// How one SMTP attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    Delivered,
+    /// Connection errors, timeouts, 4xx replies.
+    Transient(String),
+    /// 5xx replies, unusable addresses.
+    Permanent(String),
+}
+
+/// The answer to an operator Retry or Discard of a notification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotificationCommand {
+    Applied,
+    NotFound,
+    NotParked,
+}
+
+pub struct Notifications<'a> {
+    db: &'a Database,
+}
+
+const SELECT: &str = "SELECT id, source_site, list_name, subject, status, retry_count, last_error,
+    provenance, created_at_ms, updated_at_ms, terminal_at_ms, revision, body, recipients
+    FROM notifications";
+
+impl<'a> Notifications<'a> {
+    pub(super) fn new(db: &'a Database) -> Self {
+        Self { db }
+    }
+
+    /// Stores a forwarded notification unless its id is already there;
+    /// returns whether it was new. `recipients` is the named list resolved
+    /// from central's configuration, or why it could not be: then the
+    /// notification is stored `Failed` with that reason (the site could not
+    /// know central's lists while the WAN was down, so it accepted it).
+    pub async fn accept(
+        &self,
+        site: &SiteName,
+        n: &NewNotification,
+        recipients: Result<&[String], String>,
+        now_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let (status, revision, last_error, terminal, next, to) = match recipients {
+            Ok(to) => (Pending, 1i64, None, None, Some(now_ms), to.join(",")),
+            Err(why) => (Failed, 2, Some(why), Some(now_ms), None, String::new()),
+        };
+        let done = sqlx::query(
+            "INSERT INTO notifications (id, source_site, list_name, subject, body, recipients, status,
+                 retry_count, last_error, provenance, created_at_ms, updated_at_ms, terminal_at_ms,
+                 next_attempt_at_ms, revision)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(n.id.to_string())
+        .bind(site.as_str())
+        .bind(truncate_chars(&n.list, NOTIFICATION_LIST_MAX_CHARS).into_owned())
+        .bind(safe_subject(&n.subject))
+        .bind(safe_body(&n.body))
+        .bind(to)
+        .bind(status.as_str())
+        .bind(last_error.map(|e| truncate_chars(&e, LAST_ERROR_MAX_CHARS).into_owned()))
+        .bind(truncate_chars(&n.provenance, 200).into_owned())
+        .bind(n.created_at_ms)
+        .bind(now_ms)
+        .bind(terminal)
+        .bind(next)
+        .bind(revision)
+        .execute(self.db.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Up to `limit` notifications whose next attempt is due, oldest first.
+    pub async fn due(&self, now_ms: i64, limit: u32) -> Result<Vec<DueNotification>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, recipients, subject, body, status, retry_count, revision FROM notifications
+             WHERE next_attempt_at_ms IS NOT NULL AND next_attempt_at_ms <= $1
+             ORDER BY next_attempt_at_ms LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(limit as i64)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DueNotification {
+                    id: decode(r.try_get(0)?, "id")?,
+                    recipients: split_recipients(&r.try_get::<String, _>(1)?),
+                    subject: r.try_get(2)?,
+                    body: r.try_get(3)?,
+                    status: decode(r.try_get(4)?, "status")?,
+                    retry_count: r.try_get::<i64, _>(5)? as u32,
+                    revision: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records how an attempt on `n` ended; returns the new status, or
+    /// `None` when the row changed meanwhile (an operator acted) and the
+    /// attempt's outcome no longer applies.
+    pub async fn record_attempt(
+        &self,
+        n: &DueNotification,
+        outcome: &SendOutcome,
+        policy: &RetryPolicy,
+        now_ms: i64,
+    ) -> Result<Option<TrackedOperationStatus>, sqlx::Error> {
+        // The attempt just made was retry number `retries_done` (0: the
+        // first attempt, which is not a retry).
+        let retries_done = if n.status == Retrying {
+            n.retry_count + 1
+        } else {
+            0
+        };
+        let (to, retry_count, last_error, next) = match outcome {
+            SendOutcome::Delivered => (Delivered, n.retry_count, None, None),
+            SendOutcome::Permanent(e) => (Failed, n.retry_count, Some(e.as_str()), None),
+            SendOutcome::Transient(e) if retries_done >= policy.max_retries => {
+                (Parked, retries_done, Some(e.as_str()), None)
+            }
+            SendOutcome::Transient(e) => {
+                let delay = policy.delay(retries_done).as_millis() as i64;
+                (
+                    Retrying,
+                    retries_done,
+                    Some(e.as_str()),
+                    Some(now_ms + delay),
+                )
+            }
+        };
+        if check_transition(Some(n.status), to).is_err() {
+            return Ok(None);
+        }
+        let changed = self
+            .change(n.id, n.revision, to, retry_count, last_error, next, now_ms)
+            .await?;
+        Ok(changed.then_some(to))
+    }
+
+    /// Operator Retry (`Parked` → `Retrying`, fresh budget, due now) or
+    /// Discard (`Parked` → `Discarded`).
+    pub async fn operator(
+        &self,
+        id: TrackedOperationId,
+        retry: bool,
+        now_ms: i64,
+    ) -> Result<NotificationCommand, sqlx::Error> {
+        let row = sqlx::query("SELECT status, revision FROM notifications WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(self.db.pool())
+            .await?;
+        let Some(row) = row else {
+            return Ok(NotificationCommand::NotFound);
+        };
+        let status: TrackedOperationStatus = decode(row.try_get(0)?, "status")?;
+        if status != Parked {
+            return Ok(NotificationCommand::NotParked);
+        }
+        let revision: i64 = row.try_get(1)?;
+        let changed = if retry {
+            self.change(id, revision, Retrying, 0, None, Some(now_ms), now_ms)
+                .await?
+        } else {
+            self.change(
+                id,
+                revision,
+                Discarded,
+                0,
+                Some("discarded by operator"),
+                None,
+                now_ms,
+            )
+            .await?
+        };
+        // Lost a race with the dispatcher: the row is no longer Parked.
+        Ok(if changed {
+            NotificationCommand::Applied
+        } else {
+            NotificationCommand::NotParked
+        })
+    }
+
+    /// One change of a row whose revision is still `revision`.
+    #[allow(clippy::too_many_arguments)]
+    async fn change(
+        &self,
+        id: TrackedOperationId,
+        revision: i64,
+        to: TrackedOperationStatus,
+        retry_count: u32,
+        last_error: Option<&str>,
+        next_attempt_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let keep_retry_count = to == Discarded;
+        let done = sqlx::query(
+            "UPDATE notifications SET status = $1,
+                 retry_count = CASE WHEN $2 THEN retry_count ELSE $3 END,
+                 last_error = $4, next_attempt_at_ms = $5, updated_at_ms = $6,
+                 terminal_at_ms = $7, revision = revision + 1
+             WHERE id = $8 AND revision = $9",
+        )
+        .bind(to.as_str())
+        .bind(keep_retry_count)
+        .bind(retry_count as i64)
+        .bind(last_error.map(|e| truncate_chars(e, LAST_ERROR_MAX_CHARS).into_owned()))
+        .bind(next_attempt_at_ms)
+        .bind(now_ms)
+        .bind(to.is_terminal().then_some(now_ms))
+        .bind(id.to_string())
+        .bind(revision)
+        .execute(self.db.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// One notification with its body and recipients.
+    pub async fn get(
+        &self,
+        id: TrackedOperationId,
+    ) -> Result<Option<NotificationRecord>, sqlx::Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
+            .bind(id.to_string())
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.as_ref().map(|r| record(r, true)).transpose()
+    }
+
+    /// Newest first, filtered (`kind` is ignored), after `after`.
+    pub async fn list(
+        &self,
+        f: &SiteCallFilter,
+        after: Option<&PageCursor>,
+        limit: u32,
+    ) -> Result<Vec<NotificationRecord>, sqlx::Error> {
+        let f = SiteCallFilter {
+            kind: None,
+            ..f.clone()
+        };
+        let rows = page_query(SELECT, &f, after, limit)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(|r| record(r, false)).collect()
+    }
+
+    /// KPIs per site in the shape of Site Call Audit's. Open notifications
+    /// are counted from the status index: their number is bounded by what
+    /// an SMTP outage leaves behind, not by history.
+    pub async fn kpis_per_site(
+        &self,
+        now_ms: i64,
+        interval_seconds: i64,
+        stuck_threshold_seconds: i64,
+    ) -> Result<std::collections::BTreeMap<String, Kpis>, sqlx::Error> {
+        let mut out: std::collections::BTreeMap<String, Kpis> = Default::default();
+        let blank = Kpis {
+            interval_seconds,
+            stuck_threshold_seconds,
+            ..Default::default()
+        };
+        let open = sqlx::query(
+            "SELECT source_site, status, COUNT(*), MIN(created_at_ms),
+                    SUM(CASE WHEN created_at_ms < $1 THEN 1 ELSE 0 END)
+             FROM notifications WHERE status IN ('Pending', 'Retrying', 'Parked')
+             GROUP BY source_site, status",
+        )
+        .bind(now_ms - stuck_threshold_seconds * 1000)
+        .fetch_all(self.db.pool())
+        .await?;
+        for r in &open {
+            let site: String = r.try_get(0)?;
+            let status: String = r.try_get(1)?;
+            let n: i64 = r.try_get(2)?;
+            let k = out.entry(site).or_insert_with(|| blank.clone());
+            if status == "Parked" {
+                k.parked += n;
+            } else {
+                k.buffered += n;
+                let age = ((now_ms - r.try_get::<i64, _>(3)?) / 1000).max(0);
+                k.oldest_pending_age_seconds =
+                    Some(k.oldest_pending_age_seconds.map_or(age, |a| a.max(age)));
+                k.stuck += r.try_get::<i64, _>(4)?;
+            }
+        }
+        add_recent_terminal(
+            self.db,
+            "notifications",
+            now_ms,
+            interval_seconds,
+            &blank,
+            &mut out,
+        )
+        .await?;
+        Ok(out)
+    }
+
+    /// Deletes terminal notifications that became terminal before
+    /// `before_ms`; never Pending, Retrying or Parked ones.
+    pub async fn purge(&self, before_ms: i64) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "DELETE FROM notifications
+             WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < $1
+               AND status IN ('Delivered', 'Failed', 'Discarded')",
+        )
+        .bind(before_ms)
+        .execute(self.db.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn split_recipients(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn record(r: &sqlx::any::AnyRow, detail: bool) -> Result<NotificationRecord, sqlx::Error> {
+    let list: String = r.try_get(2)?;
+    Ok(NotificationRecord {
+        tracking: TrackingRecord {
+            tracked_operation_id: decode(r.try_get(0)?, "id")?,
+            source_site: r.try_get(1)?,
+            kind: Kind::Notification,
+            target_summary: list.clone(),
+            status: decode(r.try_get(4)?, "status")?,
+            retry_count: r.try_get::<i64, _>(5)? as u32,
+            last_error: r.try_get(6)?,
+            provenance: r.try_get(7)?,
+            created_at_utc: unix_ms_to_utc(r.try_get(8)?),
+            updated_at_utc: unix_ms_to_utc(r.try_get(9)?),
+            terminal_at_utc: r.try_get::<Option<i64>, _>(10)?.map(unix_ms_to_utc),
+            revision: r.try_get::<i64, _>(11)? as u64,
+            change_seq: 0,
+        },
+        list,
+        subject: r.try_get(3)?,
+        body: if detail { Some(r.try_get(12)?) } else { None },
+        recipients: if detail {
+            Some(split_recipients(&r.try_get::<String, _>(13)?))
+        } else {
+            None
+        },
+    })
+}
