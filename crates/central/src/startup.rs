@@ -13,6 +13,7 @@ use crate::{
     communication::{LinkService, LinkSettings, LinkStats},
     config::CentralConfig,
     configuration_database::{Database, Role},
+    notification_outbox::{Dispatcher, Outbox},
     rest_api::{self, ApiState, KpiSettings},
     site_call_audit::{AuditSettings, SiteCallAudit, SiteCallAuditActor},
 };
@@ -25,6 +26,10 @@ pub struct Central {
     /// The Site Call Audit actor, run by [`Central::run`]; its handle.
     actor: SiteCallAuditActor,
     audit: SiteCallAudit,
+    /// The Notification Outbox's dispatcher, run by [`Central::run`]; its
+    /// handle.
+    dispatcher: Dispatcher,
+    outbox: Outbox,
     stats: Arc<LinkStats>,
     settings: LinkSettings,
     command_timeout: Duration,
@@ -74,9 +79,13 @@ impl Central {
                 ..AuditSettings::default()
             },
         );
+        let (dispatcher, outbox) =
+            Dispatcher::new(db.clone(), &config).context("the Notification Outbox")?;
         Ok(Self {
             actor,
             audit,
+            dispatcher,
+            outbox,
             stats: Arc::default(),
             settings: LinkSettings {
                 reconcile_page: c.reconcile_page,
@@ -122,6 +131,7 @@ impl Central {
         let service = SiteLinkServer::new(LinkService::new(
             self.db.clone(),
             self.audit.clone(),
+            self.outbox.clone(),
             self.stats.clone(),
             self.settings,
         ))
@@ -147,8 +157,13 @@ impl Central {
         let http = axum::serve(self.http_listener, api)
             .with_graceful_shutdown(cancel.clone().cancelled_owned());
         let actor = self.actor.run(cancel.clone());
-        let (link, http, ()) =
-            tokio::join!(link, std::future::IntoFuture::into_future(http), actor);
+        let dispatcher = self.dispatcher.run(cancel.clone());
+        let (link, http, (), ()) = tokio::join!(
+            link,
+            std::future::IntoFuture::into_future(http),
+            actor,
+            dispatcher
+        );
         link.context("site link server")?;
         http.context("HTTP API")?;
         tracing::info!("central stopped");

@@ -7,6 +7,11 @@
 //!   pushed in change-sequence order, in batches that say which range
 //!   `(from, to]` they cover completely (best-effort: a batch lost with a
 //!   broken stream is healed by central's reconcile);
+//! - forwarded notifications: every notification not yet acknowledged
+//!   (at most 64 unacknowledged at a time), until central acknowledges it
+//!   after its insert-if-not-exists commit; then the engine marks it
+//!   forwarded. Sent again after a reconnect when no acknowledgement came;
+//! - `Notify.Status` questions, answered by central's outbox;
 //! - answers to central: reconcile pages (`changes_after`), Retry/Discard
 //!   of parked operations (applied by the engine, answered with the
 //!   outcome), and CursorAcks (stored as the acknowledged cursor that the
@@ -17,19 +22,26 @@
 //! link only reads the engine's change stream and applies commands through
 //! the engine; with central down nothing else notices.
 
-use std::time::Duration;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use serde::Deserialize;
 use sitelink_commons::{
     contracts::v1::{
         self, central_message, site_link_client::SiteLinkClient, site_message, SiteMessage,
     },
-    truncate_chars, TrackedOperationId, TrackingRecord, LAST_ERROR_MAX_CHARS,
+    truncate_chars, Kind, TrackedOperationId, TrackingRecord, LAST_ERROR_MAX_CHARS,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::store_and_forward::{CommandOutcome, Engine};
+use crate::{
+    notification_service::StatusQueries,
+    store_and_forward::{CommandOutcome, Engine},
+};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -52,10 +64,17 @@ pub struct CentralConfig {
     /// Longest wait between reconnection attempts, in milliseconds.
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// How long `Notify.Status` waits for central before it answers from
+    /// the local record, in milliseconds.
+    #[serde(default = "default_status_timeout_ms")]
+    pub status_timeout_ms: u64,
 }
 
 fn default_reconnect_max_ms() -> u64 {
     10_000
+}
+fn default_status_timeout_ms() -> u64 {
+    2_000
 }
 
 impl CentralConfig {
@@ -94,11 +113,21 @@ impl CentralConfig {
 pub struct CentralLink {
     engine: Engine,
     config: CentralConfig,
+    /// `Notify.Status` questions for central (one stream at a time serves
+    /// them; the lock is held by the session that is open).
+    queries: Option<tokio::sync::Mutex<StatusQueries>>,
 }
 
+/// Notifications forwarded and not yet acknowledged, at most.
+const FORWARD_WINDOW: usize = 64;
+
 impl CentralLink {
-    pub fn new(engine: Engine, config: CentralConfig) -> Self {
-        Self { engine, config }
+    pub fn new(engine: Engine, config: CentralConfig, queries: Option<StatusQueries>) -> Self {
+        Self {
+            engine,
+            config,
+            queries: queries.map(tokio::sync::Mutex::new),
+        }
     }
 
     /// Keeps a stream to central open until `cancel` fires.
@@ -163,6 +192,18 @@ impl CentralLink {
         );
         let mut inbound = client.open(request).await?.into_inner();
         tracing::info!(%address, "connected to central");
+        let mut queries = match &self.queries {
+            Some(q) => Some(q.lock().await),
+            None => None,
+        };
+        let _connected = queries.as_ref().map(|q| Connected::mark(&q.connected));
+        // Status questions sent and not yet answered, by correlation.
+        let mut asked: HashMap<u64, oneshot::Sender<Option<TrackingRecord>>> = HashMap::new();
+        let mut correlation = 0u64;
+        // Forwarded and not yet acknowledged (all of them again after a
+        // reconnect: at-least-once; central inserts if not exists).
+        let mut in_flight: HashSet<TrackedOperationId> = HashSet::new();
+        self.forward(&tx, &mut in_flight).await?;
 
         // Telemetry covers what changes from now on; central's reconcile on
         // connect covers everything up to now.
@@ -175,29 +216,100 @@ impl CentralLink {
                         return Ok(());
                     }
                     while sent < self.engine.high_seq() {
-                        let (rows, to) = self.page(sent, TELEMETRY_BATCH).await?;
+                        let (rows, to, _) = self.page(sent, TELEMETRY_BATCH).await?;
                         let batch = v1::TelemetryBatch { from_seq: sent, to_seq: to, rows };
                         tx.send(SiteMessage { correlation: 0, body: Some(site_message::Body::Telemetry(batch)) }).await?;
                         sent = to;
                     }
+                    self.forward(&tx, &mut in_flight).await?;
+                }
+                Some(q) = async { queries.as_mut()?.rx.recv().await }, if queries.is_some() => {
+                    correlation += 1;
+                    asked.insert(correlation, q.reply);
+                    let query = v1::NotificationStatusQuery { id: q.id.to_string() };
+                    tx.send(SiteMessage { correlation, body: Some(site_message::Body::NotificationStatusQuery(query)) }).await?;
                 }
                 msg = inbound.message() => {
                     let Some(msg) = msg? else { return Ok(()) };
-                    if let Some(answer) = self.answer(msg).await? {
-                        tx.send(answer).await?;
+                    match msg.body {
+                        Some(central_message::Body::NotificationAck(ack)) => {
+                            match ack.id.parse::<TrackedOperationId>() {
+                                Ok(id) => {
+                                    self.engine.mark_forwarded(id).await?;
+                                    in_flight.remove(&id);
+                                    self.forward(&tx, &mut in_flight).await?;
+                                }
+                                Err(e) => tracing::warn!(id = %ack.id, error = %e, "acknowledgement of an unreadable id; ignored"),
+                            }
+                        }
+                        Some(central_message::Body::NotificationStatus(answer)) => {
+                            if let Some(reply) = asked.remove(&msg.correlation) {
+                                let record = answer
+                                    .record
+                                    .filter(|_| answer.found)
+                                    .and_then(|r| TrackingRecord::try_from(&r).ok());
+                                let _ = reply.send(record);
+                            }
+                        }
+                        _ => {
+                            if let Some(answer) = self.answer(msg).await? {
+                                tx.send(answer).await?;
+                            }
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Rows changed after `after`, and the sequence up to which they cover
-    /// every change completely.
+    /// Forwards notifications not yet acknowledged nor in flight, keeping
+    /// at most [`FORWARD_WINDOW`] unacknowledged.
+    async fn forward(
+        &self,
+        tx: &mpsc::Sender<SiteMessage>,
+        in_flight: &mut HashSet<TrackedOperationId>,
+    ) -> anyhow::Result<()> {
+        if in_flight.len() >= FORWARD_WINDOW {
+            return Ok(());
+        }
+        let waiting = self
+            .engine
+            .notifications_to_forward(FORWARD_WINDOW as u32)
+            .await?;
+        for n in waiting {
+            if in_flight.len() >= FORWARD_WINDOW {
+                break;
+            }
+            if !in_flight.insert(n.id) {
+                continue;
+            }
+            let body = v1::ForwardNotification {
+                id: n.id.to_string(),
+                source_site: self.engine.site().to_owned(),
+                list: n.list,
+                subject: n.subject,
+                body: n.body,
+                provenance: n.provenance,
+                created_at_unix_ms: n.created_at_ms,
+            };
+            tx.send(SiteMessage {
+                correlation: 0,
+                body: Some(site_message::Body::ForwardNotification(body)),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Site calls changed after `after`, the sequence up to which they cover
+    /// every change completely, and whether the page was full. Notification
+    /// rows are left out (they reach central as forwarded notifications,
+    /// never as site calls) but still count as covered.
     async fn page(
         &self,
         after: u64,
         limit: u32,
-    ) -> anyhow::Result<(Vec<v1::CachedCallTelemetry>, u64)> {
+    ) -> anyhow::Result<(Vec<v1::CachedCallTelemetry>, u64, bool)> {
         // Read the high mark first: every change up to it is either in the
         // page or was superseded by a later change of the same row.
         let high = self.engine.high_seq();
@@ -208,7 +320,13 @@ impl CentralLink {
         } else {
             last
         };
-        Ok((rows.iter().map(telemetry).collect(), to))
+        let full = rows.len() as u32 == limit;
+        let calls = rows
+            .iter()
+            .filter(|r| r.kind != Kind::Notification)
+            .map(telemetry)
+            .collect();
+        Ok((calls, to, full))
     }
 
     async fn answer(&self, msg: v1::CentralMessage) -> anyhow::Result<Option<SiteMessage>> {
@@ -233,8 +351,7 @@ impl CentralLink {
             }
             Some(central_message::Body::Reconcile(r)) => {
                 let limit = r.limit.clamp(1, 10_000);
-                let (rows, next_seq) = self.page(r.after_seq, limit).await?;
-                let has_more = rows.len() as u32 == limit;
+                let (rows, next_seq, has_more) = self.page(r.after_seq, limit).await?;
                 reply(site_message::Body::Reconcile(
                     v1::CachedCallReconcileResponse {
                         rows,
@@ -249,6 +366,9 @@ impl CentralLink {
             Some(central_message::Body::Discard(v1::DiscardParkedOperation { id })) => reply(
                 site_message::Body::CommandResult(self.command(&id, false).await),
             ),
+            // Handled by the session loop, which owns their state.
+            Some(central_message::Body::NotificationAck(_))
+            | Some(central_message::Body::NotificationStatus(_)) => None,
             None => {
                 tracing::warn!("a message from central with no body (newer central?); ignored");
                 None
@@ -282,6 +402,22 @@ impl CentralLink {
             outcome: outcome as i32,
             error,
         }
+    }
+}
+
+/// Marks the link connected for `Notify.Status` while it lives.
+struct Connected(std::sync::Arc<AtomicBool>);
+
+impl Connected {
+    fn mark(flag: &std::sync::Arc<AtomicBool>) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        Self(flag.clone())
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 

@@ -6,8 +6,12 @@
 //! - [`external_system_gateway`]: External System Gateway: HTTP systems,
 //!   database connections, error classification, the cached-call protocol.
 //! - [`site_runtime`]: Site Runtime: sandboxed Rhai scripts and their API.
+//! - [`notification_service`]: Notification Service: `Notify.Send` (a
+//!   durable row and buffer entry, forwarded to central) and
+//!   `Notify.Status` (central's answer, or the local record).
 //! - [`central_link`]: Central–Site Communication, site half: the stream
-//!   to central (telemetry, reconcile pages, relayed commands).
+//!   to central (telemetry, reconcile pages, relayed commands, forwarded
+//!   notifications and their status questions).
 //! - [`admin_api`]: the local admin HTTP API (loopback by default).
 //! - [`config`]: the site configuration file (`site.toml`).
 //! - [`startup`]: [`Site`], which wires the components and owns the loops.
@@ -20,6 +24,7 @@ pub mod admin_api;
 pub mod central_link;
 pub mod config;
 pub mod external_system_gateway;
+pub mod notification_service;
 pub mod site_runtime;
 pub mod startup;
 pub mod store_and_forward;

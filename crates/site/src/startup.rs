@@ -13,6 +13,7 @@ use crate::{
     central_link::{CentralConfig, CentralLink},
     config::SiteConfig,
     external_system_gateway::{database::Databases, http::HttpSystems, Gateway},
+    notification_service::{NotificationService, StatusQueries},
     site_runtime::ScriptRuntime,
     store_and_forward::{now_ms, Engine, RetryWorker},
 };
@@ -23,7 +24,8 @@ pub struct Site {
     runtime: Arc<ScriptRuntime>,
     listener: tokio::net::TcpListener,
     admin_addr: SocketAddr,
-    central: Option<CentralConfig>,
+    /// The link's configuration and its end of `Notify.Status` questions.
+    central: Option<(CentralConfig, Option<StatusQueries>)>,
 }
 
 impl Site {
@@ -37,7 +39,22 @@ impl Site {
         let http = HttpSystems::new(&config.external_systems).context("external systems")?;
         let databases = Databases::new(&config.databases).context("database connections")?;
         let gateway = Gateway::new(http, databases, engine.clone());
-        let runtime = ScriptRuntime::new(&config.scripts, config.limits, gateway.clone());
+        let (notifications, status_queries) = NotificationService::new(
+            engine.clone(),
+            config.central.is_some(),
+            Duration::from_millis(
+                config
+                    .central
+                    .as_ref()
+                    .map_or(2_000, |c| c.status_timeout_ms),
+            ),
+        );
+        let runtime = ScriptRuntime::new(
+            &config.scripts,
+            config.limits,
+            gateway.clone(),
+            Arc::new(notifications),
+        );
         let listener = tokio::net::TcpListener::bind(config.admin.bind)
             .await
             .with_context(|| format!("binding the admin API to {}", config.admin.bind))?;
@@ -48,7 +65,7 @@ impl Site {
             runtime,
             listener,
             admin_addr,
-            central: config.central,
+            central: config.central.map(|c| (c, status_queries)),
         })
     }
 
@@ -76,8 +93,9 @@ impl Site {
             .spawn(RetryWorker::new(self.engine.clone(), self.gateway.clone()).run(cancel.clone()));
         tasks.spawn(self.runtime.clone().run_schedules(cancel.clone()));
         tasks.spawn(purge_loop(self.engine.clone(), cancel.clone()));
-        if let Some(central) = self.central.clone() {
-            tasks.spawn(CentralLink::new(self.engine.clone(), central).run(cancel.clone()));
+        if let Some((central, queries)) = self.central {
+            tasks
+                .spawn(CentralLink::new(self.engine.clone(), central, queries).run(cancel.clone()));
         }
         let app = admin_api::router(self.engine.clone(), self.runtime.clone());
         let shutdown = cancel.clone();

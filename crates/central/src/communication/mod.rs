@@ -32,7 +32,9 @@ use sitelink_commons::{
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{configuration_database::Database, site_call_audit::SiteCallAudit};
+use crate::{
+    configuration_database::Database, notification_outbox::Outbox, site_call_audit::SiteCallAudit,
+};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -85,12 +87,15 @@ pub struct LinkService {
     stats: Arc<LinkStats>,
     /// Where every stream's rows, orders and answers go.
     audit: SiteCallAudit,
+    /// Where forwarded notifications go.
+    outbox: Outbox,
 }
 
 impl LinkService {
     pub fn new(
         db: Database,
         audit: SiteCallAudit,
+        outbox: Outbox,
         stats: Arc<LinkStats>,
         settings: LinkSettings,
     ) -> Self {
@@ -99,6 +104,7 @@ impl LinkService {
             settings,
             stats,
             audit,
+            outbox,
         }
     }
 }
@@ -167,6 +173,7 @@ impl SiteLink for LinkService {
             audit: self.audit.clone(),
             correlation: 0,
             commands: Default::default(),
+            outbox: self.outbox.clone(),
         };
         tokio::spawn(async move {
             match session.run(inbound, hello.high_seq).await {

@@ -17,7 +17,8 @@ use tonic::{Status, Streaming};
 
 use super::{Command, LinkSettings};
 use crate::{
-    configuration_database::Database,
+    configuration_database::{Database, NewNotification},
+    notification_outbox::Outbox,
     site_call_audit::{SiteCallAudit, StreamId, StreamOrder},
 };
 
@@ -32,6 +33,8 @@ pub(super) struct Session {
     pub correlation: u64,
     /// Commands sent and not yet answered: wire correlation → relay id.
     pub commands: HashMap<u64, u64>,
+    /// Where forwarded notifications go.
+    pub outbox: Outbox,
 }
 
 /// A reconcile in progress: the correlation of the page asked for and the
@@ -229,12 +232,78 @@ impl Session {
                         self.audit.command_result(relay, result).await;
                     }
                 }
+                Some(site_message::Body::ForwardNotification(n)) => {
+                    self.forwarded(n).await?;
+                }
+                Some(site_message::Body::NotificationStatusQuery(q)) => {
+                    let answer = self.notification_status(&q.id).await?;
+                    self.send(
+                        msg.correlation,
+                        central_message::Body::NotificationStatus(answer),
+                    )
+                    .await?;
+                }
                 Some(site_message::Body::Hello(_)) => {
                     return Err("a second Hello on one stream".into())
                 }
                 None => return Err("a message with no body (from a newer site?)".into()),
             }
         }
+    }
+
+    /// Stores a forwarded notification (insert if not exists) and, once
+    /// that is committed, acknowledges it. A notification for another site
+    /// or with an unreadable id is refused, logged and not acknowledged.
+    async fn forwarded(&self, n: v1::ForwardNotification) -> Result<(), String> {
+        if n.source_site != self.site.as_str() {
+            tracing::warn!(site = %self.site, claimed = %n.source_site, id = %n.id, "notification for another site refused");
+            return Ok(());
+        }
+        let id = match n.id.parse() {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(site = %self.site, id = %n.id, error = %e, "notification with an unreadable id refused");
+                return Ok(());
+            }
+        };
+        let new = NewNotification {
+            id,
+            list: n.list,
+            subject: n.subject,
+            body: n.body,
+            provenance: n.provenance,
+            created_at_ms: n.created_at_unix_ms,
+        };
+        let inserted = self
+            .outbox
+            .accept(&self.site, &new)
+            .await
+            .map_err(|e| format!("storing notification {id}: {e}"))?;
+        tracing::debug!(site = %self.site, %id, inserted, "notification forwarded");
+        self.send(
+            0,
+            central_message::Body::NotificationAck(v1::NotificationAck { id: id.to_string() }),
+        )
+        .await
+    }
+
+    /// Central's record of a notification of this site (never another's).
+    async fn notification_status(&self, id: &str) -> Result<v1::NotificationStatusAnswer, String> {
+        let record = match id.parse() {
+            Ok(id) => self
+                .db
+                .notifications()
+                .get(id)
+                .await
+                .map_err(|e| e.to_string())?
+                .filter(|r| r.tracking.source_site == self.site.as_str()),
+            Err(_) => None,
+        };
+        Ok(v1::NotificationStatusAnswer {
+            id: id.to_owned(),
+            found: record.is_some(),
+            record: record.map(|r| v1::CachedCallTelemetry::from(&r.tracking)),
+        })
     }
 
     async fn send_command(&mut self, relay: u64, command: Command) -> Result<(), String> {

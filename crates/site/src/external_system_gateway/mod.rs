@@ -199,6 +199,8 @@ impl Deliverer for Gateway {
         match request {
             DeliveryRequest::Http { system, .. } => self.http.policy(system),
             DeliveryRequest::DatabaseWrite { connection, .. } => self.databases.policy(connection),
+            // Never buffered for retry (the retry worker skips them).
+            DeliveryRequest::Notification { .. } => RetryPolicy::default(),
         }
     }
 
@@ -218,6 +220,12 @@ impl Deliverer for Gateway {
                 .write(connection, sql, params)
                 .await
                 .map(|_| ()),
+            // Central delivers notifications; the site only forwards them.
+            DeliveryRequest::Notification { .. } => {
+                return AttemptOutcome::Permanent(
+                    "a notification is delivered by central, not by the site".into(),
+                )
+            }
         };
         match result {
             Ok(()) => AttemptOutcome::Delivered,

@@ -12,7 +12,7 @@
 //! Database.CachedWrite(conn, sql, params)            -> id
 //! Tracking.Status(id)                                -> #{ status, ... } or ()
 //! Notify.Status(id)                                  -> alias of Tracking.Status
-//! Notify.Send(list, subject, body)                   -> error until notifications land
+//! Notify.Send(list, subject, body)                   -> id (forwarded to central)
 //! ```
 
 use std::{
@@ -25,7 +25,10 @@ use serde_json::Value;
 use sitelink_commons::TrackedOperationId;
 
 use super::ScriptLimits;
-use crate::external_system_gateway::{Gateway, GatewayError};
+use crate::{
+    external_system_gateway::{Gateway, GatewayError},
+    notification_service::NotificationService,
+};
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 
@@ -33,15 +36,22 @@ type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 pub(super) struct RunContext {
     provenance: String,
     gateway: Arc<Gateway>,
+    notifications: Arc<NotificationService>,
     handle: tokio::runtime::Handle,
     ids: Mutex<Vec<TrackedOperationId>>,
 }
 
 impl RunContext {
-    pub fn new(provenance: String, gateway: Arc<Gateway>, handle: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        provenance: String,
+        gateway: Arc<Gateway>,
+        notifications: Arc<NotificationService>,
+        handle: tokio::runtime::Handle,
+    ) -> Self {
         Self {
             provenance,
             gateway,
+            notifications,
             handle,
             ids: Mutex::new(Vec::new()),
         }
@@ -127,9 +137,12 @@ fn err<E: std::fmt::Display>(e: E) -> Box<EvalAltResult> {
     e.to_string().into()
 }
 
+/// `Tracking.Status(id)` / `Notify.Status(id)`: the local row for a cached
+/// call; for a notification (or an id the site no longer has) central's
+/// answer when it can be asked (Notification Service).
 fn status(ctx: &RunContext, id: &str) -> RhaiResult<Dynamic> {
     let id: TrackedOperationId = id.parse().map_err(err)?;
-    match ctx.block_on(ctx.gateway.engine().get(id)).map_err(err)? {
+    match ctx.block_on(ctx.notifications.status(id)).map_err(err)? {
         Some(record) => to_dynamic(&record),
         None => Ok(Dynamic::UNIT),
     }
@@ -212,13 +225,14 @@ fn register_api(engine: &mut Engine, ctx: &Arc<RunContext>) {
     });
     let c = ctx.clone();
     engine.register_fn("Status", move |_: &mut NotifyApi, id: &str| status(&c, id));
+    let c = ctx.clone();
     engine.register_fn(
         "Send",
-        |_: &mut NotifyApi, _list: &str, _subject: &str, _body: &str| -> RhaiResult<String> {
-            Err(
-                "Notify.Send is not available yet: notifications land with the Notification Outbox"
-                    .into(),
-            )
+        move |_: &mut NotifyApi, list: &str, subject: &str, body: &str| -> RhaiResult<String> {
+            let id = c
+                .block_on(c.notifications.send(list, subject, body, &c.provenance))
+                .map_err(err)?;
+            Ok(c.handed_out(id))
         },
     );
 }

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use sitelink_commons::TrackedOperationId;
 use tokio_util::sync::CancellationToken;
 
-use crate::external_system_gateway::Gateway;
+use crate::{external_system_gateway::Gateway, notification_service::NotificationService};
 
 /// `[[script]]` in site.toml.
 #[derive(Debug, Clone, Deserialize)]
@@ -102,13 +102,19 @@ struct Script {
 pub struct ScriptRuntime {
     scripts: HashMap<String, Script>,
     gateway: Arc<Gateway>,
+    notifications: Arc<NotificationService>,
     limits: ScriptLimits,
 }
 
 impl ScriptRuntime {
     /// Reads and compiles every configured script. A script that cannot be
     /// read or compiled is logged and kept, so running it says why.
-    pub fn new(configs: &[ScriptConfig], limits: ScriptLimits, gateway: Arc<Gateway>) -> Arc<Self> {
+    pub fn new(
+        configs: &[ScriptConfig],
+        limits: ScriptLimits,
+        gateway: Arc<Gateway>,
+        notifications: Arc<NotificationService>,
+    ) -> Arc<Self> {
         let compiler = api::sandboxed_engine(&limits);
         let scripts = configs
             .iter()
@@ -125,6 +131,7 @@ impl ScriptRuntime {
         Arc::new(Self {
             scripts,
             gateway,
+            notifications,
             limits,
         })
     }
@@ -172,6 +179,7 @@ impl ScriptRuntime {
         let ctx = Arc::new(api::RunContext::new(
             format!("{instance}/{name}"),
             self.gateway.clone(),
+            self.notifications.clone(),
             tokio::runtime::Handle::current(),
         ));
         let limits = self.limits;

@@ -63,6 +63,13 @@ pub enum DeliveryRequest {
         sql: String,
         params: Vec<serde_json::Value>,
     },
+    /// `Notify.Send(list, subject, body)`: forwarded to central, which
+    /// delivers it; never attempted by the retry worker.
+    Notification {
+        list: String,
+        subject: String,
+        body: String,
+    },
 }
 
 impl DeliveryRequest {
@@ -70,6 +77,7 @@ impl DeliveryRequest {
         match self {
             Self::Http { .. } => Kind::ExternalCall,
             Self::DatabaseWrite { .. } => Kind::DatabaseWrite,
+            Self::Notification { .. } => Kind::Notification,
         }
     }
 
@@ -78,6 +86,7 @@ impl DeliveryRequest {
         match self {
             Self::Http { system, method, .. } => format!("{system}.{method}"),
             Self::DatabaseWrite { connection, .. } => connection.clone(),
+            Self::Notification { list, .. } => list.clone(),
         }
     }
 
@@ -86,8 +95,20 @@ impl DeliveryRequest {
         match self {
             Self::Http { system, .. } => system,
             Self::DatabaseWrite { connection, .. } => connection,
+            Self::Notification { list, .. } => list,
         }
     }
+}
+
+/// A notification waiting to be forwarded to central.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForwardItem {
+    pub id: TrackedOperationId,
+    pub list: String,
+    pub subject: String,
+    pub body: String,
+    pub provenance: String,
+    pub created_at_ms: i64,
 }
 
 /// A buffer entry that is due, with what is needed to attempt it.
@@ -368,6 +389,88 @@ impl Engine {
         .await
     }
 
+    /// Notifications not yet acknowledged by central, oldest first, with
+    /// what the link forwards.
+    pub async fn notifications_to_forward(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<ForwardItem>, EngineError> {
+        let rows: Vec<(String, Option<String>, String, i64)> = self
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT t.id, t.request, t.provenance, t.created_at_ms
+                     FROM buffer b JOIN tracking t ON t.id = b.id
+                     WHERE b.category = 'Notification'
+                     ORDER BY b.next_attempt_at_ms, b.id LIMIT ?1",
+                )?;
+                let rows = stmt.query_map([limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?;
+                rows.collect()
+            })
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, request, provenance, created_at_ms) in rows {
+            let id: TrackedOperationId = id
+                .parse()
+                .map_err(|e| EngineError::Storage(format!("corrupt id in buffer: {e}")))?;
+            let request: DeliveryRequest = request
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| EngineError::Storage(format!("unreadable notification {id}: {e}")))?
+                .ok_or_else(|| EngineError::Storage(format!("notification {id} has no content")))?;
+            let DeliveryRequest::Notification {
+                list,
+                subject,
+                body,
+            } = request
+            else {
+                return Err(EngineError::Storage(format!(
+                    "buffer entry {id} is not a notification"
+                )));
+            };
+            out.push(ForwardItem {
+                id,
+                list,
+                subject,
+                body,
+                provenance,
+                created_at_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Central acknowledged notification `id` (committed on its side): the
+    /// buffer entry goes, the row keeps a forwarding record. Repeated
+    /// acknowledgements are harmless.
+    pub async fn mark_forwarded(&self, id: TrackedOperationId) -> Result<(), EngineError> {
+        self.write(WriteOp::MarkForwarded {
+            id,
+            now_ms: now_ms(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// When central acknowledged notification `id`, if it did.
+    pub async fn forwarded_at_ms(
+        &self,
+        id: TrackedOperationId,
+    ) -> Result<Option<i64>, EngineError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT forwarded_at_ms FROM tracking WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+        })
+        .await
+    }
+
     /// Rows in id order (so creation order), optionally of one status,
     /// after the id `after` (keyset paging).
     pub async fn list(
@@ -421,7 +524,8 @@ impl Engine {
             .read(move |c| {
                 let mut stmt = c.prepare_cached(
                     "SELECT b.id, t.request FROM buffer b JOIN tracking t ON t.id = b.id
-                     WHERE b.next_attempt_at_ms <= ?1 ORDER BY b.next_attempt_at_ms LIMIT ?2",
+                     WHERE b.next_attempt_at_ms <= ?1 AND b.category <> 'Notification'
+                     ORDER BY b.next_attempt_at_ms LIMIT ?2",
                 )?;
                 let rows =
                     stmt.query_map(params![now_ms, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;

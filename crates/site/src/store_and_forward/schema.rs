@@ -48,6 +48,14 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX buffer_by_due ON buffer(next_attempt_at_ms);
     "#,
+    // 2: notifications (SPEC 4.4). A notification's row stays Pending at
+    // the site (central owns its delivery); `forwarded_at_ms` says central
+    // acknowledged it. Its buffer entry (category Notification) means "not
+    // yet forwarded"; the forwarder reads them through their own index.
+    r#"
+    ALTER TABLE tracking ADD COLUMN forwarded_at_ms INTEGER;
+    CREATE INDEX buffer_notifications ON buffer(next_attempt_at_ms, id) WHERE category = 'Notification';
+    "#,
 ];
 
 /// Opens (creating if needed) the buffer database with the settings every

@@ -64,6 +64,11 @@ pub(super) enum WriteOp {
     RecoverInFlight {
         now_ms: i64,
     },
+    /// Central acknowledged a forwarded notification.
+    MarkForwarded {
+        id: TrackedOperationId,
+        now_ms: i64,
+    },
 }
 
 pub(super) enum WriteResult {
@@ -288,6 +293,13 @@ fn apply(
                 *seq,
                 request_json
             ])?;
+            if *kind == Kind::Notification {
+                // Not yet forwarded: the forwarder's work list.
+                tx.prepare_cached(
+                    "INSERT INTO buffer(id, category, next_attempt_at_ms) VALUES (?1, 'Notification', ?2)",
+                )?
+                .execute(params![id.to_string(), now_ms])?;
+            }
             Ok(Ok(WriteResult::Inserted))
         }
         WriteOp::Outcome {
@@ -441,12 +453,26 @@ fn apply(
             let n = tx
                 .prepare_cached(
                     "DELETE FROM tracking
-                     WHERE terminal_at_ms IS NOT NULL
+                     WHERE (terminal_at_ms IS NOT NULL
                        AND ( (terminal_at_ms < ?1
                               AND change_seq <= (SELECT value FROM meta WHERE key = 'acked_cursor'))
-                          OR terminal_at_ms < ?2 )",
+                          OR terminal_at_ms < ?2 ))
+                        -- A forwarded notification: central owns it now.
+                        OR (kind = 'Notification' AND forwarded_at_ms < ?1)",
                 )?
                 .execute(params![acked_before_ms, hard_before_ms])?;
+            Ok(Ok(WriteResult::Count(n as u64)))
+        }
+        WriteOp::MarkForwarded { id, now_ms } => {
+            let key = id.to_string();
+            tx.prepare_cached("DELETE FROM buffer WHERE id = ?1 AND category = 'Notification'")?
+                .execute([&key])?;
+            let n = tx
+                .prepare_cached(
+                    "UPDATE tracking SET forwarded_at_ms = ?2, request = NULL
+                     WHERE id = ?1 AND kind = 'Notification' AND forwarded_at_ms IS NULL",
+                )?
+                .execute(params![key, now_ms])?;
             Ok(Ok(WriteResult::Count(n as u64)))
         }
         WriteOp::RecoverInFlight { now_ms } => {
@@ -456,7 +482,7 @@ fn apply(
                 .prepare_cached(
                     "INSERT INTO buffer(id, category, next_attempt_at_ms)
                      SELECT t.id, t.kind, ?1 FROM tracking t
-                     WHERE t.status IN ('Pending', 'Retrying')
+                     WHERE t.status IN ('Pending', 'Retrying') AND t.kind <> 'Notification'
                        AND NOT EXISTS (SELECT 1 FROM buffer b WHERE b.id = t.id)",
                 )?
                 .execute([now_ms])?;
