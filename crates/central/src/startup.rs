@@ -150,6 +150,7 @@ impl Central {
         let api = rest_api::router(ApiState {
             db: self.db.clone(),
             audit: self.audit.clone(),
+            outbox: self.outbox.clone(),
             stats: self.stats.clone(),
             command_timeout: self.command_timeout,
             kpis: self.kpis,

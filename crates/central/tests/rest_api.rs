@@ -335,6 +335,11 @@ async fn the_openapi_document_describes_every_route() {
         "/api/v1/site-calls/{id}/discard",
         "/api/v1/kpis/site-calls",
         "/api/v1/audit-log",
+        "/api/v1/notifications",
+        "/api/v1/notifications/{id}",
+        "/api/v1/notifications/{id}/retry",
+        "/api/v1/notifications/{id}/discard",
+        "/api/v1/kpis/notifications",
     ] {
         assert!(doc["paths"][path].is_object(), "missing {path}");
     }
@@ -424,5 +429,144 @@ async fn a_site_that_does_not_answer_gives_504() {
         .post(&format!("/api/v1/site-calls/{id}/retry"), DEPLOY)
         .await;
     assert_eq!((status, body["outcome"].as_str()), (504, Some("Timeout")));
+    central.cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_and_act_on_notifications() {
+    use sitelink_central::configuration_database::NewNotification;
+    use sitelink_test_support::{FakeSmtp, SmtpMode};
+    let smtp = FakeSmtp::start(SmtpMode::Down).await;
+    let central = spawn_central_with(&format!(
+        r#"
+[notification_outbox]
+smtp_host = "127.0.0.1"
+smtp_port = {}
+from = "sitelink@plant.example"
+smtp_timeout_ms = 1000
+retry = {{ max_retries = 0 }}
+[notification_lists]
+ops = ["ops@plant.example"]
+"#,
+        smtp.port()
+    ))
+    .await;
+    for (user, role) in [(DEPLOY, Role::Deployment), (VIEWER, Role::Viewer)] {
+        central.db.users().add(user.0, user.1, role).await.unwrap();
+    }
+    let api = Api {
+        base: central.http.clone(),
+        http: reqwest::Client::new(),
+    };
+    let site = sitelink_commons::SiteName::parse("s1").unwrap();
+    central.db.sites().add(&site).await.unwrap();
+    let id = sitelink_commons::TrackedOperationId::new();
+    let to = ["ops@plant.example".to_owned()];
+    let n = NewNotification {
+        id,
+        list: "ops".into(),
+        subject: "Line 1 stopped".into(),
+        body: "Reason: jam".into(),
+        provenance: "line1/alarms".into(),
+        created_at_ms: sitelink_commons::now_unix_ms(),
+    };
+    central
+        .db
+        .notifications()
+        .accept(&site, &n, Ok(&to), sitelink_commons::now_unix_ms())
+        .await
+        .unwrap();
+
+    // The SMTP server is down and the budget is 0 retries: parked.
+    let item = eventually(
+        Duration::from_secs(10),
+        "the notification parks",
+        || async {
+            let (_, v) = api
+                .get("/api/v1/notifications?status=Parked&site=s1", VIEWER)
+                .await;
+            v["items"].as_array().and_then(|a| a.first().cloned())
+        },
+    )
+    .await;
+    assert_eq!(item["list"], "ops");
+    assert_eq!(item["subject"], "Line 1 stopped");
+    assert_eq!(item["kind"], "Notification");
+    assert!(item.get("body").is_none(), "no body in the list: {item}");
+    let (code, detail) = api
+        .get(&format!("/api/v1/notifications/{id}"), VIEWER)
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(detail["body"], "Reason: jam");
+    assert_eq!(detail["recipients"][0], "ops@plant.example");
+    let (_, k) = api.get("/api/v1/kpis/notifications?site=s1", VIEWER).await;
+    assert_eq!(k["parked"], 1, "{k}");
+
+    // Viewer may not act; Deployment may: Retry, then (server back) Delivered.
+    let (code, _) = api
+        .post(&format!("/api/v1/notifications/{id}/retry"), VIEWER)
+        .await;
+    assert_eq!(code, 403);
+    smtp.set_mode(SmtpMode::Accept).await;
+    let (code, answer) = api
+        .post(&format!("/api/v1/notifications/{id}/retry"), DEPLOY)
+        .await;
+    assert_eq!((code, answer["outcome"].as_str()), (200, Some("Applied")));
+    eventually(
+        Duration::from_secs(10),
+        "delivered after the retry",
+        || async {
+            let (_, v) = api
+                .get(&format!("/api/v1/notifications/{id}"), VIEWER)
+                .await;
+            (v["status"] == "Delivered").then_some(())
+        },
+    )
+    .await;
+    let (code, answer) = api
+        .post(&format!("/api/v1/notifications/{id}/discard"), DEPLOY)
+        .await;
+    assert_eq!((code, answer["outcome"].as_str()), (409, Some("NotParked")));
+    let unknown = sitelink_commons::TrackedOperationId::new();
+    let (code, _) = api
+        .post(&format!("/api/v1/notifications/{unknown}/discard"), DEPLOY)
+        .await;
+    assert_eq!(code, 404);
+    let (code, e) = api.get("/api/v1/notifications?status=Lost", VIEWER).await;
+    assert_eq!(code, 400, "{e}");
+
+    // Every action is in the audit log; the outbox has its gauges.
+    let (_, log) = api.get("/api/v1/audit-log", VIEWER).await;
+    let actions: Vec<_> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        ("notification retry", "Applied"),
+        ("notification discard", "NotParked"),
+        ("notification discard", "NotFound"),
+    ] {
+        assert!(
+            actions.contains(&(want.0.into(), want.1.into())),
+            "{actions:?}"
+        );
+    }
+    let metrics = reqwest::get(format!("{}/metrics", central.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sitelink_notifications_delivered_last_interval{site=\"s1\"} 1"),
+        "{metrics}"
+    );
     central.cancel.cancel();
 }

@@ -74,6 +74,13 @@ impl Outbox {
     }
 }
 
+impl Outbox {
+    /// Makes the dispatcher look for due work now (an operator Retry).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
 /// What one dispatch round did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DispatchOutcome {

@@ -9,6 +9,7 @@
 //! `{ "error": "..." }` naming what was wrong.
 
 mod auth;
+mod notifications;
 mod openapi;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -25,6 +26,7 @@ use sitelink_commons::{Kind, TrackedOperationId, TrackedOperationStatus};
 use crate::{
     communication::{Command, LinkStats, RelayOutcome},
     configuration_database::{now_ms, rfc3339, Database, Kpis, PageCursor, SiteCallFilter},
+    notification_outbox::Outbox,
     site_call_audit::SiteCallAudit,
 };
 pub use auth::Authenticated;
@@ -42,6 +44,7 @@ pub struct KpiSettings {
 pub struct ApiState {
     pub db: Database,
     pub audit: SiteCallAudit,
+    pub outbox: Outbox,
     pub stats: Arc<LinkStats>,
     pub command_timeout: Duration,
     pub kpis: KpiSettings,
@@ -60,6 +63,17 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/site-calls/{id}/retry", post(retry))
         .route("/api/v1/site-calls/{id}/discard", post(discard))
         .route("/api/v1/kpis/site-calls", get(kpis))
+        .route("/api/v1/notifications", get(notifications::list))
+        .route("/api/v1/notifications/{id}", get(notifications::get_one))
+        .route(
+            "/api/v1/notifications/{id}/retry",
+            post(notifications::retry),
+        )
+        .route(
+            "/api/v1/notifications/{id}/discard",
+            post(notifications::discard),
+        )
+        .route("/api/v1/kpis/notifications", get(notifications::kpis))
         .route("/api/v1/audit-log", get(audit_log))
         .route(
             "/api/v1/openapi.json",
@@ -179,6 +193,7 @@ async fn list_site_calls(
         &q,
         &["site", "kind", "status", "from", "to", "limit", "after"],
     )?;
+    let (mut filter, after, limit) = list_params(&q)?;
     let kind = q
         .get("kind")
         .map(|k| k.parse::<Kind>())
@@ -190,23 +205,7 @@ async fn list_site_calls(
                 .into(),
         ));
     }
-    let filter = SiteCallFilter {
-        site: q.get("site").cloned(),
-        kind,
-        status: q
-            .get("status")
-            .map(|s| s.parse::<TrackedOperationStatus>())
-            .transpose()
-            .map_err(|e| bad(e.to_string()))?,
-        from_ms: time_param(&q, "from")?,
-        to_ms: time_param(&q, "to")?,
-    };
-    let after = q
-        .get("after")
-        .map(|a| PageCursor::decode(a))
-        .transpose()
-        .map_err(bad)?;
-    let limit = limit_of(&q)?;
+    filter.kind = kind;
     let items = st
         .db
         .site_calls()
@@ -217,6 +216,29 @@ async fn list_site_calls(
         .then(|| items.last().map(|r| PageCursor::of(r).encode()))
         .flatten();
     Ok(Json(SiteCallsPage { items, next }).into_response())
+}
+
+/// The filters, cursor and limit every tracking-row listing takes.
+fn list_params(
+    q: &HashMap<String, String>,
+) -> Result<(SiteCallFilter, Option<PageCursor>, u32), ApiError> {
+    let filter = SiteCallFilter {
+        site: q.get("site").cloned(),
+        kind: None,
+        status: q
+            .get("status")
+            .map(|s| s.parse::<TrackedOperationStatus>())
+            .transpose()
+            .map_err(|e| bad(e.to_string()))?,
+        from_ms: time_param(q, "from")?,
+        to_ms: time_param(q, "to")?,
+    };
+    let after = q
+        .get("after")
+        .map(|a| PageCursor::decode(a))
+        .transpose()
+        .map_err(bad)?;
+    Ok((filter, after, limit_of(q)?))
 }
 
 fn parse_id(id: &str) -> Result<TrackedOperationId, ApiError> {
@@ -271,14 +293,8 @@ async fn relay(
     Path(id): Path<String>,
     retry: bool,
 ) -> Result<Response, ApiError> {
-    if !user.role.may_operate() {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            format!("role {} may not retry or discard", user.role.as_str()),
-        ));
-    }
+    may_operate(&user)?;
     let id = parse_id(&id)?;
-    let action = if retry { "retry" } else { "discard" };
     let row = st.db.site_calls().get(id).await.map_err(internal)?;
     let (outcome, site) = match &row {
         None => (RelayOutcome::NotFound, None),
@@ -296,6 +312,33 @@ async fn relay(
             )
         }
     };
+    let action = if retry { "retry" } else { "discard" };
+    audited_answer(&st, &user, action, id, site.as_deref(), outcome).await
+}
+
+/// 403 unless the user's role may retry or discard.
+fn may_operate(user: &crate::configuration_database::User) -> Result<(), ApiError> {
+    if user.role.may_operate() {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("role {} may not retry or discard", user.role.as_str()),
+        ))
+    }
+}
+
+/// Writes an operator action to the audit log and answers it (SPEC §7:
+/// 200 Applied, 404 NotFound, 409 NotParked, 503 SiteUnreachable, 504
+/// Timeout).
+async fn audited_answer(
+    st: &ApiState,
+    user: &crate::configuration_database::User,
+    action: &str,
+    id: TrackedOperationId,
+    site: Option<&str>,
+    outcome: RelayOutcome,
+) -> Result<Response, ApiError> {
     let (status, name) = match &outcome {
         RelayOutcome::Applied => (StatusCode::OK, "Applied"),
         RelayOutcome::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
@@ -306,7 +349,7 @@ async fn relay(
     };
     st.db
         .audit_log()
-        .record(&user.name, action, &id.to_string(), site.as_deref(), name)
+        .record(&user.name, action, &id.to_string(), site, name)
         .await
         .map_err(internal)?;
     tracing::info!(user = %user.name, action, %id, outcome = name, "operator action");
@@ -343,16 +386,25 @@ async fn kpis(
         .kpis_per_site(now_ms(), k.interval_seconds, k.stuck_threshold_seconds)
         .await
         .map_err(internal)?;
-    if let Some(site) = q.get("site") {
+    Ok(kpis_answer(per_site, k, q.get("site")))
+}
+
+/// Global KPIs with `per_site`, or one site's with `?site=`.
+fn kpis_answer(
+    per_site: std::collections::BTreeMap<String, Kpis>,
+    k: KpiSettings,
+    site: Option<&String>,
+) -> Response {
+    if let Some(site) = site {
         let one = per_site.get(site).cloned().unwrap_or(Kpis {
             interval_seconds: k.interval_seconds,
             stuck_threshold_seconds: k.stuck_threshold_seconds,
             ..Default::default()
         });
-        return Ok(Json(one).into_response());
+        return Json(one).into_response();
     }
     let total = Kpis::total(&per_site, k.interval_seconds, k.stuck_threshold_seconds);
-    Ok(Json(GlobalKpis { total, per_site }).into_response())
+    Json(GlobalKpis { total, per_site }).into_response()
 }
 
 #[utoipa::path(get, path = "/api/v1/audit-log",
@@ -375,6 +427,41 @@ async fn audit_log(
         .then(|| items.last().map(|e| e.id.clone()))
         .flatten();
     Ok(Json(AuditPage { items, next }).into_response())
+}
+
+/// One gauge per KPI and site, `sitelink_<prefix>_<kpi>{site="…"}`.
+fn kpi_gauges(
+    out: &mut String,
+    prefix: &str,
+    what: &str,
+    per_site: &std::collections::BTreeMap<String, Kpis>,
+) {
+    use std::fmt::Write;
+    for (name, help) in [
+        ("buffered", "Pending or Retrying."),
+        ("parked", "Parked."),
+        ("failed_last_interval", "Failed in the KPI interval."),
+        ("delivered_last_interval", "Delivered in the KPI interval."),
+        (
+            "stuck",
+            "Pending or Retrying longer than the stuck threshold.",
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP sitelink_{prefix}_{name} {what} {help}\n# TYPE sitelink_{prefix}_{name} gauge"
+        );
+        for (site, kp) in per_site {
+            let v = match name {
+                "buffered" => kp.buffered,
+                "parked" => kp.parked,
+                "failed_last_interval" => kp.failed_last_interval,
+                "delivered_last_interval" => kp.delivered_last_interval,
+                _ => kp.stuck,
+            };
+            let _ = writeln!(out, "sitelink_{prefix}_{name}{{site=\"{site}\"}} {v}");
+        }
+    }
 }
 
 /// Prometheus text exposition, written by hand: a handful of gauges does
@@ -415,36 +502,13 @@ async fn metrics(State(st): State<ApiState>) -> Result<Response, ApiError> {
             v.load(std::sync::atomic::Ordering::Relaxed)
         );
     }
-    for (name, help) in [
-        ("buffered", "Site calls Pending or Retrying."),
-        ("parked", "Site calls Parked."),
-        (
-            "failed_last_interval",
-            "Site calls Failed in the KPI interval.",
-        ),
-        (
-            "delivered_last_interval",
-            "Site calls Delivered in the KPI interval.",
-        ),
-        (
-            "stuck",
-            "Site calls Pending or Retrying longer than the stuck threshold.",
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP sitelink_site_calls_{name} {help}\n# TYPE sitelink_site_calls_{name} gauge"
-        );
-        for (site, kp) in &per_site {
-            let v = match name {
-                "buffered" => kp.buffered,
-                "parked" => kp.parked,
-                "failed_last_interval" => kp.failed_last_interval,
-                "delivered_last_interval" => kp.delivered_last_interval,
-                _ => kp.stuck,
-            };
-            let _ = writeln!(out, "sitelink_site_calls_{name}{{site=\"{site}\"}} {v}");
-        }
-    }
+    let notifications = st
+        .db
+        .notifications()
+        .kpis_per_site(now_ms(), k.interval_seconds, k.stuck_threshold_seconds)
+        .await
+        .map_err(internal)?;
+    kpi_gauges(&mut out, "site_calls", "Site calls", &per_site);
+    kpi_gauges(&mut out, "notifications", "Notifications", &notifications);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

@@ -11,7 +11,7 @@ use utoipa::{
     Modify, OpenApi, ToSchema,
 };
 
-use crate::configuration_database::{AuditEntry, Kpis};
+use crate::configuration_database::{AuditEntry, Kpis, NotificationRecord};
 
 /// A site as operators see it (SPEC §7).
 #[derive(Serialize, ToSchema)]
@@ -36,6 +36,13 @@ pub struct SitesPage {
 #[derive(Serialize, ToSchema)]
 pub struct SiteCallsPage {
     pub items: Vec<TrackingRecord>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NotificationsPage {
+    pub items: Vec<NotificationRecord>,
     /// Pass as `after` for the next page; null on the last page.
     pub next: Option<String>,
 }
@@ -87,7 +94,7 @@ impl Modify for Security {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "sitelink central", description = "Sites, site calls, Retry/Discard relay, KPIs and the operator audit log."),
+    info(title = "sitelink central", description = "Sites, site calls, Retry/Discard relay, the Notification Outbox, KPIs and the operator audit log."),
     paths(
         super::sites,
         super::list_site_calls,
@@ -96,8 +103,13 @@ impl Modify for Security {
         super::discard,
         super::kpis,
         super::audit_log,
+        super::notifications::list,
+        super::notifications::get_one,
+        super::notifications::retry,
+        super::notifications::discard,
+        super::notifications::kpis,
     ),
-    components(schemas(SiteView, SitesPage, SiteCallsPage, AuditPage, CommandAnswer, GlobalKpis, ErrorBody, TrackingRecord, Kpis, AuditEntry)),
+    components(schemas(SiteView, SitesPage, SiteCallsPage, NotificationsPage, AuditPage, CommandAnswer, GlobalKpis, ErrorBody, TrackingRecord, NotificationRecord, Kpis, AuditEntry)),
     modifiers(&Security),
     security(("basic" = []), ("bearer" = []))
 )]

@@ -1,0 +1,148 @@
+//! `/api/v1/notifications…` and `/api/v1/kpis/notifications`: the
+//! Notification Outbox's rows. Same listing, paging, KPI shape and audit log
+//! as the site calls; Retry/Discard act on central's own rows (central is
+//! the deliverer), so they never need a site to be online.
+
+use std::collections::HashMap;
+
+use axum::{
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+
+use super::{
+    audited_answer, internal, kpis_answer, list_params, may_operate, only, openapi, parse_id,
+    ApiError, ApiState, Authenticated,
+};
+use crate::{
+    communication::RelayOutcome,
+    configuration_database::{now_ms, NotificationCommand, PageCursor},
+};
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/notifications",
+    params(
+        ("site" = Option<String>, Query, description = "only this site"),
+        ("status" = Option<String>, Query, description = "Pending, Retrying, Delivered, Parked, Failed or Discarded"),
+        ("from" = Option<String>, Query, description = "created at or after (RFC 3339)"),
+        ("to" = Option<String>, Query, description = "created before (RFC 3339)"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
+        ("after" = Option<String>, Query, description = "the `next` of the previous page"),
+    ),
+    responses((status = 200, body = openapi::NotificationsPage), (status = 400, body = openapi::ErrorBody))
+)]
+pub(super) async fn list(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    only(&q, &["site", "status", "from", "to", "limit", "after"])?;
+    let (filter, after, limit) = list_params(&q)?;
+    let items = st
+        .db
+        .notifications()
+        .list(&filter, after.as_ref(), limit)
+        .await
+        .map_err(internal)?;
+    let next = (items.len() as u32 == limit)
+        .then(|| items.last().map(|r| PageCursor::of(&r.tracking).encode()))
+        .flatten();
+    Ok(Json(openapi::NotificationsPage { items, next }).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/notifications/{id}", params(("id" = String, Path, description = "NotificationId")),
+    responses((status = 200, body = crate::configuration_database::NotificationRecord), (status = 404, body = openapi::ErrorBody)))]
+pub(super) async fn get_one(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    match st.db.notifications().get(id).await.map_err(internal)? {
+        Some(r) => Ok(Json(r).into_response()),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no notification {id}"),
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/notifications/{id}/retry", params(("id" = String, Path, description = "NotificationId")),
+    responses((status = 200, body = openapi::CommandAnswer), (status = 403, body = openapi::ErrorBody),
+        (status = 404, body = openapi::CommandAnswer), (status = 409, body = openapi::CommandAnswer)))]
+pub(super) async fn retry(
+    st: State<ApiState>,
+    user: Authenticated,
+    id: Path<String>,
+) -> Result<Response, ApiError> {
+    operate(st, user, id, true).await
+}
+
+#[utoipa::path(post, path = "/api/v1/notifications/{id}/discard", params(("id" = String, Path, description = "NotificationId")),
+    responses((status = 200, body = openapi::CommandAnswer), (status = 403, body = openapi::ErrorBody),
+        (status = 404, body = openapi::CommandAnswer), (status = 409, body = openapi::CommandAnswer)))]
+pub(super) async fn discard(
+    st: State<ApiState>,
+    user: Authenticated,
+    id: Path<String>,
+) -> Result<Response, ApiError> {
+    operate(st, user, id, false).await
+}
+
+async fn operate(
+    State(st): State<ApiState>,
+    Authenticated(user): Authenticated,
+    Path(id): Path<String>,
+    retry: bool,
+) -> Result<Response, ApiError> {
+    may_operate(&user)?;
+    let id = parse_id(&id)?;
+    let site = st
+        .db
+        .notifications()
+        .get(id)
+        .await
+        .map_err(internal)?
+        .map(|r| r.tracking.source_site);
+    let outcome = match st
+        .db
+        .notifications()
+        .operator(id, retry, now_ms())
+        .await
+        .map_err(internal)?
+    {
+        NotificationCommand::Applied => RelayOutcome::Applied,
+        NotificationCommand::NotFound => RelayOutcome::NotFound,
+        NotificationCommand::NotParked => RelayOutcome::NotParked,
+    };
+    if outcome == RelayOutcome::Applied && retry {
+        st.outbox.wake();
+    }
+    let action = if retry {
+        "notification retry"
+    } else {
+        "notification discard"
+    };
+    audited_answer(&st, &user, action, id, site.as_deref(), outcome).await
+}
+
+#[utoipa::path(get, path = "/api/v1/kpis/notifications", params(("site" = Option<String>, Query, description = "one site's KPIs only")),
+    responses((status = 200, description = "GlobalKpis, or Kpis with ?site=", body = openapi::GlobalKpis)))]
+pub(super) async fn kpis(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    only(&q, &["site"])?;
+    let k = st.kpis;
+    let per_site = st
+        .db
+        .notifications()
+        .kpis_per_site(now_ms(), k.interval_seconds, k.stuck_threshold_seconds)
+        .await
+        .map_err(internal)?;
+    Ok(kpis_answer(per_site, k, q.get("site")))
+}
