@@ -56,9 +56,20 @@ impl BenchDb {
         reconcile_interval_seconds: u64,
         reconcile_page: u32,
     ) -> anyhow::Result<Central> {
+        self.central_with(reconcile_interval_seconds, reconcile_page, "")
+            .await
+    }
+
+    /// A central with `extra` sections (the Notification Outbox) appended.
+    pub async fn central_with(
+        &self,
+        reconcile_interval_seconds: u64,
+        reconcile_page: u32,
+        extra: &str,
+    ) -> anyhow::Result<Central> {
         let cfg = CentralConfig::parse(
             &format!(
-                "[central]\ndatabase_url = \"{}\"\nlink_bind = \"127.0.0.1:0\"\nhttp_bind = \"127.0.0.1:0\"\nreconcile_interval_seconds = {reconcile_interval_seconds}\nreconcile_page = {reconcile_page}\n",
+                "[central]\ndatabase_url = \"{}\"\nlink_bind = \"127.0.0.1:0\"\nhttp_bind = \"127.0.0.1:0\"\nreconcile_interval_seconds = {reconcile_interval_seconds}\nreconcile_page = {reconcile_page}\n{extra}",
                 self.url
             ),
             self._dir.path(),

@@ -6,6 +6,7 @@
 mod cached_call;
 mod central_world;
 mod ingest;
+mod notifications;
 mod queries;
 mod reconcile;
 
@@ -26,6 +27,12 @@ pub enum BenchName {
     Ingest {
         #[arg(long, value_enum, default_value = "sqlite")]
         db: central_world::Db,
+        #[arg(long)]
+        quick: bool,
+    },
+    /// `Notify.Send` at two sites to acceptance by an SMTP sink, vs the
+    /// same messages sent straight to the sink.
+    Notifications {
         #[arg(long)]
         quick: bool,
     },
@@ -59,6 +66,7 @@ pub async fn run(name: BenchName) -> anyhow::Result<()> {
         BenchName::CachedCall { quick } => cached_call::run(quick).await,
         BenchName::Ingest { db, quick } => ingest::run(db, quick).await,
         BenchName::Queries { db, rows, quick } => queries::run(db, rows, quick).await,
+        BenchName::Notifications { quick } => notifications::run(quick).await,
         BenchName::Reconcile {
             db,
             rows,
