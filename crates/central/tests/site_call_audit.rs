@@ -74,7 +74,12 @@ async fn reconcile_on_connect_then_only_when_the_cursor_stood_still() {
     };
     for k in 0..6u64 {
         let out = audit
-            .ingest(&site, rows(5, k * 5 + 1), Some((k * 5, k * 5 + 5)))
+            .ingest(
+                &site,
+                rows(5, k * 5 + 1),
+                Some((k * 5, k * 5 + 5)),
+                Some(k * 5 + 5),
+            )
             .await
             .unwrap();
         assert!(out.cursor_advanced);
@@ -92,6 +97,10 @@ async fn reconcile_on_connect_then_only_when_the_cursor_stood_still() {
         Ok(StreamOrder::Reconcile { after_seq: 30 })
     ));
     assert_eq!(db.site_calls().all_for_site("s1").await.unwrap().len(), 30);
+    // Telemetry recorded the site as seen in the same commits.
+    let s1 = db.sites().get("s1").await.unwrap().unwrap();
+    assert_eq!(s1.high_seq, 30);
+    assert!(s1.last_seen_ms.is_some());
 }
 
 #[tokio::test]

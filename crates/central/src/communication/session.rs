@@ -8,16 +8,17 @@ use std::{
     sync::{atomic::Ordering, Arc},
 };
 
+use futures::{stream::FuturesOrdered, StreamExt};
 use sitelink_commons::{
     contracts::v1::{self, central_message, site_message, CentralMessage, SiteMessage},
     SiteName, TrackingRecord,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
 
 use super::{Command, LinkSettings};
 use crate::{
-    configuration_database::{Database, NewNotification},
+    configuration_database::{Database, IngestOutcome, NewNotification},
     notification_outbox::Outbox,
     site_call_audit::{SiteCallAudit, StreamId, StreamOrder},
 };
@@ -36,6 +37,13 @@ pub(super) struct Session {
     /// Where forwarded notifications go.
     pub outbox: Outbox,
 }
+
+/// Telemetry batches one stream may have handed over and not yet seen
+/// committed.
+const MAX_OUTSTANDING: usize = 4;
+
+/// Answers once a submitted ingest is committed.
+type Committed = oneshot::Receiver<Result<IngestOutcome, String>>;
 
 /// A reconcile in progress: the correlation of the page asked for and the
 /// sequence it starts after.
@@ -83,14 +91,15 @@ impl Session {
             .map_or(0, |s| s.reconcile_cursor))
     }
 
-    /// Ingests rows that cover `(from, to]` and acknowledges the cursor when
-    /// it moved.
-    async fn ingest(
+    /// Hands rows that cover `(from, to]` to the actor's ingest; the
+    /// receiver answers once they are committed (see [`Self::settle`]).
+    async fn submit(
         &self,
         rows: &[v1::CachedCallTelemetry],
         from: u64,
         to: u64,
-    ) -> Result<(), String> {
+        telemetry: bool,
+    ) -> Result<Committed, String> {
         let mut records = Vec::with_capacity(rows.len());
         let mut malformed = 0usize;
         for row in rows {
@@ -105,7 +114,18 @@ impl Session {
         // A range with a row this build cannot read is not complete here:
         // apply the rest, leave the cursor, let a newer central reconcile it.
         let range = (malformed == 0).then_some((from, to));
-        let outcome = self.audit.ingest(&self.site, records, range).await?;
+        let seen = telemetry.then_some(to);
+        self.audit.submit(&self.site, records, range, seen).await
+    }
+
+    /// Logs what the ingest refused and acknowledges the cursor when it
+    /// moved.
+    async fn settle(
+        &self,
+        committed: Result<Result<IngestOutcome, String>, oneshot::error::RecvError>,
+    ) -> Result<(), String> {
+        let outcome =
+            committed.map_err(|_| "the Site Call Audit actor has stopped".to_owned())??;
         for (id, why) in &outcome.rejected {
             tracing::warn!(site = %self.site, %id, reason = %why, "telemetry row rejected");
         }
@@ -157,9 +177,16 @@ impl Session {
         id: StreamId,
     ) -> Result<(), String> {
         let mut reconcile: Option<Reconcile> = None;
+        // Telemetry batches handed to the ingest and not yet committed, in
+        // order. Reading on while they commit lets the actor batch more.
+        let mut outstanding: FuturesOrdered<Committed> = FuturesOrdered::new();
         loop {
             let msg = tokio::select! {
-                m = inbound.message() => m,
+                m = inbound.message(), if outstanding.len() < MAX_OUTSTANDING => m,
+                Some(committed) = outstanding.next(), if !outstanding.is_empty() => {
+                    self.settle(committed).await?;
+                    continue;
+                }
                 order = orders.recv() => {
                     match order {
                         Some(StreamOrder::Reconcile { after_seq }) => {
@@ -193,13 +220,10 @@ impl Session {
                     self.stats
                         .telemetry_rows
                         .fetch_add(batch.rows.len() as u64, Ordering::Relaxed);
-                    self.ingest(&batch.rows, batch.from_seq, batch.to_seq)
+                    let committed = self
+                        .submit(&batch.rows, batch.from_seq, batch.to_seq, true)
                         .await?;
-                    self.db
-                        .sites()
-                        .seen(self.site.as_str(), batch.to_seq)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    outstanding.push_back(committed);
                 }
                 Some(site_message::Body::Reconcile(page)) => {
                     let Some(r) = reconcile
@@ -219,7 +243,10 @@ impl Session {
                         .reconcile_rows
                         .fetch_add(page.rows.len() as u64, Ordering::Relaxed);
                     let after_seq = r.after_seq;
-                    self.ingest(&page.rows, after_seq, page.next_seq).await?;
+                    let committed = self
+                        .submit(&page.rows, after_seq, page.next_seq, false)
+                        .await?;
+                    self.settle(committed.await).await?;
                     reconcile = if page.has_more {
                         Some(self.request_page(page.next_seq).await?)
                     } else {

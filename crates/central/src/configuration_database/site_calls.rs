@@ -29,6 +29,9 @@ pub struct IngestJob {
     pub site: SiteName,
     pub rows: Vec<TrackingRecord>,
     pub complete_range: Option<(u64, u64)>,
+    /// Telemetry up to this change sequence arrived: the site was seen now
+    /// (recorded in the same transaction, not in a commit of its own).
+    pub seen_seq: Option<u64>,
 }
 
 /// What one ingest did.
@@ -80,6 +83,9 @@ impl<'a> SiteCalls<'a> {
         let mut outs = Vec::with_capacity(jobs.len());
         for j in jobs {
             outs.push(ingest_in(&mut tx, &j.site, &j.rows, j.complete_range).await?);
+            if let Some(seq) = j.seen_seq {
+                super::sites::seen_in(&mut tx, j.site.as_str(), seq).await?;
+            }
         }
         tx.commit().await?;
         Ok(outs)
@@ -390,42 +396,25 @@ impl SiteCalls<'_> {
         rows.iter().map(record).collect()
     }
 
-    /// Folds the open-call deltas the triggers appended into the counters;
-    /// returns how many delta rows it folded. Run by one task only (the
-    /// Site Call Audit actor). PostgreSQL: the DELETE takes exactly the
-    /// rows its snapshot sees, so deltas committed meanwhile stay for the
-    /// next fold. SQLite: the INSERT takes the write lock first, so nothing
-    /// commits between the sum and the delete.
+    /// Folds the open-call deltas the triggers appended into the counters
+    /// (PostgreSQL; SQLite keeps no counters, see migration 4); returns how
+    /// many delta rows it folded. Run by one task only (the Site Call Audit
+    /// actor). The DELETE takes exactly the rows its snapshot sees, so
+    /// deltas committed meanwhile stay for the next fold.
     pub async fn fold_open_counts(&self) -> Result<u64, sqlx::Error> {
+        if self.db.backend() == Backend::Sqlite {
+            return Ok(0);
+        }
         let mut tx = self.db.pool().begin().await?;
-        let folded = match self.db.backend() {
-            Backend::Postgres => {
-                sqlx::query_scalar::<_, i64>(
-                    "WITH d AS (DELETE FROM site_call_open_deltas RETURNING source_site, status, delta),
-                          s AS (INSERT INTO site_call_open_counts (source_site, status, n)
-                                SELECT source_site, status, SUM(delta) FROM d GROUP BY source_site, status
-                                ON CONFLICT (source_site, status) DO UPDATE SET n = site_call_open_counts.n + excluded.n)
-                     SELECT COUNT(*) FROM d",
-                )
-                .fetch_one(&mut *tx)
-                .await?
-            }
-            Backend::Sqlite => {
-                // `WHERE true`: SQLite's parser needs it before ON CONFLICT.
-                sqlx::query(
-                    "INSERT INTO site_call_open_counts (source_site, status, n)
-                     SELECT source_site, status, SUM(delta) FROM site_call_open_deltas WHERE true
-                     GROUP BY source_site, status
-                     ON CONFLICT (source_site, status) DO UPDATE SET n = site_call_open_counts.n + excluded.n",
-                )
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM site_call_open_deltas")
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected() as i64
-            }
-        };
+        let folded = sqlx::query_scalar::<_, i64>(
+            "WITH d AS (DELETE FROM site_call_open_deltas RETURNING source_site, status, delta),
+                  s AS (INSERT INTO site_call_open_counts (source_site, status, n)
+                        SELECT source_site, status, SUM(delta) FROM d GROUP BY source_site, status
+                        ON CONFLICT (source_site, status) DO UPDATE SET n = site_call_open_counts.n + excluded.n)
+             SELECT COUNT(*) FROM d",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM site_call_open_counts WHERE n = 0")
             .execute(&mut *tx)
             .await?;
@@ -448,12 +437,16 @@ impl SiteCalls<'_> {
             ..Default::default()
         };
         let stuck_before = now_ms - stuck_threshold_seconds * 1000;
-        // Open calls from the maintained counters (migration 4): one row
-        // per (site, status). For buffered groups, the oldest creation time
-        // is one index seek, and "stuck" is the count minus the calls
-        // created within the threshold (a range over recent rows only).
-        let open = sqlx::query(
-            "SELECT g.source_site, g.status, g.n,
+        // Both queries answer, per open (site, status): count, oldest
+        // creation time (buffered statuses only), and how many were
+        // created within the stuck threshold.
+        let open_sql = match self.db.backend() {
+            // PostgreSQL: the maintained counters (migration 4), one row per
+            // (site, status). For buffered groups the oldest creation time
+            // is one index seek, and the recent count a range over recent
+            // rows only.
+            Backend::Postgres => {
+                "SELECT g.source_site, g.status, g.n,
                     CASE WHEN g.status = 'Parked' THEN NULL ELSE
                         (SELECT MIN(c.created_at_ms) FROM site_calls c
                          WHERE c.status = g.status AND c.source_site = g.source_site) END,
@@ -461,16 +454,26 @@ impl SiteCalls<'_> {
                         (SELECT COUNT(*) FROM site_calls c
                          WHERE c.status = g.status AND c.source_site = g.source_site
                            AND c.created_at_ms >= $1) END
-             FROM (SELECT source_site, status, CAST(SUM(n) AS BIGINT) AS n
-                   FROM (SELECT source_site, status, n FROM site_call_open_counts
-                         UNION ALL
-                         SELECT source_site, status, delta FROM site_call_open_deltas) AS u
-                   GROUP BY source_site, status) AS g
-             WHERE g.n > 0",
-        )
-        .bind(stuck_before)
-        .fetch_all(self.db.pool())
-        .await?;
+                 FROM (SELECT source_site, status, CAST(SUM(n) AS BIGINT) AS n
+                       FROM (SELECT source_site, status, n FROM site_call_open_counts
+                             UNION ALL
+                             SELECT source_site, status, delta FROM site_call_open_deltas) AS u
+                       GROUP BY source_site, status) AS g
+                 WHERE g.n > 0"
+            }
+            // SQLite: one pass over the open rows of the covering status
+            // index (no triggers on SQLite: see migration 4).
+            Backend::Sqlite => {
+                "SELECT source_site, status, COUNT(*), MIN(created_at_ms),
+                        SUM(CASE WHEN created_at_ms >= $1 THEN 1 ELSE 0 END)
+                 FROM site_calls WHERE status IN ('Pending', 'Retrying', 'Parked')
+                 GROUP BY source_site, status"
+            }
+        };
+        let open = sqlx::query(open_sql)
+            .bind(stuck_before)
+            .fetch_all(self.db.pool())
+            .await?;
         for r in &open {
             let site: String = r.try_get(0)?;
             let status: String = r.try_get(1)?;

@@ -138,14 +138,26 @@ impl<'a> Sites<'a> {
 
     /// Records contact with a site and the high change sequence it announced.
     pub async fn seen(&self, name: &str, high_seq: u64) -> Result<(), SitesError> {
-        sqlx::query("UPDATE sites SET last_seen_ms = $1, high_seq = CASE WHEN high_seq > $2 THEN high_seq ELSE $2 END WHERE name = $3")
-            .bind(now_ms())
-            .bind(high_seq as i64)
-            .bind(name)
-            .execute(self.db.pool())
-            .await?;
+        let mut conn = self.db.pool().acquire().await?;
+        seen_in(&mut conn, name, high_seq).await?;
         Ok(())
     }
+}
+
+/// The site was seen now, announcing changes up to `high_seq` (the high
+/// mark only moves forward).
+pub(super) async fn seen_in(
+    conn: &mut sqlx::AnyConnection,
+    name: &str,
+    high_seq: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sites SET last_seen_ms = $1, high_seq = CASE WHEN high_seq > $2 THEN high_seq ELSE $2 END WHERE name = $3")
+        .bind(now_ms())
+        .bind(high_seq as i64)
+        .bind(name)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 fn site_record(r: &sqlx::any::AnyRow) -> Result<SiteRecord, sqlx::Error> {

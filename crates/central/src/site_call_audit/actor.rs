@@ -161,22 +161,42 @@ impl SiteCallAudit {
             .await;
     }
 
-    /// Ingests rows of `site` covering `complete_range` (if given);
-    /// resolves once they are committed.
+    /// Ingests rows of `site` covering `complete_range` (if given), and
+    /// records the site as seen up to `seen_seq` (telemetry); resolves once
+    /// they are committed.
     pub async fn ingest(
         &self,
         site: &SiteName,
         rows: Vec<TrackingRecord>,
         complete_range: Option<(u64, u64)>,
+        seen_seq: Option<u64>,
     ) -> Result<IngestOutcome, String> {
+        self.submit(site, rows, complete_range, seen_seq)
+            .await?
+            .await
+            .map_err(|_| STOPPED.to_owned())?
+    }
+
+    /// Like [`Self::ingest`], but returns as soon as the job is queued: the
+    /// receiver answers once it is committed. A stream keeps a few of these
+    /// outstanding, so the actor finds more to commit at once; one site's
+    /// jobs still commit in the order they were submitted.
+    pub async fn submit(
+        &self,
+        site: &SiteName,
+        rows: Vec<TrackingRecord>,
+        complete_range: Option<(u64, u64)>,
+        seen_seq: Option<u64>,
+    ) -> Result<oneshot::Receiver<Result<IngestOutcome, String>>, String> {
         let (reply, rx) = oneshot::channel();
         let job = IngestJob {
             site: site.clone(),
             rows,
             complete_range,
+            seen_seq,
         };
         self.send(Msg::Ingest { job, reply }).await?;
-        rx.await.map_err(|_| STOPPED.to_owned())?
+        Ok(rx)
     }
 
     /// The reconcile the actor ordered on this stream is done (or failed).
@@ -280,8 +300,10 @@ pub struct SiteCallAuditActor {
     relays: HashMap<u64, PendingRelay>,
     next_relay: u64,
     queued: Vec<QueuedIngest>,
-    /// The commit tasks running now.
-    commits: HashSet<tokio::task::Id>,
+    /// The commit tasks running now, with the sites whose rows each holds.
+    /// A site's jobs never run in two commits at once, so they commit in
+    /// the order its stream sent them (cursor ranges then chain).
+    commits: HashMap<tokio::task::Id, HashSet<SiteName>>,
     /// 1 on SQLite (one writer at a time is all it has), 2 on PostgreSQL
     /// (two transactions in flight keep both cores busy).
     max_commits_in_flight: usize,
@@ -308,7 +330,7 @@ impl SiteCallAuditActor {
             relays: HashMap::new(),
             next_relay: 0,
             queued: Vec::new(),
-            commits: HashSet::new(),
+            commits: HashMap::new(),
             max_commits_in_flight,
             fold: None,
             children: JoinSet::new(),
@@ -447,7 +469,7 @@ impl SiteCallAuditActor {
             Ok((id, _)) => *id,
             Err(e) => e.id(),
         };
-        if self.commits.remove(&id) {
+        if self.commits.remove(&id).is_some() {
             self.start_commits();
         }
         if self.fold == Some(id) {
@@ -476,23 +498,34 @@ impl SiteCallAuditActor {
     }
 
     /// Starts commits while a slot is free, each taking what is queued (up
-    /// to [`MAX_ROWS_PER_COMMIT`] rows).
+    /// to [`MAX_ROWS_PER_COMMIT`] rows), except jobs of sites that have rows
+    /// in a commit still running: those wait for the next one.
     fn start_commits(&mut self) {
         while self.commits.len() < self.max_commits_in_flight && !self.queued.is_empty() {
+            // Sites whose next job must wait: in a running commit, or an
+            // earlier job of theirs stays queued (order within a site).
+            let mut held: HashSet<SiteName> = self.commits.values().flatten().cloned().collect();
             let mut rows = 0;
-            let take = self
-                .queued
-                .iter()
-                .take_while(|q| {
-                    let first = rows == 0;
-                    rows += q.job.rows.len().max(1);
-                    first || rows <= MAX_ROWS_PER_COMMIT
-                })
-                .count();
-            let batch: Vec<QueuedIngest> = self.queued.drain(..take).collect();
+            let mut batch = Vec::new();
+            let mut rest = Vec::new();
+            for q in self.queued.drain(..) {
+                let fits = batch.is_empty() || rows + q.job.rows.len() <= MAX_ROWS_PER_COMMIT;
+                if fits && !held.contains(&q.job.site) {
+                    rows += q.job.rows.len();
+                    batch.push(q);
+                } else {
+                    held.insert(q.job.site.clone());
+                    rest.push(q);
+                }
+            }
+            self.queued = rest;
+            if batch.is_empty() {
+                return;
+            }
+            let sites = batch.iter().map(|q| q.job.site.clone()).collect();
             let db = self.db.clone();
             let task = self.children.spawn(async move { commit(db, batch).await });
-            self.commits.insert(task.id());
+            self.commits.insert(task.id(), sites);
         }
     }
 
