@@ -209,36 +209,18 @@ impl CentralLink {
         // connect covers everything up to now.
         let mut sent = high;
         let mut changes = self.engine.subscribe_changes();
+        // Acknowledged notifications not yet marked forwarded: marked in one
+        // write once no message is waiting (biased select below).
+        let mut acked: Vec<TrackedOperationId> = Vec::new();
         loop {
             tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        return Ok(());
-                    }
-                    while sent < self.engine.high_seq() {
-                        let (rows, to, _) = self.page(sent, TELEMETRY_BATCH).await?;
-                        let batch = v1::TelemetryBatch { from_seq: sent, to_seq: to, rows };
-                        tx.send(SiteMessage { correlation: 0, body: Some(site_message::Body::Telemetry(batch)) }).await?;
-                        sent = to;
-                    }
-                    self.forward(&tx, &mut in_flight).await?;
-                }
-                Some(q) = async { queries.as_mut()?.rx.recv().await }, if queries.is_some() => {
-                    correlation += 1;
-                    asked.insert(correlation, q.reply);
-                    let query = v1::NotificationStatusQuery { id: q.id.to_string() };
-                    tx.send(SiteMessage { correlation, body: Some(site_message::Body::NotificationStatusQuery(query)) }).await?;
-                }
+                biased;
                 msg = inbound.message() => {
                     let Some(msg) = msg? else { return Ok(()) };
                     match msg.body {
                         Some(central_message::Body::NotificationAck(ack)) => {
                             match ack.id.parse::<TrackedOperationId>() {
-                                Ok(id) => {
-                                    self.engine.mark_forwarded(id).await?;
-                                    in_flight.remove(&id);
-                                    self.forward(&tx, &mut in_flight).await?;
-                                }
+                                Ok(id) => acked.push(id),
                                 Err(e) => tracing::warn!(id = %ack.id, error = %e, "acknowledgement of an unreadable id; ignored"),
                             }
                         }
@@ -257,6 +239,32 @@ impl CentralLink {
                             }
                         }
                     }
+                }
+                _ = std::future::ready(()), if !acked.is_empty() => {
+                    let ids = std::mem::take(&mut acked);
+                    for id in &ids {
+                        in_flight.remove(id);
+                    }
+                    self.engine.mark_forwarded(ids).await?;
+                    self.forward(&tx, &mut in_flight).await?;
+                }
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    while sent < self.engine.high_seq() {
+                        let (rows, to, _) = self.page(sent, TELEMETRY_BATCH).await?;
+                        let batch = v1::TelemetryBatch { from_seq: sent, to_seq: to, rows };
+                        tx.send(SiteMessage { correlation: 0, body: Some(site_message::Body::Telemetry(batch)) }).await?;
+                        sent = to;
+                    }
+                    self.forward(&tx, &mut in_flight).await?;
+                }
+                Some(q) = async { queries.as_mut()?.rx.recv().await }, if queries.is_some() => {
+                    correlation += 1;
+                    asked.insert(correlation, q.reply);
+                    let query = v1::NotificationStatusQuery { id: q.id.to_string() };
+                    tx.send(SiteMessage { correlation, body: Some(site_message::Body::NotificationStatusQuery(query)) }).await?;
                 }
             }
         }

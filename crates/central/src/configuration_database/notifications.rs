@@ -154,46 +154,56 @@ impl<'a> Notifications<'a> {
             .collect()
     }
 
-    /// Records how an attempt on `n` ended; returns the new status, or
-    /// `None` when the row changed meanwhile (an operator acted) and the
-    /// attempt's outcome no longer applies.
-    pub async fn record_attempt(
+    /// Records how attempts ended, all in one transaction; returns each
+    /// one's new status, or `None` when the row changed meanwhile (an
+    /// operator acted) and the attempt's outcome no longer applies.
+    pub async fn record_attempts(
         &self,
-        n: &DueNotification,
-        outcome: &SendOutcome,
+        attempts: &[(DueNotification, SendOutcome)],
         policy: &RetryPolicy,
         now_ms: i64,
-    ) -> Result<Option<TrackedOperationStatus>, sqlx::Error> {
-        // The attempt just made was retry number `retries_done` (0: the
-        // first attempt, which is not a retry).
-        let retries_done = if n.status == Retrying {
-            n.retry_count + 1
-        } else {
-            0
-        };
-        let (to, retry_count, last_error, next) = match outcome {
-            SendOutcome::Delivered => (Delivered, n.retry_count, None, None),
-            SendOutcome::Permanent(e) => (Failed, n.retry_count, Some(e.as_str()), None),
-            SendOutcome::Transient(e) if retries_done >= policy.max_retries => {
-                (Parked, retries_done, Some(e.as_str()), None)
+    ) -> Result<Vec<Option<TrackedOperationStatus>>, sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
+        let mut out = Vec::with_capacity(attempts.len());
+        for (n, outcome) in attempts {
+            // The attempt just made was retry number `retries_done` (0: the
+            // first attempt, which is not a retry).
+            let retries_done = if n.status == Retrying {
+                n.retry_count + 1
+            } else {
+                0
+            };
+            let (to, retry_count, last_error, next) = match outcome {
+                SendOutcome::Delivered => (Delivered, n.retry_count, None, None),
+                SendOutcome::Permanent(e) => (Failed, n.retry_count, Some(e.as_str()), None),
+                SendOutcome::Transient(e) if retries_done >= policy.max_retries => {
+                    (Parked, retries_done, Some(e.as_str()), None)
+                }
+                SendOutcome::Transient(e) => {
+                    let delay = policy.delay(retries_done).as_millis() as i64;
+                    (
+                        Retrying,
+                        retries_done,
+                        Some(e.as_str()),
+                        Some(now_ms + delay),
+                    )
+                }
+            };
+            if check_transition(Some(n.status), to).is_err() {
+                out.push(None);
+                continue;
             }
-            SendOutcome::Transient(e) => {
-                let delay = policy.delay(retries_done).as_millis() as i64;
-                (
-                    Retrying,
-                    retries_done,
-                    Some(e.as_str()),
-                    Some(now_ms + delay),
-                )
-            }
-        };
-        if check_transition(Some(n.status), to).is_err() {
-            return Ok(None);
+            let change = Change {
+                to,
+                retry_count,
+                last_error,
+                next_attempt_at_ms: next,
+            };
+            let changed = change_row(&mut tx, n.id, n.revision, change, now_ms).await?;
+            out.push(changed.then_some(to));
         }
-        let changed = self
-            .change(n.id, n.revision, to, retry_count, last_error, next, now_ms)
-            .await?;
-        Ok(changed.then_some(to))
+        tx.commit().await?;
+        Ok(out)
     }
 
     /// Operator Retry (`Parked` → `Retrying`, fresh budget, due now) or
@@ -216,61 +226,29 @@ impl<'a> Notifications<'a> {
             return Ok(NotificationCommand::NotParked);
         }
         let revision: i64 = row.try_get(1)?;
-        let changed = if retry {
-            self.change(id, revision, Retrying, 0, None, Some(now_ms), now_ms)
-                .await?
+        let change = if retry {
+            Change {
+                to: Retrying,
+                retry_count: 0,
+                last_error: None,
+                next_attempt_at_ms: Some(now_ms),
+            }
         } else {
-            self.change(
-                id,
-                revision,
-                Discarded,
-                0,
-                Some("discarded by operator"),
-                None,
-                now_ms,
-            )
-            .await?
+            Change {
+                to: Discarded,
+                retry_count: 0,
+                last_error: Some("discarded by operator"),
+                next_attempt_at_ms: None,
+            }
         };
+        let mut conn = self.db.pool().acquire().await?;
+        let changed = change_row(&mut conn, id, revision, change, now_ms).await?;
         // Lost a race with the dispatcher: the row is no longer Parked.
         Ok(if changed {
             NotificationCommand::Applied
         } else {
             NotificationCommand::NotParked
         })
-    }
-
-    /// One change of a row whose revision is still `revision`.
-    #[allow(clippy::too_many_arguments)]
-    async fn change(
-        &self,
-        id: TrackedOperationId,
-        revision: i64,
-        to: TrackedOperationStatus,
-        retry_count: u32,
-        last_error: Option<&str>,
-        next_attempt_at_ms: Option<i64>,
-        now_ms: i64,
-    ) -> Result<bool, sqlx::Error> {
-        let keep_retry_count = to == Discarded;
-        let done = sqlx::query(
-            "UPDATE notifications SET status = $1,
-                 retry_count = CASE WHEN $2 THEN retry_count ELSE $3 END,
-                 last_error = $4, next_attempt_at_ms = $5, updated_at_ms = $6,
-                 terminal_at_ms = $7, revision = revision + 1
-             WHERE id = $8 AND revision = $9",
-        )
-        .bind(to.as_str())
-        .bind(keep_retry_count)
-        .bind(retry_count as i64)
-        .bind(last_error.map(|e| truncate_chars(e, LAST_ERROR_MAX_CHARS).into_owned()))
-        .bind(next_attempt_at_ms)
-        .bind(now_ms)
-        .bind(to.is_terminal().then_some(now_ms))
-        .bind(id.to_string())
-        .bind(revision)
-        .execute(self.db.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
     }
 
     /// One notification with its body and recipients.
@@ -366,6 +344,48 @@ impl<'a> Notifications<'a> {
         .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// What one change sets.
+struct Change<'e> {
+    to: TrackedOperationStatus,
+    /// Ignored for `Discarded`, which keeps the row's count.
+    retry_count: u32,
+    last_error: Option<&'e str>,
+    next_attempt_at_ms: Option<i64>,
+}
+
+/// One change of a row whose revision is still `revision`; false when it
+/// is not (someone else changed it first).
+async fn change_row(
+    conn: &mut sqlx::AnyConnection,
+    id: TrackedOperationId,
+    revision: i64,
+    c: Change<'_>,
+    now_ms: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE notifications SET status = $1,
+             retry_count = CASE WHEN $2 THEN retry_count ELSE $3 END,
+             last_error = $4, next_attempt_at_ms = $5, updated_at_ms = $6,
+             terminal_at_ms = $7, revision = revision + 1
+         WHERE id = $8 AND revision = $9",
+    )
+    .bind(c.to.as_str())
+    .bind(c.to == Discarded)
+    .bind(c.retry_count as i64)
+    .bind(
+        c.last_error
+            .map(|e| truncate_chars(e, LAST_ERROR_MAX_CHARS).into_owned()),
+    )
+    .bind(c.next_attempt_at_ms)
+    .bind(now_ms)
+    .bind(c.to.is_terminal().then_some(now_ms))
+    .bind(id.to_string())
+    .bind(revision)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 fn split_recipients(s: &str) -> Vec<String> {

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::CentralConfig,
-    configuration_database::{now_ms, Database, NewNotification},
+    configuration_database::{now_ms, Database, DueNotification, NewNotification, SendOutcome},
 };
 pub use smtp::{classify, message_id, Mailer};
 
@@ -136,18 +136,23 @@ impl Dispatcher {
             attempted: due.len(),
             ..Default::default()
         };
-        let mut sent = futures::stream::iter(due)
+        // Every send of the round runs to its end (8 at a time); then one
+        // transaction records all outcomes. A crash in between sends them
+        // again (same Message-ID): at-least-once, as documented.
+        let attempts: Vec<(DueNotification, SendOutcome)> = futures::stream::iter(due)
             .map(|n| async move {
                 let outcome = mailer.send(&n).await;
                 (n, outcome)
             })
-            .buffer_unordered(CONCURRENT_SENDS);
-        while let Some((n, outcome)) = sent.next().await {
-            let status = self
-                .db
-                .notifications()
-                .record_attempt(&n, &outcome, &self.policy, now_ms())
-                .await?;
+            .buffer_unordered(CONCURRENT_SENDS)
+            .collect()
+            .await;
+        let statuses = self
+            .db
+            .notifications()
+            .record_attempts(&attempts, &self.policy, now_ms())
+            .await?;
+        for ((n, outcome), status) in attempts.iter().zip(statuses) {
             match status {
                 Some(TrackedOperationStatus::Delivered) => out.delivered += 1,
                 Some(TrackedOperationStatus::Retrying) => out.retrying += 1,
@@ -155,9 +160,7 @@ impl Dispatcher {
                 Some(TrackedOperationStatus::Failed) => out.failed += 1,
                 _ => {}
             }
-            if let crate::configuration_database::SendOutcome::Transient(e)
-            | crate::configuration_database::SendOutcome::Permanent(e) = &outcome
-            {
+            if let SendOutcome::Transient(e) | SendOutcome::Permanent(e) = outcome {
                 tracing::warn!(id = %n.id, error = %e, ?status, "notification not delivered");
             }
         }

@@ -442,12 +442,12 @@ impl Engine {
         Ok(out)
     }
 
-    /// Central acknowledged notification `id` (committed on its side): the
-    /// buffer entry goes, the row keeps a forwarding record. Repeated
-    /// acknowledgements are harmless.
-    pub async fn mark_forwarded(&self, id: TrackedOperationId) -> Result<(), EngineError> {
+    /// Central acknowledged these notifications (committed on its side):
+    /// their buffer entries go, the rows keep a forwarding record, in one
+    /// transaction. Repeated acknowledgements are harmless.
+    pub async fn mark_forwarded(&self, ids: Vec<TrackedOperationId>) -> Result<(), EngineError> {
         self.write(WriteOp::MarkForwarded {
-            id,
+            ids,
             now_ms: now_ms(),
         })
         .await?;

@@ -64,9 +64,9 @@ pub(super) enum WriteOp {
     RecoverInFlight {
         now_ms: i64,
     },
-    /// Central acknowledged a forwarded notification.
+    /// Central acknowledged these forwarded notifications.
     MarkForwarded {
-        id: TrackedOperationId,
+        ids: Vec<TrackedOperationId>,
         now_ms: i64,
     },
 }
@@ -463,16 +463,21 @@ fn apply(
                 .execute(params![acked_before_ms, hard_before_ms])?;
             Ok(Ok(WriteResult::Count(n as u64)))
         }
-        WriteOp::MarkForwarded { id, now_ms } => {
-            let key = id.to_string();
-            tx.prepare_cached("DELETE FROM buffer WHERE id = ?1 AND category = 'Notification'")?
-                .execute([&key])?;
-            let n = tx
-                .prepare_cached(
-                    "UPDATE tracking SET forwarded_at_ms = ?2, request = NULL
-                     WHERE id = ?1 AND kind = 'Notification' AND forwarded_at_ms IS NULL",
+        WriteOp::MarkForwarded { ids, now_ms } => {
+            let mut n = 0;
+            for id in ids {
+                let key = id.to_string();
+                tx.prepare_cached(
+                    "DELETE FROM buffer WHERE id = ?1 AND category = 'Notification'",
                 )?
-                .execute(params![key, now_ms])?;
+                .execute([&key])?;
+                n += tx
+                    .prepare_cached(
+                        "UPDATE tracking SET forwarded_at_ms = ?2, request = NULL
+                         WHERE id = ?1 AND kind = 'Notification' AND forwarded_at_ms IS NULL",
+                    )?
+                    .execute(params![key, now_ms])?;
+            }
             Ok(Ok(WriteResult::Count(n as u64)))
         }
         WriteOp::RecoverInFlight { now_ms } => {
