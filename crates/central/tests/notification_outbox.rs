@@ -132,6 +132,23 @@ async fn the_outbox_delivers_retries_parks_and_fails_over_real_smtp() {
         // Another round sends nothing more.
         assert_eq!(dispatcher.run_once().await.unwrap().attempted, 0);
 
+        // 421 (service not available) is transient too: Retrying.
+        smtp.set_mode(SmtpMode::RejectRecipients(421, "closing channel".into()))
+            .await;
+        let n0 = notification("shift-leads", "Line 0 slow");
+        outbox.accept(&site, &n0).await.unwrap();
+        assert_eq!(dispatcher.run_once().await.unwrap().retrying, 1, "{label}");
+        assert!(db
+            .notifications()
+            .get(n0.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .tracking
+            .last_error
+            .unwrap()
+            .contains("421"));
+
         // 451 (transient) → Retrying, then the server accepts → Delivered.
         smtp.set_mode(SmtpMode::RejectRecipients(451, "try again later".into()))
             .await;
@@ -146,6 +163,7 @@ async fn the_outbox_delivers_retries_parks_and_fails_over_real_smtp() {
         );
         smtp.set_mode(SmtpMode::Accept).await;
         dispatch_until(&dispatcher, &db, n2.id, Delivered).await;
+        dispatch_until(&dispatcher, &db, n0.id, Delivered).await;
         assert_eq!(smtp.count_message_id(&message_id(&n2.id)), 1);
 
         // Down: the budget (2 retries) runs out → Parked. Operator Retry
@@ -247,7 +265,7 @@ async fn the_outbox_delivers_retries_parks_and_fails_over_real_smtp() {
                 k.parked,
                 k.buffered
             ),
-            (4, 2, 0, 0),
+            (5, 2, 0, 0),
             "{label}: {k:?}"
         );
 
@@ -258,7 +276,7 @@ async fn the_outbox_delivers_retries_parks_and_fails_over_real_smtp() {
                 .purge_once(now_unix_ms() + 366 * 86_400_000)
                 .await
                 .unwrap(),
-            7,
+            8,
             "{label}"
         );
         db.pool().close().await;

@@ -257,4 +257,30 @@ mod tests {
             }
         );
     }
+
+    /// A forwarded notification whose subject holds a byte that is not
+    /// UTF-8 does not decode: the link closes that stream with the decode
+    /// error (as for any malformed message) and nothing is stored.
+    #[test]
+    fn a_non_utf8_byte_in_a_forwarded_notification_is_refused() {
+        let n = v1::SiteMessage {
+            correlation: 0,
+            body: Some(v1::site_message::Body::ForwardNotification(
+                v1::ForwardNotification {
+                    id: TrackedOperationId::new().to_string(),
+                    source_site: "s".into(),
+                    list: "ops".into(),
+                    subject: "Alarm X".into(),
+                    body: "b".into(),
+                    provenance: "i/s".into(),
+                    created_at_unix_ms: 1,
+                },
+            )),
+        };
+        let mut bytes = n.encode_to_vec();
+        let at = bytes.windows(7).position(|w| w == b"Alarm X").unwrap() + 6;
+        bytes[at] = 0xFF;
+        let e = v1::SiteMessage::decode(bytes.as_slice()).unwrap_err();
+        assert!(e.to_string().contains("UTF-8"), "{e}");
+    }
 }
