@@ -116,30 +116,32 @@ async fn plain_upsert(
         .await?;
     }
     let data = rows(table, n, 1);
+    // The statement text for each chunk size, built before the clock
+    // starts (as the repository builds its own once).
+    let per_statement = sitelink_central::configuration_database::ROWS_PER_STATEMENT;
+    let statements: Vec<String> = (1..=per_statement)
+        .map(|rows| {
+            let values: Vec<String> = (0..rows)
+                .map(|i| {
+                    let p: Vec<String> = (1..=12).map(|k| format!("${}", i * 12 + k)).collect();
+                    format!("({})", p.join(","))
+                })
+                .collect();
+            format!(
+                "INSERT INTO {table} VALUES {} ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+                 retry_count = excluded.retry_count, last_error = excluded.last_error,
+                 updated_at_ms = excluded.updated_at_ms, terminal_at_ms = excluded.terminal_at_ms,
+                 revision = excluded.revision",
+                values.join(",")
+            )
+        })
+        .collect();
     let start = Instant::now();
     for batch in data.chunks(BATCH) {
         let mut tx = db.pool().begin().await?;
         // The same statement size as the repository: a fair baseline.
-        for chunk in batch.chunks(sitelink_central::configuration_database::ROWS_PER_STATEMENT) {
-            let mut sql = format!("INSERT INTO {table} VALUES ");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push('(');
-                sql.push_str(
-                    &(1..=12)
-                        .map(|k| format!("${}", i * 12 + k))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
-                sql.push(')');
-            }
-            sql.push_str(
-                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, retry_count = excluded.retry_count,
-                 last_error = excluded.last_error, updated_at_ms = excluded.updated_at_ms,
-                 terminal_at_ms = excluded.terminal_at_ms, revision = excluded.revision",
-            );
+        for chunk in batch.chunks(per_statement) {
+            let sql = statements[chunk.len() - 1].as_str();
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for r in chunk {
                 q = q
