@@ -91,23 +91,41 @@ async fn a_notification_sent_while_the_wan_is_down_is_mailed_once_after_it_retur
     })
     .await;
 
-    // Many notifications while the link is cut and restored repeatedly
-    // during forwarding: each is mailed exactly once.
+    // Many notifications sent while the link is down, then forwarded while
+    // the link is restored and cut again several times: each is mailed
+    // exactly once.
+    proxy.cut();
     let run = site
         .runtime
         .run_source(
             "burst",
             "line1",
-            r#"let ids = []; for i in 0..40 { ids.push(Notify.Send("shift-leads", `Alarm ${i}`, "body")); } ids"#,
+            r#"let ids = []; for i in 0..300 { ids.push(Notify.Send("shift-leads", `Alarm ${i}`, "body")); } ids"#,
         )
         .await
         .unwrap();
-    for _ in 0..4 {
-        proxy.cut();
-        tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut cuts_while_forwarding = 0;
+    for _ in 0..8 {
         proxy.heal();
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let waiting = site
+            .engine
+            .notifications_to_forward(1000)
+            .await
+            .unwrap()
+            .len();
+        proxy.cut();
+        if waiting > 0 {
+            cuts_while_forwarding += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    proxy.heal();
+    println!("link cut {cuts_while_forwarding} times with notifications still unacknowledged");
+    assert!(
+        cuts_while_forwarding > 0,
+        "the cuts must land while forwarding is under way"
+    );
     for id in &run.tracked_operation_ids {
         eventually(WAIT, &format!("{id} mailed"), || async {
             (smtp.count_message_id(&message_id(id)) >= 1).then_some(())
@@ -128,7 +146,7 @@ async fn a_notification_sent_while_the_wan_is_down_is_mailed_once_after_it_retur
     for id in &run.tracked_operation_ids {
         assert_eq!(smtp.count_message_id(&message_id(id)), 1, "{id}");
     }
-    assert_eq!(smtp.mails().len(), 41);
+    assert_eq!(smtp.mails().len(), 301);
 
     // Notifications never appear among the site calls.
     assert!(central
