@@ -3,41 +3,15 @@
 //! sites and tokens, the ingest rule under duplication and reordering (a
 //! property test), cursor advance over complete ranges only, bad input.
 
+mod common;
+
+use common::{cleanup, databases};
 use proptest::prelude::*;
-use sitelink_central::configuration_database::{Database, Kpis, LAST_ERROR_MAX_CHARS};
+use sitelink_central::configuration_database::{Kpis, LAST_ERROR_MAX_CHARS};
 use sitelink_commons::{
     lifecycle::check_transition, unix_ms_to_utc, utc_to_unix_ms, Kind, SiteName,
     TrackedOperationId, TrackedOperationStatus, TrackedOperationStatus::*, TrackingRecord,
 };
-
-/// Every backend this run can test: SQLite always, PostgreSQL if configured.
-async fn databases() -> Vec<(
-    &'static str,
-    Database,
-    Option<sitelink_test_support::FreshDatabase>,
-    tempfile::TempDir,
-)> {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = Database::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("central.db").display()
-    ))
-    .await
-    .unwrap();
-    let mut out = vec![("sqlite", sqlite, None, dir)];
-    if let Some(pg) = sitelink_test_support::fresh_database("SITELINK_TEST_POSTGRES_URL").await {
-        let db = Database::connect(&pg.url).await.unwrap();
-        out.push(("postgres", db, Some(pg), tempfile::tempdir().unwrap()));
-    }
-    out
-}
-
-async fn cleanup(pg: Option<sitelink_test_support::FreshDatabase>, db: Database) {
-    db.pool().close().await;
-    if let Some(pg) = pg {
-        pg.drop_database().await;
-    }
-}
 
 fn record(
     site: &str,

@@ -3,6 +3,8 @@
 //! Parked, Failed, operator Retry/Discard, unknown lists, header injection,
 //! KPIs, purge — on SQLite and (when configured) PostgreSQL.
 
+mod common;
+
 use std::time::Duration;
 
 use sitelink_central::{
@@ -38,27 +40,6 @@ shift-leads = ["anna@plant.example", "ben@plant.example"]
         std::path::Path::new("/"),
     )
     .unwrap()
-}
-
-async fn backends() -> Vec<(
-    &'static str,
-    Database,
-    Option<sitelink_test_support::FreshDatabase>,
-    tempfile::TempDir,
-)> {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = Database::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("central.db").display()
-    ))
-    .await
-    .unwrap();
-    let mut out = vec![("sqlite", sqlite, None, dir)];
-    if let Some(pg) = sitelink_test_support::fresh_database("SITELINK_TEST_POSTGRES_URL").await {
-        let db = Database::connect(&pg.url).await.unwrap();
-        out.push(("postgres", db, Some(pg), tempfile::tempdir().unwrap()));
-    }
-    out
 }
 
 fn notification(list: &str, subject: &str) -> NewNotification {
@@ -101,7 +82,7 @@ async fn dispatch_until(
 
 #[tokio::test]
 async fn the_outbox_delivers_retries_parks_and_fails_over_real_smtp() {
-    for (label, db, pg, _dir) in backends().await {
+    for (label, db, pg, _dir) in common::databases().await {
         let smtp = FakeSmtp::start(SmtpMode::Accept).await;
         let (dispatcher, outbox): (Dispatcher, Outbox) =
             Dispatcher::new(db.clone(), &config(smtp.port(), 2)).unwrap();
@@ -279,10 +260,7 @@ async fn the_outbox_delivers_retries_parks_and_fails_over_real_smtp() {
             8,
             "{label}"
         );
-        db.pool().close().await;
-        if let Some(pg) = pg {
-            pg.drop_database().await;
-        }
+        common::cleanup(pg, db).await;
     }
 }
 

@@ -13,7 +13,7 @@ use sitelink_commons::{
 use sqlx::Row;
 
 use super::{
-    site_calls::{add_recent_terminal, decode, page_query},
+    site_calls::{decode, kpis_with, page_query},
     Database, Kpis, PageCursor, SiteCallFilter,
 };
 use TrackedOperationStatus::*;
@@ -289,46 +289,19 @@ impl<'a> Notifications<'a> {
         interval_seconds: i64,
         stuck_threshold_seconds: i64,
     ) -> Result<std::collections::BTreeMap<String, Kpis>, sqlx::Error> {
-        let mut out: std::collections::BTreeMap<String, Kpis> = Default::default();
-        let blank = Kpis {
-            interval_seconds,
-            stuck_threshold_seconds,
-            ..Default::default()
-        };
-        let open = sqlx::query(
-            "SELECT source_site, status, COUNT(*), MIN(created_at_ms),
-                    SUM(CASE WHEN created_at_ms < $1 THEN 1 ELSE 0 END)
-             FROM notifications WHERE status IN ('Pending', 'Retrying', 'Parked')
-             GROUP BY source_site, status",
-        )
-        .bind(now_ms - stuck_threshold_seconds * 1000)
-        .fetch_all(self.db.pool())
-        .await?;
-        for r in &open {
-            let site: String = r.try_get(0)?;
-            let status: String = r.try_get(1)?;
-            let n: i64 = r.try_get(2)?;
-            let k = out.entry(site).or_insert_with(|| blank.clone());
-            if status == "Parked" {
-                k.parked += n;
-            } else {
-                k.buffered += n;
-                let age = ((now_ms - r.try_get::<i64, _>(3)?) / 1000).max(0);
-                k.oldest_pending_age_seconds =
-                    Some(k.oldest_pending_age_seconds.map_or(age, |a| a.max(age)));
-                k.stuck += r.try_get::<i64, _>(4)?;
-            }
-        }
-        add_recent_terminal(
+        kpis_with(
             self.db,
             "notifications",
+            "SELECT source_site, status, COUNT(*),
+                    CASE WHEN status = 'Parked' THEN NULL ELSE MIN(created_at_ms) END,
+                    SUM(CASE WHEN created_at_ms >= $1 THEN 1 ELSE 0 END)
+             FROM notifications WHERE status IN ('Pending', 'Retrying', 'Parked')
+             GROUP BY source_site, status",
             now_ms,
             interval_seconds,
-            &blank,
-            &mut out,
+            stuck_threshold_seconds,
         )
-        .await?;
-        Ok(out)
+        .await
     }
 
     /// Deletes terminal notifications that became terminal before

@@ -442,13 +442,6 @@ impl SiteCalls<'_> {
         interval_seconds: i64,
         stuck_threshold_seconds: i64,
     ) -> Result<std::collections::BTreeMap<String, Kpis>, sqlx::Error> {
-        let mut out: std::collections::BTreeMap<String, Kpis> = Default::default();
-        let blank = Kpis {
-            interval_seconds,
-            stuck_threshold_seconds,
-            ..Default::default()
-        };
-        let stuck_before = now_ms - stuck_threshold_seconds * 1000;
         // Both queries answer, per open (site, status): count, oldest
         // creation time (buffered statuses only), and how many were
         // created within the stuck threshold.
@@ -482,43 +475,64 @@ impl SiteCalls<'_> {
                  GROUP BY source_site, status"
             }
         };
-        let open = sqlx::query(open_sql)
-            .bind(stuck_before)
-            .fetch_all(self.db.pool())
-            .await?;
-        for r in &open {
-            let site: String = r.try_get(0)?;
-            let status: String = r.try_get(1)?;
-            let n: i64 = r.try_get(2)?;
-            let k = out.entry(site).or_insert_with(|| blank.clone());
-            if status == "Parked" {
-                k.parked += n;
-            } else {
-                k.buffered += n;
-                if let Some(oldest) = r.try_get::<Option<i64>, _>(3)? {
-                    let age = ((now_ms - oldest) / 1000).max(0);
-                    k.oldest_pending_age_seconds =
-                        Some(k.oldest_pending_age_seconds.map_or(age, |a| a.max(age)));
-                }
-                k.stuck += (n - r.try_get::<i64, _>(4)?).max(0);
-            }
-        }
-        add_recent_terminal(
+        kpis_with(
             self.db,
             "site_calls",
+            open_sql,
             now_ms,
             interval_seconds,
-            &blank,
-            &mut out,
+            stuck_threshold_seconds,
         )
-        .await?;
-        Ok(out)
+        .await
     }
+}
+
+/// KPIs per site of `table` (`site_calls` or `notifications`): `open_sql`
+/// answers, per open (site, status), the count, the oldest creation time
+/// (NULL for Parked) and how many were created at or after `$1` (the stuck
+/// threshold); the recent terminal rows come from the terminal-time index.
+pub(super) async fn kpis_with(
+    db: &Database,
+    table: &str,
+    open_sql: &'static str,
+    now_ms: i64,
+    interval_seconds: i64,
+    stuck_threshold_seconds: i64,
+) -> Result<std::collections::BTreeMap<String, Kpis>, sqlx::Error> {
+    let mut out: std::collections::BTreeMap<String, Kpis> = Default::default();
+    let blank = Kpis {
+        interval_seconds,
+        stuck_threshold_seconds,
+        ..Default::default()
+    };
+    let open = sqlx::query(open_sql)
+        .bind(now_ms - stuck_threshold_seconds * 1000)
+        .fetch_all(db.pool())
+        .await?;
+    for r in &open {
+        let site: String = r.try_get(0)?;
+        let status: String = r.try_get(1)?;
+        let n: i64 = r.try_get(2)?;
+        let k = out.entry(site).or_insert_with(|| blank.clone());
+        if status == "Parked" {
+            k.parked += n;
+        } else {
+            k.buffered += n;
+            if let Some(oldest) = r.try_get::<Option<i64>, _>(3)? {
+                let age = ((now_ms - oldest) / 1000).max(0);
+                k.oldest_pending_age_seconds =
+                    Some(k.oldest_pending_age_seconds.map_or(age, |a| a.max(age)));
+            }
+            k.stuck += (n - r.try_get::<i64, _>(4)?).max(0);
+        }
+    }
+    add_recent_terminal(db, table, now_ms, interval_seconds, &blank, &mut out).await?;
+    Ok(out)
 }
 
 /// Adds each site's Delivered and Failed rows that became terminal within
 /// the interval to `out` (`table`: `site_calls` or `notifications`).
-pub(super) async fn add_recent_terminal(
+async fn add_recent_terminal(
     db: &Database,
     table: &str,
     now_ms: i64,

@@ -192,3 +192,38 @@ pub async fn raw_stream(
     let inbound = client.open(req).await?.into_inner();
     Ok((tx, inbound))
 }
+
+/// Every backend this run can test: SQLite always (in the returned
+/// folder), PostgreSQL when `SITELINK_TEST_POSTGRES_URL` names a server.
+pub async fn databases() -> Vec<(
+    &'static str,
+    sitelink_central::configuration_database::Database,
+    Option<sitelink_test_support::FreshDatabase>,
+    tempfile::TempDir,
+)> {
+    use sitelink_central::configuration_database::Database;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Database::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("central.db").display()
+    ))
+    .await
+    .unwrap();
+    let mut out = vec![("sqlite", sqlite, None, dir)];
+    if let Some(pg) = sitelink_test_support::fresh_database("SITELINK_TEST_POSTGRES_URL").await {
+        let db = Database::connect(&pg.url).await.unwrap();
+        out.push(("postgres", db, Some(pg), tempfile::tempdir().unwrap()));
+    }
+    out
+}
+
+/// Closes `db` and drops the PostgreSQL database if there is one.
+pub async fn cleanup(
+    pg: Option<sitelink_test_support::FreshDatabase>,
+    db: sitelink_central::configuration_database::Database,
+) {
+    db.pool().close().await;
+    if let Some(pg) = pg {
+        pg.drop_database().await;
+    }
+}

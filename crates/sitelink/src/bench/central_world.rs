@@ -91,6 +91,28 @@ impl BenchDb {
     }
 }
 
+/// Registers site `name` at `database` and builds it in `dir`, linked to
+/// central at `link` (the caller runs it).
+pub async fn build_site(
+    database: &sitelink_central::configuration_database::Database,
+    name: &str,
+    link: std::net::SocketAddr,
+    dir: &std::path::Path,
+) -> anyhow::Result<sitelink_site::Site> {
+    let token = database
+        .sites()
+        .add(&sitelink_commons::SiteName::parse(name)?)
+        .await?;
+    let cfg = sitelink_site::SiteConfig::parse(
+        &format!(
+            "[site]\nname = \"{name}\"\ndata_dir = \"data\"\n[admin]\nbind = \"127.0.0.1:0\"\n[central]\naddresses = [\"http://{link}\"]\ntoken = \"{}\"\n",
+            token.as_str()
+        ),
+        dir,
+    )?;
+    sitelink_site::Site::build(cfg).await
+}
+
 /// `n` delivered site calls of `site` with change sequences `first_seq..`.
 pub fn rows(site: &str, n: usize, first_seq: u64) -> Vec<TrackingRecord> {
     let now = sitelink_commons::utc_to_unix_ms(time::OffsetDateTime::now_utc());

@@ -291,15 +291,7 @@ async fn steady_state(db: Db, ops_per_site: usize) -> anyhow::Result<Value> {
         .collect::<Result<_, _>>()?;
     for (i, dir) in dirs.iter().enumerate() {
         let name = format!("steady{i}");
-        let token = database.sites().add(&SiteName::parse(&name)?).await?;
-        let cfg = sitelink_site::SiteConfig::parse(
-            &format!(
-                "[site]\nname = \"{name}\"\ndata_dir = \"data\"\n[admin]\nbind = \"127.0.0.1:0\"\n[central]\naddresses = [\"http://{link}\"]\ntoken = \"{}\"\n",
-                token.as_str()
-            ),
-            dir.path(),
-        )?;
-        let site = sitelink_site::Site::build(cfg).await?;
+        let site = super::central_world::build_site(&database, &name, link, dir.path()).await?;
         let engine = site.engine().clone();
         tokio::spawn(site.run(cancel.clone()));
         sites.push((name, engine));

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::json;
 use sitelink_central::{configuration_database::DueNotification, notification_outbox::Mailer};
-use sitelink_commons::{SiteName, TrackedOperationId, TrackedOperationStatus};
+use sitelink_commons::{TrackedOperationId, TrackedOperationStatus};
 use sitelink_test_support::{FakeSmtp, SmtpMode};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    central_world::{BenchDb, Db},
+    central_world::{build_site, BenchDb, Db},
     median,
 };
 
@@ -46,16 +46,7 @@ pub async fn run(quick: bool) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let mut runtimes = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
-        let name = format!("plant{i}");
-        let token = database.sites().add(&SiteName::parse(&name)?).await?;
-        let cfg = sitelink_site::SiteConfig::parse(
-            &format!(
-                "[site]\nname = \"{name}\"\ndata_dir = \"data\"\n[admin]\nbind = \"127.0.0.1:0\"\n[central]\naddresses = [\"http://{link}\"]\ntoken = \"{}\"\n",
-                token.as_str()
-            ),
-            dir.path(),
-        )?;
-        let site = sitelink_site::Site::build(cfg).await?;
+        let site = build_site(&database, &format!("plant{i}"), link, dir.path()).await?;
         runtimes.push(site.runtime().clone());
         tokio::spawn(site.run(cancel.clone()));
     }
