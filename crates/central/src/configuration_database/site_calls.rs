@@ -50,8 +50,14 @@ pub struct SiteCalls<'a> {
     db: &'a Database,
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    truncate_chars(s, max).into_owned()
+/// `s` itself when it fits (no copy: ingest moves its strings into the
+/// query), else cut to `max` characters.
+fn fit(s: String, max: usize) -> String {
+    if s.len() <= max {
+        s
+    } else {
+        truncate_chars(&s, max).into_owned()
+    }
 }
 
 impl<'a> SiteCalls<'a> {
@@ -71,18 +77,21 @@ impl<'a> SiteCalls<'a> {
         complete_range: Option<(u64, u64)>,
     ) -> Result<IngestOutcome, sqlx::Error> {
         let mut tx = self.db.pool().begin().await?;
-        let out = ingest_in(&mut tx, site, rows, complete_range).await?;
+        let out = ingest_in(&mut tx, site, rows.to_vec(), complete_range).await?;
         tx.commit().await?;
         Ok(out)
     }
 
     /// Several ingests (of one or many sites) in ONE transaction: one commit
     /// for all of them. Each keeps its own rows, rule and cursor range.
-    pub async fn ingest_many(&self, jobs: &[IngestJob]) -> Result<Vec<IngestOutcome>, sqlx::Error> {
+    pub async fn ingest_many(
+        &self,
+        jobs: Vec<IngestJob>,
+    ) -> Result<Vec<IngestOutcome>, sqlx::Error> {
         let mut tx = self.db.pool().begin().await?;
         let mut outs = Vec::with_capacity(jobs.len());
         for j in jobs {
-            outs.push(ingest_in(&mut tx, &j.site, &j.rows, j.complete_range).await?);
+            outs.push(ingest_in(&mut tx, &j.site, j.rows, j.complete_range).await?);
             if let Some(seq) = j.seen_seq {
                 super::sites::seen_in(&mut tx, j.site.as_str(), seq).await?;
             }
@@ -149,14 +158,14 @@ fn upsert_sql(n: usize) -> &'static str {
 async fn ingest_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     site: &SiteName,
-    rows: &[TrackingRecord],
+    rows: Vec<TrackingRecord>,
     complete_range: Option<(u64, u64)>,
 ) -> Result<IngestOutcome, sqlx::Error> {
     let mut out = IngestOutcome::default();
 
     // One row per id (the highest revision): an upsert may not touch a
     // row twice in one statement.
-    let mut latest: HashMap<TrackedOperationId, &TrackingRecord> =
+    let mut latest: HashMap<TrackedOperationId, TrackingRecord> =
         HashMap::with_capacity(rows.len());
     for r in rows {
         if r.source_site != site.as_str() {
@@ -173,38 +182,38 @@ async fn ingest_in(
             ));
             continue;
         }
-        latest
-            .entry(r.tracked_operation_id)
-            .and_modify(|e| {
-                if r.revision > e.revision {
-                    *e = r
+        match latest.entry(r.tracked_operation_id) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                if r.revision > e.get().revision {
+                    e.insert(r);
                 }
-            })
-            .or_insert(r);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(r);
+            }
+        }
     }
     // In id order (UUID v7: creation order): the primary key and the
     // creation-time indexes then grow at their ends instead of taking
     // rows at random places (the hash map's order), which measured about
     // a fifth slower on SQLite.
-    let mut rows: Vec<&TrackingRecord> = latest.into_values().collect();
+    let mut rows: Vec<TrackingRecord> = latest.into_values().collect();
     rows.sort_unstable_by_key(|r| r.tracked_operation_id);
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<TrackingRecord> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
         let sql = upsert_sql(chunk.len());
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for r in chunk {
             q = q
                 .bind(r.tracked_operation_id.to_string())
-                .bind(r.source_site.clone())
+                .bind(r.source_site)
                 .bind(r.kind.as_str())
-                .bind(truncate(&r.target_summary, SHORT_TEXT_MAX_CHARS))
+                .bind(fit(r.target_summary, SHORT_TEXT_MAX_CHARS))
                 .bind(r.status.as_str())
                 .bind(r.retry_count as i64)
-                .bind(
-                    r.last_error
-                        .as_deref()
-                        .map(|e| truncate(e, LAST_ERROR_MAX_CHARS)),
-                )
-                .bind(truncate(&r.provenance, SHORT_TEXT_MAX_CHARS))
+                .bind(r.last_error.map(|e| fit(e, LAST_ERROR_MAX_CHARS)))
+                .bind(fit(r.provenance, SHORT_TEXT_MAX_CHARS))
                 .bind(utc_to_unix_ms(r.created_at_utc))
                 .bind(utc_to_unix_ms(r.updated_at_utc))
                 .bind(r.terminal_at_utc.map(utc_to_unix_ms))

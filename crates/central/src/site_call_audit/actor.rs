@@ -588,19 +588,20 @@ async fn commit(db: Database, batch: Vec<QueuedIngest>) -> Done {
     let started = Instant::now();
     let (jobs, replies): (Vec<IngestJob>, Vec<_>) =
         batch.into_iter().map(|q| (q.job, q.reply)).unzip();
-    let mut cursors = Vec::with_capacity(jobs.len());
-    match db.site_calls().ingest_many(&jobs).await {
+    let sites: Vec<SiteName> = jobs.iter().map(|j| j.site.clone()).collect();
+    let mut cursors = Vec::with_capacity(sites.len());
+    match db.site_calls().ingest_many(jobs).await {
         Ok(outcomes) => {
-            for ((job, reply), out) in jobs.iter().zip(replies).zip(outcomes) {
-                cursors.push((job.site.clone(), out.cursor));
+            for ((site, reply), out) in sites.into_iter().zip(replies).zip(outcomes) {
+                cursors.push((site, out.cursor));
                 let _ = reply.send(Ok(out));
             }
-            tracing::trace!(jobs = jobs.len(), elapsed = ?started.elapsed(), "ingest committed");
+            tracing::trace!(jobs = cursors.len(), elapsed = ?started.elapsed(), "ingest committed");
         }
         Err(e) => {
             // Rolled back: nothing of this batch is stored; each stream
             // closes and its site sends the rows again after reconnecting.
-            tracing::error!(error = %e, jobs = jobs.len(), "ingest transaction failed");
+            tracing::error!(error = %e, jobs = sites.len(), "ingest transaction failed");
             for reply in replies {
                 let _ = reply.send(Err(format!("ingest: {e}")));
             }
