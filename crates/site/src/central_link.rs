@@ -203,6 +203,9 @@ impl CentralLink {
         // Forwarded and not yet acknowledged (all of them again after a
         // reconnect: at-least-once; central inserts if not exists).
         let mut in_flight: HashSet<TrackedOperationId> = HashSet::new();
+        // Read before looking, so a notification recorded meanwhile moves
+        // it again and is looked for at the next change.
+        let mut notifications_seen = self.engine.notifications_recorded();
         self.forward(&tx, &mut in_flight).await?;
 
         // Telemetry covers what changes from now on; central's reconcile on
@@ -258,7 +261,13 @@ impl CentralLink {
                         tx.send(SiteMessage { correlation: 0, body: Some(site_message::Body::Telemetry(batch)) }).await?;
                         sent = to;
                     }
-                    self.forward(&tx, &mut in_flight).await?;
+                    // Only when Notify.Send recorded something: the common
+                    // change (a cached call) costs no notification query.
+                    let recorded = self.engine.notifications_recorded();
+                    if recorded != notifications_seen {
+                        notifications_seen = recorded;
+                        self.forward(&tx, &mut in_flight).await?;
+                    }
                 }
                 Some(q) = async { queries.as_mut()?.rx.recv().await }, if queries.is_some() => {
                     correlation += 1;

@@ -217,6 +217,7 @@ impl Engine {
             ops: Default::default(),
             high_seq: watch::channel(0).0,
             buffer_due: Default::default(),
+            notifications: Default::default(),
         });
         writer::spawn(conn, rx, signals.clone())?;
         let engine = Self {
@@ -570,6 +571,12 @@ impl Engine {
     }
 
     /// A receiver that sees every new high change sequence (for telemetry).
+    /// How many notifications this engine has recorded since it opened;
+    /// it moves before the change sequence that announces them.
+    pub fn notifications_recorded(&self) -> u64 {
+        self.signals.notifications.load(Ordering::Acquire)
+    }
+
     pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
         self.signals.high_seq.subscribe()
     }

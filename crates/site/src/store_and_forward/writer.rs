@@ -91,6 +91,10 @@ pub(super) struct Signals {
     pub high_seq: watch::Sender<u64>,
     /// Woken when a buffer entry became due now (operator retry, recovery).
     pub buffer_due: Notify,
+    /// Notifications recorded so far (`Notify.Send`), bumped before
+    /// `high_seq` is published: the forwarder looks for notifications to
+    /// send only when this moved, not on every commit.
+    pub notifications: AtomicU64,
 }
 
 pub(super) fn spawn(
@@ -121,6 +125,23 @@ pub(super) fn spawn(
                     Ok((results, wake)) => {
                         signals.commits.fetch_add(1, Ordering::Relaxed);
                         signals.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        let notifications = batch
+                            .iter()
+                            .filter(|j| {
+                                matches!(
+                                    j.op,
+                                    WriteOp::Insert {
+                                        kind: Kind::Notification,
+                                        ..
+                                    }
+                                )
+                            })
+                            .count();
+                        if notifications > 0 {
+                            signals
+                                .notifications
+                                .fetch_add(notifications as u64, Ordering::Release);
+                        }
                         if seq != seq_before {
                             signals.high_seq.send_replace(seq);
                         }
