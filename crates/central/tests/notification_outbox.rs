@@ -159,21 +159,24 @@ async fn the_outbox_delivers_retries_parks_and_fails_over_real_smtp() {
             db.notifications()
                 .operator(n.id, true, now_unix_ms())
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
             NotificationCommand::NotParked
         );
         assert_eq!(
             db.notifications()
                 .operator(TrackedOperationId::new(), true, now_unix_ms())
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
             NotificationCommand::NotFound
         );
         assert_eq!(
             db.notifications()
                 .operator(n3.id, true, now_unix_ms())
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
             NotificationCommand::Applied
         );
         assert_eq!(status_of(&db, n3.id).await, Retrying);
@@ -189,7 +192,8 @@ async fn the_outbox_delivers_retries_parks_and_fails_over_real_smtp() {
             db.notifications()
                 .operator(n4.id, false, now_unix_ms())
                 .await
-                .unwrap(),
+                .unwrap()
+                .0,
             NotificationCommand::Applied
         );
         assert_eq!(status_of(&db, n4.id).await, Discarded);

@@ -6,14 +6,14 @@
 //! and with revision + 1.
 
 use sitelink_commons::{
-    lifecycle::check_transition, safe_body, safe_subject, truncate_chars, unix_ms_to_utc, Kind,
-    RetryPolicy, SiteName, TrackedOperationId, TrackedOperationStatus, TrackingRecord,
-    LAST_ERROR_MAX_CHARS, NOTIFICATION_LIST_MAX_CHARS,
+    lifecycle::check_transition, safe_body, safe_subject, truncate_chars, RetryPolicy, SiteName,
+    TrackedOperationId, TrackedOperationStatus, TrackingRecord, LAST_ERROR_MAX_CHARS,
+    NOTIFICATION_LIST_MAX_CHARS,
 };
 use sqlx::Row;
 
 use super::{
-    site_calls::{decode, kpis_with, page_query},
+    site_calls::{self, decode, kpis_with, page_query, purge_terminal},
     Database, Kpis, PageCursor, SiteCallFilter,
 };
 use TrackedOperationStatus::*;
@@ -77,8 +77,11 @@ pub struct Notifications<'a> {
     db: &'a Database,
 }
 
-const SELECT: &str = "SELECT id, source_site, list_name, subject, status, retry_count, last_error,
-    provenance, created_at_ms, updated_at_ms, terminal_at_ms, revision, body, recipients
+/// The first twelve columns are a tracking row as [`site_calls::record`]
+/// reads it (the list is the target summary), then the notification's own.
+const SELECT: &str = "SELECT id, source_site, 'Notification', list_name, status, retry_count,
+    last_error, provenance, created_at_ms, updated_at_ms, terminal_at_ms, revision,
+    subject, body, recipients
     FROM notifications";
 
 impl<'a> Notifications<'a> {
@@ -207,23 +210,26 @@ impl<'a> Notifications<'a> {
     }
 
     /// Operator Retry (`Parked` → `Retrying`, fresh budget, due now) or
-    /// Discard (`Parked` → `Discarded`).
+    /// Discard (`Parked` → `Discarded`); with the notification's site, for
+    /// the audit log (None when there is no such notification).
     pub async fn operator(
         &self,
         id: TrackedOperationId,
         retry: bool,
         now_ms: i64,
-    ) -> Result<NotificationCommand, sqlx::Error> {
-        let row = sqlx::query("SELECT status, revision FROM notifications WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(self.db.pool())
-            .await?;
+    ) -> Result<(NotificationCommand, Option<String>), sqlx::Error> {
+        let row =
+            sqlx::query("SELECT status, revision, source_site FROM notifications WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(self.db.pool())
+                .await?;
         let Some(row) = row else {
-            return Ok(NotificationCommand::NotFound);
+            return Ok((NotificationCommand::NotFound, None));
         };
+        let site: String = row.try_get(2)?;
         let status: TrackedOperationStatus = decode(row.try_get(0)?, "status")?;
         if status != Parked {
-            return Ok(NotificationCommand::NotParked);
+            return Ok((NotificationCommand::NotParked, Some(site)));
         }
         let revision: i64 = row.try_get(1)?;
         let change = if retry {
@@ -244,11 +250,12 @@ impl<'a> Notifications<'a> {
         let mut conn = self.db.pool().acquire().await?;
         let changed = change_row(&mut conn, id, revision, change, now_ms).await?;
         // Lost a race with the dispatcher: the row is no longer Parked.
-        Ok(if changed {
+        let outcome = if changed {
             NotificationCommand::Applied
         } else {
             NotificationCommand::NotParked
-        })
+        };
+        Ok((outcome, Some(site)))
     }
 
     /// One notification with its body and recipients.
@@ -307,15 +314,7 @@ impl<'a> Notifications<'a> {
     /// Deletes terminal notifications that became terminal before
     /// `before_ms`; never Pending, Retrying or Parked ones.
     pub async fn purge(&self, before_ms: i64) -> Result<u64, sqlx::Error> {
-        let done = sqlx::query(
-            "DELETE FROM notifications
-             WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < $1
-               AND status IN ('Delivered', 'Failed', 'Discarded')",
-        )
-        .bind(before_ms)
-        .execute(self.db.pool())
-        .await?;
-        Ok(done.rows_affected())
+        purge_terminal(self.db, "notifications", before_ms).await
     }
 }
 
@@ -369,28 +368,14 @@ fn split_recipients(s: &str) -> Vec<String> {
 }
 
 fn record(r: &sqlx::any::AnyRow, detail: bool) -> Result<NotificationRecord, sqlx::Error> {
-    let list: String = r.try_get(2)?;
+    let tracking = site_calls::record(r)?;
     Ok(NotificationRecord {
-        tracking: TrackingRecord {
-            tracked_operation_id: decode(r.try_get(0)?, "id")?,
-            source_site: r.try_get(1)?,
-            kind: Kind::Notification,
-            target_summary: list.clone(),
-            status: decode(r.try_get(4)?, "status")?,
-            retry_count: r.try_get::<i64, _>(5)? as u32,
-            last_error: r.try_get(6)?,
-            provenance: r.try_get(7)?,
-            created_at_utc: unix_ms_to_utc(r.try_get(8)?),
-            updated_at_utc: unix_ms_to_utc(r.try_get(9)?),
-            terminal_at_utc: r.try_get::<Option<i64>, _>(10)?.map(unix_ms_to_utc),
-            revision: r.try_get::<i64, _>(11)? as u64,
-            change_seq: 0,
-        },
-        list,
-        subject: r.try_get(3)?,
-        body: if detail { Some(r.try_get(12)?) } else { None },
+        list: tracking.target_summary.clone(),
+        tracking,
+        subject: r.try_get(12)?,
+        body: if detail { Some(r.try_get(13)?) } else { None },
         recipients: if detail {
-            Some(split_recipients(&r.try_get::<String, _>(13)?))
+            Some(split_recipients(&r.try_get::<String, _>(14)?))
         } else {
             None
         },

@@ -108,6 +108,12 @@ impl<'a> SiteCalls<'a> {
         row.as_ref().map(record).transpose()
     }
 
+    /// Deletes terminal rows that became terminal before `before_ms`;
+    /// never Pending, Retrying or Parked ones.
+    pub async fn purge(&self, before_ms: i64) -> Result<u64, sqlx::Error> {
+        purge_terminal(self.db, "site_calls", before_ms).await
+    }
+
     /// Every row of one site in id order (convergence checks, exports).
     pub async fn all_for_site(&self, site: &str) -> Result<Vec<TrackingRecord>, sqlx::Error> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -253,7 +259,8 @@ where
         .map_err(|e: T::Err| sqlx::Error::Decode(format!("{what}: {e}").into()))
 }
 
-fn record(r: &sqlx::any::AnyRow) -> Result<TrackingRecord, sqlx::Error> {
+/// A tracking row from the first twelve columns of [`SELECT`]'s shape.
+pub(super) fn record(r: &sqlx::any::AnyRow) -> Result<TrackingRecord, sqlx::Error> {
     Ok(TrackingRecord {
         tracked_operation_id: decode(r.try_get(0)?, "id")?,
         source_site: r.try_get(1)?,
@@ -494,6 +501,24 @@ impl SiteCalls<'_> {
         )
         .await
     }
+}
+
+/// The retention rule of `table` (`site_calls` or `notifications`):
+/// terminal rows older than `before_ms` go, open ones never.
+pub(super) async fn purge_terminal(
+    db: &Database,
+    table: &str,
+    before_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM {table}
+         WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < $1
+           AND status IN ('Delivered', 'Failed', 'Discarded')"
+    )))
+    .bind(before_ms)
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// KPIs per site of `table` (`site_calls` or `notifications`): `open_sql`

@@ -254,12 +254,18 @@ async fn get_site_call(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    match st.db.site_calls().get(id).await.map_err(internal)? {
+    let row = st.db.site_calls().get(id).await.map_err(internal)?;
+    found(row, || format!("no site call {id}"))
+}
+
+/// 200 with the JSON of `row`, or 404 saying what was not there.
+fn found<T: serde::Serialize>(
+    row: Option<T>,
+    missing: impl FnOnce() -> String,
+) -> Result<Response, ApiError> {
+    match row {
         Some(r) => Ok(Json(r).into_response()),
-        None => Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no site call {id}"),
-        )),
+        None => Err(ApiError(StatusCode::NOT_FOUND, missing())),
     }
 }
 

@@ -7,14 +7,13 @@ use std::collections::HashMap;
 
 use axum::{
     extract::{Path, Query, State},
-    http::StatusCode,
     response::{IntoResponse, Response},
     Json,
 };
 
 use super::{
-    audited_answer, internal, kpis_answer, list_params, may_operate, only, openapi, parse_id,
-    ApiError, ApiState, Authenticated,
+    audited_answer, found, internal, kpis_answer, list_params, may_operate, only, openapi,
+    parse_id, ApiError, ApiState, Authenticated,
 };
 use crate::{
     communication::RelayOutcome,
@@ -61,13 +60,8 @@ pub(super) async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    match st.db.notifications().get(id).await.map_err(internal)? {
-        Some(r) => Ok(Json(r).into_response()),
-        None => Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no notification {id}"),
-        )),
-    }
+    let row = st.db.notifications().get(id).await.map_err(internal)?;
+    found(row, || format!("no notification {id}"))
 }
 
 #[utoipa::path(post, path = "/api/v1/notifications/{id}/retry", params(("id" = String, Path, description = "NotificationId")),
@@ -100,20 +94,13 @@ async fn operate(
 ) -> Result<Response, ApiError> {
     may_operate(&user)?;
     let id = parse_id(&id)?;
-    let site = st
-        .db
-        .notifications()
-        .get(id)
-        .await
-        .map_err(internal)?
-        .map(|r| r.tracking.source_site);
-    let outcome = match st
+    let (command, site) = st
         .db
         .notifications()
         .operator(id, retry, now_ms())
         .await
-        .map_err(internal)?
-    {
+        .map_err(internal)?;
+    let outcome = match command {
         NotificationCommand::Applied => RelayOutcome::Applied,
         NotificationCommand::NotFound => RelayOutcome::NotFound,
         NotificationCommand::NotParked => RelayOutcome::NotParked,

@@ -31,15 +31,9 @@ impl RetentionPurge {
     /// Deletes terminal rows that became terminal before `now_ms` minus the
     /// retention window; returns how many.
     pub async fn run_once(&self, now_ms: i64) -> Result<u64, sqlx::Error> {
-        let before = now_ms - self.retention_days * 86_400_000;
-        let done = sqlx::query(
-            "DELETE FROM site_calls
-             WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < $1
-               AND status IN ('Delivered', 'Failed', 'Discarded')",
-        )
-        .bind(before)
-        .execute(self.db.pool())
-        .await?;
-        Ok(done.rows_affected())
+        self.db
+            .site_calls()
+            .purge(now_ms - self.retention_days * 86_400_000)
+            .await
     }
 }
