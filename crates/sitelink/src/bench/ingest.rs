@@ -19,6 +19,10 @@
 //! - `reconcile_rows_per_changed_row`: 2 real sites (Store-and-Forward
 //!   Engine and central link) make changes while connected, reconciling every
 //!   second; rows received in reconcile pages / rows changed. Goal ≤ 0.05.
+//!
+//! Each of the four rate figures is measured on its own fresh database
+//! (empty tables, a central of its own), so none writes into rows an
+//! earlier measurement left behind.
 
 use std::{sync::atomic::Ordering, time::Instant};
 
@@ -45,25 +49,19 @@ pub async fn run(db: Db, quick: bool) -> anyhow::Result<()> {
     let mut repo = Vec::new();
     let mut e2e = Vec::new();
     for round in 0..rounds {
-        let bench_db = BenchDb::new(db).await?;
-        let central = bench_db.central(3600, 1000).await?;
-        let database = central.database().clone();
-        let link = central.link_addr();
-        let cancel = CancellationToken::new();
-        let server = tokio::spawn(central.run(cancel.clone()));
-
-        plain.push(plain_upsert(&database, per_round, "bench_plain").await?);
-        plain_same.push(plain_upsert(&database, per_round, "site_calls").await?);
-        repo.push(repository(&database, per_round).await?);
-        e2e.push(end_to_end(&database, link, per_round).await?);
+        // Every figure starts from the same state: a fresh, empty database
+        // and a central of its own. (They used to share one database per
+        // round, so end-to-end wrote into a `site_calls` that already held
+        // the rows of the two measurements before it, while the baseline
+        // wrote into an empty table.)
+        plain.push(on_fresh(db, |d, _| plain_upsert(d, per_round, "bench_plain")).await?);
+        plain_same.push(on_fresh(db, |d, _| plain_upsert(d, per_round, "site_calls")).await?);
+        repo.push(on_fresh(db, |d, _| repository(d, per_round)).await?);
+        e2e.push(on_fresh(db, |d, link| end_to_end(d, link, per_round)).await?);
         println!(
             "round {round}: plain {:.0} rows/s (into site_calls {:.0}), repository {:.0} rows/s, end-to-end {:.0} rows/s",
             plain[round], plain_same[round], repo[round], e2e[round]
         );
-        cancel.cancel();
-        server.await??;
-        database.pool().close().await;
-        bench_db.drop_database().await;
     }
     let steady = steady_state(db, if quick { 3_000 } else { 20_000 }).await?;
     let (plain, plain_same, repo, e2e) = (
@@ -97,10 +95,31 @@ pub async fn run(db: Db, quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs one measurement against a running central on a fresh database,
+/// then stops the central and drops the database.
+async fn on_fresh<F, Fut>(db: Db, measure: F) -> anyhow::Result<f64>
+where
+    F: FnOnce(sitelink_central::configuration_database::Database, std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<f64>>,
+{
+    let bench_db = BenchDb::new(db).await?;
+    let central = bench_db.central(3600, 1000).await?;
+    let database = central.database().clone();
+    let link = central.link_addr();
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(central.run(cancel.clone()));
+    let figure = measure(database.clone(), link).await;
+    cancel.cancel();
+    server.await??;
+    database.pool().close().await;
+    bench_db.drop_database().await;
+    figure
+}
+
 /// `n` rows upserted plainly into `table`: `bench_plain` (created bare and
 /// dropped after) or `site_calls`.
 async fn plain_upsert(
-    db: &sitelink_central::configuration_database::Database,
+    db: sitelink_central::configuration_database::Database,
     n: usize,
     table: &str,
 ) -> anyhow::Result<f64> {
@@ -170,7 +189,7 @@ async fn plain_upsert(
 }
 
 async fn repository(
-    db: &sitelink_central::configuration_database::Database,
+    db: sitelink_central::configuration_database::Database,
     n: usize,
 ) -> anyhow::Result<f64> {
     let site = SiteName::parse("repo")?;
@@ -189,7 +208,7 @@ async fn repository(
 }
 
 async fn end_to_end(
-    db: &sitelink_central::configuration_database::Database,
+    db: sitelink_central::configuration_database::Database,
     link: std::net::SocketAddr,
     n: usize,
 ) -> anyhow::Result<f64> {
