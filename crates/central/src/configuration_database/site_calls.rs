@@ -259,6 +259,14 @@ where
         .map_err(|e: T::Err| sqlx::Error::Decode(format!("{what}: {e}").into()))
 }
 
+/// The predicate of `site_calls_open` (migration 6), word for word: a
+/// query that names it may use that partial index.
+#[cfg(test)]
+pub(super) const OPEN_PREDICATE: &str = "status IN ('Pending', 'Retrying', 'Parked')";
+
+/// The predicate of the status-led listing indexes (migration 6).
+pub(super) const NOT_DELIVERED_PREDICATE: &str = "status <> 'Delivered'";
+
 /// A tracking row from the first twelve columns of [`SELECT`]'s shape.
 pub(super) fn record(r: &sqlx::any::AnyRow) -> Result<TrackingRecord, sqlx::Error> {
     Ok(TrackingRecord {
@@ -345,6 +353,30 @@ pub(super) fn page_query(
     after: Option<&PageCursor>,
     limit: u32,
 ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    let (sql, binds) = page_sql(select, f, after, limit);
+    bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), binds)
+}
+
+fn bind_all(
+    mut q: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>,
+    binds: Vec<Bind>,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    for b in binds {
+        q = match b {
+            Bind::Text(s) => q.bind(s),
+            Bind::Int(i) => q.bind(i),
+        };
+    }
+    q
+}
+
+/// The text and values of [`page_query`].
+fn page_sql(
+    select: &str,
+    f: &SiteCallFilter,
+    after: Option<&PageCursor>,
+    limit: u32,
+) -> (String, Vec<Bind>) {
     let mut conds: Vec<String> = Vec::new();
     let mut binds: Vec<Bind> = Vec::new();
     let next = |b: Bind, binds: &mut Vec<Bind>| {
@@ -362,6 +394,12 @@ pub(super) fn page_query(
     if let Some(s) = f.status {
         let p = next(Bind::Text(s.as_str().into()), &mut binds);
         conds.push(format!("status = {p}"));
+        if s != sitelink_commons::TrackedOperationStatus::Delivered {
+            // Lets the planner use the status indexes, which leave
+            // Delivered rows out (migration 6); Delivered listings walk the
+            // creation-time indexes instead.
+            conds.push(NOT_DELIVERED_PREDICATE.into());
+        }
     }
     if let Some(ms) = f.from_ms {
         let p = next(Bind::Int(ms), &mut binds);
@@ -384,15 +422,10 @@ pub(super) fn page_query(
     } else {
         format!(" WHERE {}", conds.join(" AND "))
     };
-    let sql = format!("{select}{filter} ORDER BY created_at_ms DESC, id DESC LIMIT {limit_p}");
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for b in binds {
-        q = match b {
-            Bind::Text(s) => q.bind(s),
-            Bind::Int(i) => q.bind(i),
-        };
-    }
-    q
+    (
+        format!("{select}{filter} ORDER BY created_at_ms DESC, id DESC LIMIT {limit_p}"),
+        binds,
+    )
 }
 
 /// KPI figures of SPEC §5.2 (§7 names).
@@ -462,34 +495,8 @@ impl SiteCalls<'_> {
         // creation time (buffered statuses only), and how many were
         // created within the stuck threshold.
         let open_sql = match self.db.backend() {
-            // PostgreSQL: the maintained counters (migration 4), one row per
-            // (site, status). For buffered groups the oldest creation time
-            // is one index seek, and the recent count a range over recent
-            // rows only.
-            Backend::Postgres => {
-                "SELECT g.source_site, g.status, g.n,
-                    CASE WHEN g.status = 'Parked' THEN NULL ELSE
-                        (SELECT MIN(c.created_at_ms) FROM site_calls c
-                         WHERE c.status = g.status AND c.source_site = g.source_site) END,
-                    CASE WHEN g.status = 'Parked' THEN 0 ELSE
-                        (SELECT COUNT(*) FROM site_calls c
-                         WHERE c.status = g.status AND c.source_site = g.source_site
-                           AND c.created_at_ms >= $1) END
-                 FROM (SELECT source_site, status, CAST(SUM(n) AS BIGINT) AS n
-                       FROM (SELECT source_site, status, n FROM site_call_open_counts
-                             UNION ALL
-                             SELECT source_site, status, delta FROM site_call_open_deltas) AS u
-                       GROUP BY source_site, status) AS g
-                 WHERE g.n > 0"
-            }
-            // SQLite: one pass over the open rows of the covering status
-            // index (no triggers on SQLite: see migration 4).
-            Backend::Sqlite => {
-                "SELECT source_site, status, COUNT(*), MIN(created_at_ms),
-                        SUM(CASE WHEN created_at_ms >= $1 THEN 1 ELSE 0 END)
-                 FROM site_calls WHERE status IN ('Pending', 'Retrying', 'Parked')
-                 GROUP BY source_site, status"
-            }
+            Backend::Postgres => OPEN_KPIS_POSTGRES,
+            Backend::Sqlite => OPEN_KPIS_SQLITE,
         };
         kpis_with(
             self.db,
@@ -502,6 +509,34 @@ impl SiteCalls<'_> {
         .await
     }
 }
+
+/// Open KPIs on PostgreSQL: the maintained counters (migration 4), one row
+/// per (site, status). For buffered groups the oldest creation time is one
+/// seek into `site_calls_open`, and the recent count a range over recent
+/// rows only (both name its predicate, so the planner may use it).
+const OPEN_KPIS_POSTGRES: &str = "SELECT g.source_site, g.status, g.n,
+    CASE WHEN g.status = 'Parked' THEN NULL ELSE
+        (SELECT MIN(c.created_at_ms) FROM site_calls c
+         WHERE c.status = g.status AND c.source_site = g.source_site
+           AND c.status IN ('Pending', 'Retrying', 'Parked')) END,
+    CASE WHEN g.status = 'Parked' THEN 0 ELSE
+        (SELECT COUNT(*) FROM site_calls c
+         WHERE c.status = g.status AND c.source_site = g.source_site
+           AND c.status IN ('Pending', 'Retrying', 'Parked')
+           AND c.created_at_ms >= $1) END
+ FROM (SELECT source_site, status, CAST(SUM(n) AS BIGINT) AS n
+       FROM (SELECT source_site, status, n FROM site_call_open_counts
+             UNION ALL
+             SELECT source_site, status, delta FROM site_call_open_deltas) AS u
+       GROUP BY source_site, status) AS g
+ WHERE g.n > 0";
+
+/// Open KPIs on SQLite: one pass over the covering partial index
+/// `site_calls_open` (no triggers on SQLite: see migration 4).
+const OPEN_KPIS_SQLITE: &str = "SELECT source_site, status, COUNT(*), MIN(created_at_ms),
+        SUM(CASE WHEN created_at_ms >= $1 THEN 1 ELSE 0 END)
+ FROM site_calls WHERE status IN ('Pending', 'Retrying', 'Parked')
+ GROUP BY source_site, status";
 
 /// The retention rule of `table` (`site_calls` or `notifications`):
 /// terminal rows older than `before_ms` go, open ones never.
@@ -623,5 +658,194 @@ impl Kpis {
                 };
         }
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The listings and the KPI query reach the index meant for them, on
+    //! both backends (EXPLAIN). With the partial indexes of migration 6 a
+    //! query that does not name an index's predicate silently falls back
+    //! to a walk of the whole table: this is what catches that.
+
+    use super::*;
+    use sitelink_commons::TrackedOperationStatus as S;
+
+    /// The plan of `sql` with `binds`, as text. PostgreSQL is told not to
+    /// scan tables, so it shows the index it would use on a large one.
+    async fn plan(db: &Database, sql: &str, binds: Vec<Bind>) -> String {
+        let mut conn = db.pool().acquire().await.unwrap();
+        let explain = match db.backend() {
+            Backend::Sqlite => format!("EXPLAIN QUERY PLAN {sql}"),
+            Backend::Postgres => {
+                sqlx::Executor::execute(&mut *conn, "SET enable_seqscan = off")
+                    .await
+                    .unwrap();
+                format!("EXPLAIN {sql}")
+            }
+        };
+        let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(explain)), binds)
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        let column = match db.backend() {
+            Backend::Sqlite => 3,
+            Backend::Postgres => 0,
+        };
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(column).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// 5 sites × 2,000 rows shaped like a busy fleet (96 % Delivered), so
+    /// PostgreSQL plans from statistics, not from an empty table.
+    async fn fill(db: &Database) {
+        let now = sitelink_commons::now_unix_ms();
+        for s in 0..5 {
+            let site = SiteName::parse(&format!("s{s}")).unwrap();
+            let rows: Vec<TrackingRecord> = (0..2_000i64)
+                .map(|i| {
+                    let status = match i % 100 {
+                        0 => S::Parked,
+                        1 => S::Failed,
+                        2 => S::Pending,
+                        3 => S::Retrying,
+                        _ => S::Delivered,
+                    };
+                    let at = unix_ms_to_utc(now - 1_000_000 + i * 100);
+                    TrackingRecord {
+                        tracked_operation_id: TrackedOperationId::new(),
+                        source_site: site.as_str().into(),
+                        kind: Kind::ExternalCall,
+                        target_summary: "erp.post".into(),
+                        status,
+                        retry_count: 0,
+                        last_error: None,
+                        provenance: "p".into(),
+                        created_at_utc: at,
+                        updated_at_utc: at,
+                        terminal_at_utc: status.is_terminal().then_some(at),
+                        revision: 1,
+                        change_seq: 0,
+                    }
+                })
+                .collect();
+            db.site_calls().ingest(&site, &rows, None).await.unwrap();
+        }
+        if db.backend() == Backend::Postgres {
+            sqlx::Executor::execute(db.pool(), "ANALYZE site_calls")
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn check(db: &Database, backend: &str) {
+        fill(db).await;
+        let site = Some("s1".to_string());
+        // (filter, the index SQLite uses, the ones PostgreSQL may use: its
+        // choice between the two partial status indexes follows its
+        // statistics, and either is a short walk).
+        let status_indexes = "site_calls_by_status_created|site_calls_by_site_status_created";
+        let cases = [
+            (
+                SiteCallFilter::default(),
+                "site_calls_by_created",
+                "site_calls_by_created",
+            ),
+            (
+                SiteCallFilter {
+                    site: site.clone(),
+                    ..Default::default()
+                },
+                "site_calls_by_site_created",
+                "site_calls_by_site_created",
+            ),
+            (
+                SiteCallFilter {
+                    status: Some(S::Parked),
+                    ..Default::default()
+                },
+                "site_calls_by_status_created",
+                status_indexes,
+            ),
+            (
+                SiteCallFilter {
+                    status: Some(S::Failed),
+                    ..Default::default()
+                },
+                "site_calls_by_status_created",
+                status_indexes,
+            ),
+            (
+                SiteCallFilter {
+                    site: site.clone(),
+                    status: Some(S::Retrying),
+                    ..Default::default()
+                },
+                "site_calls_by_site_status_created",
+                status_indexes,
+            ),
+            (
+                SiteCallFilter {
+                    status: Some(S::Delivered),
+                    ..Default::default()
+                },
+                "site_calls_by_created",
+                "site_calls_by_created",
+            ),
+            (
+                SiteCallFilter {
+                    site: site.clone(),
+                    status: Some(S::Delivered),
+                    ..Default::default()
+                },
+                "site_calls_by_site_created",
+                "site_calls_by_site_created",
+            ),
+        ];
+        for (filter, sqlite, postgres) in cases {
+            let index = match db.backend() {
+                Backend::Sqlite => sqlite,
+                Backend::Postgres => postgres,
+            };
+            let (sql, binds) = page_sql(SELECT, &filter, None, 100);
+            let plan = plan(db, &sql, binds).await;
+            assert!(
+                index.split('|').any(|i| uses(&plan, i)),
+                "{backend}: {filter:?} should use {index}:\n{plan}"
+            );
+        }
+        let kpis = match db.backend() {
+            Backend::Sqlite => OPEN_KPIS_SQLITE,
+            Backend::Postgres => OPEN_KPIS_POSTGRES,
+        };
+        let plan = plan(db, kpis, vec![Bind::Int(0)]).await;
+        assert!(
+            uses(&plan, "site_calls_open"),
+            "{backend}: open KPIs:\n{plan}"
+        );
+    }
+
+    /// Whether `plan` names `index` (as a whole word).
+    fn uses(plan: &str, index: &str) -> bool {
+        plan.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .any(|w| w == index)
+    }
+
+    #[tokio::test]
+    async fn listings_and_kpis_use_their_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("central.db").display());
+        check(&Database::connect(&url).await.unwrap(), "sqlite").await;
+        match sitelink_test_support::fresh_database("SITELINK_TEST_POSTGRES_URL").await {
+            Some(pg) => {
+                let db = Database::connect(&pg.url).await.unwrap();
+                check(&db, "postgres").await;
+                db.pool().close().await;
+                pg.drop_database().await;
+            }
+            None => eprintln!("SITELINK_TEST_POSTGRES_URL not set: PostgreSQL plans skipped"),
+        }
     }
 }
