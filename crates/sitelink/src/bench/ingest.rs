@@ -8,7 +8,7 @@
 //!   the repository uses) into a table shaped like `site_calls`, with only
 //!   its primary key, no revision rule and no cursor (the baseline).
 //! - `plain_same_table_rows_per_second`: the same plain upsert into
-//!   `site_calls` itself (its six secondary indexes; on PostgreSQL its
+//!   `site_calls` itself (its secondary indexes; on PostgreSQL its
 //!   triggers), so the storage costs the same and the difference is what
 //!   the pipeline adds. Reported beside the baseline, not instead of it.
 //! - `repository_rows_per_second`: `SiteCalls::ingest` with the same batches

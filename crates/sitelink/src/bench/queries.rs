@@ -93,6 +93,16 @@ pub async fn run(db: Db, rows: usize, quick: bool) -> anyhow::Result<()> {
             },
         ),
         (
+            // Delivered rows are in no status index (migration 6): this
+            // walks the site's creation-time index.
+            "site+status=Delivered",
+            SiteCallFilter {
+                site: Some("site-11".into()),
+                status: Some(Delivered),
+                ..Default::default()
+            },
+        ),
+        (
             "kind=DatabaseWrite",
             SiteCallFilter {
                 kind: Some(Kind::DatabaseWrite),
