@@ -37,6 +37,12 @@ pub struct OutboxSection {
     /// `none` (plain SMTP) or `starttls` (upgrade required).
     #[serde(default)]
     pub smtp_tls: SmtpTls,
+    /// PEM file of extra root certificates to trust for STARTTLS (a relay
+    /// with a private CA), relative to this file; the public web roots are
+    /// always trusted.
+    pub smtp_ca_file: Option<std::path::PathBuf>,
+    /// AUTH PLAIN credentials; only with `smtp_tls = "starttls"`, so a
+    /// password never crosses the network in clear.
     pub smtp_username: Option<String>,
     pub smtp_password: Option<String>,
     /// The sender address of every notification.
@@ -164,7 +170,10 @@ impl CentralConfig {
         if cfg.central.reconcile_page == 0 {
             return Err("central.reconcile_page: must be above 0".into());
         }
-        if let Some(o) = &cfg.notification_outbox {
+        if let Some(o) = &mut cfg.notification_outbox {
+            if let Some(ca) = &mut o.smtp_ca_file {
+                *ca = base.join(&*ca);
+            }
             o.retry
                 .validate()
                 .map_err(|e| format!("notification_outbox.{e}"))?;
@@ -177,6 +186,18 @@ impl CentralConfig {
             if o.smtp_username.is_some() != o.smtp_password.is_some() {
                 return Err(
                     "notification_outbox: smtp_username and smtp_password go together".into(),
+                );
+            }
+            if o.smtp_username.is_some() && o.smtp_tls != SmtpTls::Starttls {
+                return Err(
+                    "notification_outbox: smtp_username and smtp_password need smtp_tls = \"starttls\" \
+                     (a password is never sent in clear)"
+                        .into(),
+                );
+            }
+            if o.smtp_ca_file.is_some() && o.smtp_tls != SmtpTls::Starttls {
+                return Err(
+                    "notification_outbox: smtp_ca_file is for smtp_tls = \"starttls\"".into(),
                 );
             }
         }

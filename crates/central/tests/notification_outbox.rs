@@ -13,7 +13,7 @@ use sitelink_central::{
     CentralConfig,
 };
 use sitelink_commons::{now_unix_ms, SiteName, TrackedOperationId, TrackedOperationStatus::*};
-use sitelink_test_support::{eventually, FakeSmtp, SmtpMode};
+use sitelink_test_support::{eventually, FakeSmtp, SmtpMode, SmtpSecurity};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -289,4 +289,138 @@ fn notification_lists_are_checked_at_start() {
         "{e}"
     );
     assert!(parse("ops = [\"ok@x.example\"]").is_ok());
+}
+
+/// A relay that requires STARTTLS and AUTH, with a certificate from a
+/// private CA: the outbox trusts `smtp_ca_file`, upgrades, authenticates,
+/// and the message travels encrypted. Wrong credentials are a transient
+/// failure (retried, then parked), never a Failed notification: the
+/// operator fixes the password and retries.
+#[tokio::test]
+async fn the_outbox_speaks_starttls_and_auth_to_a_relay_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("relay-ca.pem"), cert.cert.pem()).unwrap();
+    let smtp = FakeSmtp::start_secure(
+        SmtpMode::Accept,
+        SmtpSecurity {
+            cert_pem: cert.cert.pem(),
+            key_pem: cert.signing_key.serialize_pem(),
+            login: Some(("sitelink".into(), "s3cret".into())),
+        },
+    )
+    .await;
+    let secure = |password: &str| {
+        CentralConfig::parse(
+            &format!(
+                r#"
+[central]
+database_url = "sqlite://unused.db"
+[notification_outbox]
+smtp_host = "localhost"
+smtp_port = {}
+smtp_tls = "starttls"
+smtp_ca_file = "relay-ca.pem"
+smtp_username = "sitelink"
+smtp_password = "{password}"
+from = "sitelink@plant.example"
+smtp_timeout_ms = 2000
+[notification_outbox.retry]
+interval_ms = 20
+max_interval_ms = 50
+max_retries = 1
+jitter = 0.0
+[notification_lists]
+shift-leads = ["anna@plant.example"]
+"#,
+                smtp.port()
+            ),
+            dir.path(),
+        )
+        .unwrap()
+    };
+    let db = Database::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("central.db").display()
+    ))
+    .await
+    .unwrap();
+    let site = SiteName::parse("plant-1").unwrap();
+    db.sites().add(&site).await.unwrap();
+
+    let (dispatcher, outbox) = Dispatcher::new(db.clone(), &secure("s3cret")).unwrap();
+    let n = notification("shift-leads", "Line 1 stopped");
+    outbox.accept(&site, &n).await.unwrap();
+    let round = dispatcher.run_once().await.unwrap();
+    assert_eq!(
+        (round.attempted, round.delivered),
+        (1, 1),
+        "{:?}",
+        db.notifications().get(n.id).await.unwrap()
+    );
+    let mail = smtp.mails().pop().unwrap();
+    assert!(mail.tls, "the message went over TLS");
+    assert_eq!(mail.user.as_deref(), Some("sitelink"));
+    assert_eq!(mail.header("Subject").as_deref(), Some("Line 1 stopped"));
+
+    // Wrong password: 535 from the relay, retried, then parked (not Failed).
+    let (dispatcher, outbox) = Dispatcher::new(db.clone(), &secure("wrong")).unwrap();
+    let n = notification("shift-leads", "Line 2 stopped");
+    outbox.accept(&site, &n).await.unwrap();
+    dispatcher.run_once().await.unwrap();
+    let record = db.notifications().get(n.id).await.unwrap().unwrap();
+    assert_eq!(record.tracking.status, Retrying);
+    let error = record.tracking.last_error.unwrap_or_default();
+    assert!(
+        error.contains("535") && error.contains("credentials"),
+        "{error}"
+    );
+    dispatch_until(&dispatcher, &db, n.id, Parked).await;
+    assert_eq!(smtp.accepted(), 1, "nothing sent without authentication");
+
+    // A relay whose certificate is not trusted (no smtp_ca_file): the
+    // upgrade fails, which is transient, and nothing is sent in clear.
+    let untrusted = CentralConfig::parse(
+        &format!(
+            "[central]\ndatabase_url = \"sqlite://unused.db\"\n[notification_outbox]\n\
+             smtp_host = \"localhost\"\nsmtp_port = {}\nsmtp_tls = \"starttls\"\n\
+             from = \"sitelink@plant.example\"\nsmtp_timeout_ms = 2000\n\
+             [notification_lists]\nshift-leads = [\"anna@plant.example\"]\n",
+            smtp.port()
+        ),
+        dir.path(),
+    )
+    .unwrap();
+    let (dispatcher, outbox) = Dispatcher::new(db.clone(), &untrusted).unwrap();
+    let n = notification("shift-leads", "Line 3 stopped");
+    outbox.accept(&site, &n).await.unwrap();
+    dispatcher.run_once().await.unwrap();
+    assert_eq!(status_of(&db, n.id).await, Retrying);
+    assert_eq!(smtp.accepted(), 1);
+    db.pool().close().await;
+}
+
+#[test]
+fn smtp_credentials_need_starttls() {
+    let parse = |outbox: &str| {
+        CentralConfig::parse(
+            &format!(
+                "[central]\ndatabase_url = \"sqlite://x.db\"\n[notification_outbox]\n\
+                 smtp_host = \"relay\"\nfrom = \"s@x.example\"\n{outbox}\n"
+            ),
+            std::path::Path::new("/etc/sitelink"),
+        )
+    };
+    let e = parse("smtp_username = \"u\"\nsmtp_password = \"p\"").unwrap_err();
+    assert!(e.contains("smtp_tls = \"starttls\""), "{e}");
+    let e = parse("smtp_ca_file = \"ca.pem\"").unwrap_err();
+    assert!(e.contains("smtp_ca_file"), "{e}");
+    let ok = parse(
+        "smtp_tls = \"starttls\"\nsmtp_ca_file = \"ca.pem\"\nsmtp_username = \"u\"\nsmtp_password = \"p\"",
+    )
+    .unwrap();
+    assert_eq!(
+        ok.notification_outbox.unwrap().smtp_ca_file.unwrap(),
+        std::path::Path::new("/etc/sitelink/ca.pem")
+    );
 }

@@ -5,7 +5,8 @@
 //!   timeout, to fail every n-th request, or to be down (port closed); it
 //!   records every request with its `Idempotency-Key`.
 //! - [`FakeSmtp`]: an SMTP server that accepts, answers 421/451/550, or is
-//!   down; it records every message and counts them per Message-ID.
+//!   down, optionally requiring STARTTLS and AUTH PLAIN ([`SmtpSecurity`]);
+//!   it records every message and counts them per Message-ID.
 //! - [`TcpProxy`]: a fault-injecting TCP proxy that can cut all connections
 //!   and refuse new ones, then heal.
 //! - [`eventually`]: poll a condition with a timeout instead of sleeping.
@@ -22,7 +23,7 @@ use std::{future::Future, time::Duration};
 pub use database::{fresh_database, FreshDatabase};
 pub use http::{FakeHttp, Mode, Recorded};
 pub use proxy::TcpProxy;
-pub use smtp::{FakeSmtp, ReceivedMail, SmtpMode};
+pub use smtp::{FakeSmtp, ReceivedMail, SmtpMode, SmtpSecurity};
 
 /// Polls `f` every 20 ms until it returns `Some`, and returns that value;
 /// panics naming `what` after `timeout`.

@@ -1,10 +1,13 @@
 //! [`FakeSmtp`]: an SMTP server in the test process that speaks the
 //! protocol over TCP (EHLO/HELO, MAIL, RCPT, DATA with dot-unstuffing,
-//! RSET, NOOP, QUIT) and can be told how to answer.
+//! RSET, NOOP, QUIT) and can be told how to answer. Started with
+//! [`FakeSmtp::start_secure`] it behaves like a submission server: it offers
+//! STARTTLS, and over TLS only AUTH PLAIN, and refuses mail before both.
 //!
 //! Hand-written: the point is fault injection (421/451/550 replies, being
 //! down with the port closed), which the embeddable SMTP servers on
 //! crates.io do not offer; the protocol subset a client needs is small.
+//! TLS itself is tokio-rustls (ring), as everywhere else in the build.
 
 use std::{
     collections::HashMap,
@@ -13,10 +16,21 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
     task::JoinHandle,
 };
+
+/// What [`FakeSmtp::start_secure`] requires of a client.
+#[derive(Clone)]
+pub struct SmtpSecurity {
+    /// The server's certificate chain and key (PEM), offered on STARTTLS.
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The user and password AUTH PLAIN must present before MAIL; `None`:
+    /// TLS only, no AUTH.
+    pub login: Option<(String, String)>,
+}
 
 /// How the server answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +51,10 @@ pub struct ReceivedMail {
     pub recipients: Vec<String>,
     /// The message as sent (headers and body), dot-unstuffed.
     pub data: String,
+    /// Whether it came over TLS (after STARTTLS).
+    pub tls: bool,
+    /// The user that authenticated for it, if any.
+    pub user: Option<String>,
 }
 
 impl ReceivedMail {
@@ -73,6 +91,7 @@ impl ReceivedMail {
 #[derive(Default)]
 struct Shared {
     mode: Option<SmtpMode>,
+    security: Option<Security>,
     mails: Vec<ReceivedMail>,
     /// Messages accepted per Message-ID.
     per_message_id: HashMap<String, usize>,
@@ -85,14 +104,49 @@ pub struct FakeSmtp {
     listener: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// [`SmtpSecurity`], ready to serve.
+#[derive(Clone)]
+struct Security {
+    tls: tokio_rustls::TlsAcceptor,
+    login: Option<(String, String)>,
+}
+
 impl FakeSmtp {
     pub async fn start(mode: SmtpMode) -> Self {
+        Self::start_with(mode, None).await
+    }
+
+    /// A server that requires STARTTLS (and AUTH PLAIN if `security.login`
+    /// is set) before it takes mail.
+    pub async fn start_secure(mode: SmtpMode, security: SmtpSecurity) -> Self {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_slice_iter(security.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate PEM");
+        let key = PrivateKeyDer::from_pem_slice(security.key_pem.as_bytes()).expect("key PEM");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("certificate and key");
+        let security = Security {
+            tls: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            login: security.login,
+        };
+        Self::start_with(mode, Some(security)).await
+    }
+
+    async fn start_with(mode: SmtpMode, security: Option<Security>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let s = Self {
             addr,
             shared: Arc::new(Mutex::new(Shared {
                 mode: Some(SmtpMode::Accept),
+                security,
                 ..Default::default()
             })),
             listener: Mutex::new(None),
@@ -161,17 +215,33 @@ async fn serve(listener: TcpListener, shared: Arc<Mutex<Shared>>) {
     }
 }
 
+/// A connection before or after STARTTLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn reply(conn: &mut BufReader<Box<dyn Io>>, text: &str) -> std::io::Result<()> {
+    let w = conn.get_mut();
+    w.write_all(format!("{text}\r\n").as_bytes()).await?;
+    // TLS buffers writes until flushed.
+    w.flush().await
+}
+
 async fn session(stream: TcpStream, shared: Arc<Mutex<Shared>>) -> std::io::Result<()> {
     // Replies go out at once (no Nagle delay behind the client's ACKs).
     stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read);
-    write.write_all(b"220 fake-smtp ready\r\n").await?;
+    // A second handle on the socket, for `ack_now` once TLS wraps it.
+    let socket = stream.into_std()?;
+    let raw = socket.try_clone()?;
+    let stream = TcpStream::from_std(socket)?;
+    let security = shared.lock().unwrap().security.clone();
+    let mut conn: BufReader<Box<dyn Io>> = BufReader::new(Box::new(stream));
+    reply(&mut conn, "220 fake-smtp ready").await?;
     let (mut from, mut recipients) = (String::new(), Vec::new());
+    let (mut tls, mut user) = (false, None::<String>);
     let mut line = String::new();
     loop {
         line.clear();
-        if lines.read_line(&mut line).await? == 0 {
+        if conn.read_line(&mut line).await? == 0 {
             return Ok(());
         }
         if shared.lock().unwrap().mode == Some(SmtpMode::Down) {
@@ -180,14 +250,68 @@ async fn session(stream: TcpStream, shared: Arc<Mutex<Shared>>) -> std::io::Resu
         }
         let cmd = line.trim_end().to_owned();
         let upper = cmd.to_ascii_uppercase();
-        let reply: String = if upper.starts_with("EHLO") {
-            "250-fake-smtp\r\n250-8BITMIME\r\n250 SMTPUTF8".into()
+        let needs_tls = security.is_some() && !tls;
+        let needs_auth = security.as_ref().is_some_and(|s| s.login.is_some()) && user.is_none();
+        let answer: String = if upper.starts_with("EHLO") {
+            let mut lines = vec!["fake-smtp", "8BITMIME"];
+            if needs_tls {
+                lines.push("STARTTLS");
+            } else if security.as_ref().is_some_and(|s| s.login.is_some()) {
+                lines.push("AUTH PLAIN");
+            }
+            lines.push("SMTPUTF8");
+            let last = lines.len() - 1;
+            lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| format!("250{}{l}", if i == last { ' ' } else { '-' }))
+                .collect::<Vec<_>>()
+                .join("\r\n")
         } else if upper.starts_with("HELO") {
             "250 fake-smtp".into()
-        } else if upper.starts_with("MAIL FROM:") {
-            from = address(&cmd[10..]);
+        } else if upper == "STARTTLS" {
+            let Some(sec) = security.as_ref().filter(|_| !tls) else {
+                reply(&mut conn, "503 5.5.1 TLS not available").await?;
+                continue;
+            };
+            reply(&mut conn, "220 2.0.0 ready to start TLS").await?;
+            // The client waits for the 220 before its handshake, so
+            // nothing is buffered here yet.
+            let plain = conn.into_inner();
+            conn = BufReader::new(Box::new(sec.tls.accept(plain).await?));
+            // RFC 3207: the session starts over.
+            tls = true;
+            (from, user) = (String::new(), None);
             recipients.clear();
-            "250 ok".into()
+            continue;
+        } else if upper.starts_with("AUTH PLAIN") {
+            match (&security, tls) {
+                (_, false) => "538 5.7.11 encryption required for AUTH".into(),
+                (
+                    Some(Security {
+                        login: Some((u, p)),
+                        ..
+                    }),
+                    true,
+                ) => match plain_login(cmd[10..].trim()) {
+                    Some((gu, gp)) if &gu == u && &gp == p => {
+                        user = Some(gu);
+                        "235 2.7.0 authentication successful".into()
+                    }
+                    _ => "535 5.7.8 authentication credentials invalid".into(),
+                },
+                _ => "503 5.5.1 AUTH not offered".into(),
+            }
+        } else if upper.starts_with("MAIL FROM:") {
+            if needs_tls {
+                "530 5.7.0 must issue a STARTTLS command first".into()
+            } else if needs_auth {
+                "530 5.7.0 authentication required".into()
+            } else {
+                from = address(&cmd[10..]);
+                recipients.clear();
+                "250 ok".into()
+            }
         } else if upper.starts_with("RCPT TO:") {
             let mode = shared.lock().unwrap().mode.clone();
             match mode {
@@ -198,12 +322,12 @@ async fn session(stream: TcpStream, shared: Arc<Mutex<Shared>>) -> std::io::Resu
                 }
             }
         } else if upper == "DATA" {
-            write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
+            reply(&mut conn, "354 end with <CRLF>.<CRLF>").await?;
             let mut data = String::new();
             loop {
                 line.clear();
-                ack_now(&lines);
-                if lines.read_line(&mut line).await? == 0 {
+                ack_now(&raw);
+                if conn.read_line(&mut line).await? == 0 {
                     return Ok(());
                 }
                 if line == ".\r\n" || line == ".\n" {
@@ -216,6 +340,8 @@ async fn session(stream: TcpStream, shared: Arc<Mutex<Shared>>) -> std::io::Resu
                 from: from.clone(),
                 recipients: std::mem::take(&mut recipients),
                 data,
+                tls,
+                user: user.clone(),
             };
             let mut s = shared.lock().unwrap();
             if let Some(id) = mail.header("Message-ID") {
@@ -229,21 +355,32 @@ async fn session(stream: TcpStream, shared: Arc<Mutex<Shared>>) -> std::io::Resu
         } else if upper == "NOOP" {
             "250 ok".into()
         } else if upper == "QUIT" {
-            write.write_all(b"221 bye\r\n").await?;
+            reply(&mut conn, "221 bye").await?;
             return Ok(());
         } else {
             "502 command not implemented".into()
         };
-        write.write_all(format!("{reply}\r\n").as_bytes()).await?;
+        reply(&mut conn, &answer).await?;
     }
+}
+
+/// The user and password of an AUTH PLAIN initial response
+/// (base64 of `authzid NUL user NUL password`).
+fn plain_login(b64: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let mut parts = text.split('\0');
+    let (_authzid, user, password) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((user.to_owned(), password.to_owned()))
 }
 
 /// lettre writes a message body and its terminating "." line in two
 /// writes; with the client's Nagle algorithm and this side's delayed ACK
 /// that costs 40 ms per message (a real server sees the same). The fake
 /// acknowledges at once, so benchmarks measure sitelink, not that pause.
-fn ack_now(r: &BufReader<tokio::net::tcp::OwnedReadHalf>) {
-    let _ = socket2::SockRef::from(r.get_ref().as_ref()).set_tcp_quickack(true);
+fn ack_now(socket: &std::net::TcpStream) {
+    let _ = socket2::SockRef::from(socket).set_tcp_quickack(true);
 }
 
 /// `<a@b> SIZE=…` → `a@b`.

@@ -3,13 +3,21 @@
 //!
 //! Classification (SPEC §5.3): no SMTP reply at all (connection refused or
 //! reset, timeout, TLS failure) and 4xx replies are transient; 5xx replies
-//! and addresses that cannot be used are permanent.
+//! and addresses that cannot be used are permanent, except the 5xx replies
+//! that refuse our session rather than the message (authentication: see
+//! `SESSION_REFUSALS`), which are transient.
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use lettre::{
     message::{header::ContentType, Mailbox},
-    transport::smtp::{authentication::Credentials, Error as SmtpError},
+    transport::smtp::{
+        authentication::Credentials,
+        client::{Certificate, Tls, TlsParameters},
+        Error as SmtpError,
+    },
     AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
 };
 
@@ -37,9 +45,22 @@ impl Mailer {
                 AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.smtp_host)
             }
             SmtpTls::Starttls => {
-                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.smtp_host).map_err(
-                    |e| anyhow::anyhow!("notification_outbox.smtp_host {:?}: {e}", cfg.smtp_host),
-                )?
+                // What `starttls_relay` does, plus the operator's own CA.
+                let mut tls = TlsParameters::builder(cfg.smtp_host.clone());
+                if let Some(path) = &cfg.smtp_ca_file {
+                    let pem = std::fs::read(path).with_context(|| {
+                        format!("notification_outbox.smtp_ca_file {}", path.display())
+                    })?;
+                    let ca = Certificate::from_pem(&pem).map_err(|e| {
+                        anyhow::anyhow!("notification_outbox.smtp_ca_file {}: {e}", path.display())
+                    })?;
+                    tls = tls.add_root_certificate(ca);
+                }
+                let tls = tls.build_rustls().map_err(|e| {
+                    anyhow::anyhow!("notification_outbox.smtp_host {:?}: {e}", cfg.smtp_host)
+                })?;
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.smtp_host)
+                    .tls(Tls::Required(tls))
             }
         }
         .port(cfg.smtp_port)
@@ -89,10 +110,21 @@ impl Mailer {
     }
 }
 
+/// Replies that refuse our session, not the message: authentication
+/// required (530), mechanism too weak (534), credentials invalid (535),
+/// encryption required (538). They mean the relay or our credentials are
+/// misconfigured. Failing the message for good would lose it while an
+/// operator fixes that, so they are retried like an outage (and park once
+/// the retry budget is spent, for an operator to retry).
+const SESSION_REFUSALS: [&str; 4] = ["530", "534", "535", "538"];
+
 /// Transient or permanent, by the SMTP reply code when there is one.
 pub fn classify(e: &SmtpError) -> SendOutcome {
     let text = format!("SMTP: {e}");
     match e.status() {
+        Some(code) if SESSION_REFUSALS.contains(&code.to_string().as_str()) => {
+            SendOutcome::Transient(format!("{text} (reply {code}: check the SMTP credentials)"))
+        }
         Some(code) if e.is_permanent() => SendOutcome::Permanent(format!("{text} (reply {code})")),
         Some(code) => SendOutcome::Transient(format!("{text} (reply {code})")),
         // No reply: the server could not be reached or went away.
