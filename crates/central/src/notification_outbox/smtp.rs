@@ -16,7 +16,7 @@ use lettre::{
     transport::smtp::{
         authentication::Credentials,
         client::{Certificate, Tls, TlsParameters},
-        Error as SmtpError,
+        Error as SmtpError, PoolConfig,
     },
     AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
 };
@@ -64,7 +64,15 @@ impl Mailer {
             }
         }
         .port(cfg.smtp_port)
-        .timeout(Some(Duration::from_millis(cfg.smtp_timeout_ms)));
+        .timeout(Some(Duration::from_millis(cfg.smtp_timeout_ms)))
+        // Conversations stay open between messages (RSET, then the next
+        // MAIL), one per concurrent send: no TCP connect, banner, EHLO and
+        // TLS handshake per message. An idle one closes after a minute.
+        .pool_config(
+            PoolConfig::new()
+                .max_size(super::CONCURRENT_SENDS as u32)
+                .idle_timeout(Duration::from_secs(60)),
+        );
         if let (Some(user), Some(password)) = (&cfg.smtp_username, &cfg.smtp_password) {
             builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
         }
