@@ -203,15 +203,21 @@ impl CentralLink {
         // Forwarded and not yet acknowledged (all of them again after a
         // reconnect: at-least-once; central inserts if not exists).
         let mut in_flight: HashSet<TrackedOperationId> = HashSet::new();
+        // Subscribe before anything is read: a watch subscription counts
+        // the current value as seen, so a change published between a read
+        // and a later subscription would never wake this loop (a
+        // notification recorded right after the first look then waited for
+        // the next unrelated change, or for ever).
+        let mut changes = self.engine.subscribe_changes();
         // Read before looking, so a notification recorded meanwhile moves
-        // it again and is looked for at the next change.
+        // it again and is looked for at the next change. (The writer bumps
+        // the counter after its commit and before it publishes the change.)
         let mut notifications_seen = self.engine.notifications_recorded();
         self.forward(&tx, &mut in_flight).await?;
 
         // Telemetry covers what changes from now on; central's reconcile on
         // connect covers everything up to now.
         let mut sent = high;
-        let mut changes = self.engine.subscribe_changes();
         // Acknowledged notifications not yet marked forwarded: marked in one
         // write once no message is waiting (biased select below).
         let mut acked: Vec<TrackedOperationId> = Vec::new();
