@@ -151,6 +151,14 @@ async fn a_notification_sent_while_the_wan_is_down_is_mailed_once_after_it_retur
     for id in &run.tracked_operation_ids {
         assert_eq!(smtp.count_message_id(&message_id(id)), 1, "{id}");
     }
+    // Every one was acknowledged at least once (again after a cut).
+    assert!(
+        central
+            .stats
+            .notifications_forwarded
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 301
+    );
     assert_eq!(smtp.mails().len(), 301);
 
     // Notifications never appear among the site calls.

@@ -78,6 +78,9 @@ pub struct LinkStats {
     pub telemetry_rows: AtomicU64,
     /// Rows received in reconcile pages.
     pub reconcile_rows: AtomicU64,
+    /// Forwarded notifications stored (or found already stored) and
+    /// acknowledged.
+    pub notifications_forwarded: AtomicU64,
 }
 
 /// The tonic service.

@@ -311,7 +311,11 @@ impl Session {
             0,
             central_message::Body::NotificationAck(v1::NotificationAck { id: id.to_string() }),
         )
-        .await
+        .await?;
+        self.stats
+            .notifications_forwarded
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Central's record of a notification of this site (never another's).

@@ -497,6 +497,11 @@ async fn metrics(State(st): State<ApiState>) -> Result<Response, ApiError> {
             "Rows received in reconcile pages.",
             &stats.reconcile_rows,
         ),
+        (
+            "notifications_forwarded_total",
+            "Forwarded notifications stored and acknowledged.",
+            &stats.notifications_forwarded,
+        ),
     ] {
         let _ = writeln!(
             out,
