@@ -8,7 +8,7 @@ use std::{
     sync::{atomic::Ordering, Arc},
 };
 
-use futures::{stream::FuturesOrdered, StreamExt};
+use futures::{stream::FuturesOrdered, FutureExt, StreamExt};
 use sitelink_commons::{
     contracts::v1::{self, central_message, site_message, CentralMessage, SiteMessage},
     SiteName, TrackingRecord,
@@ -41,6 +41,9 @@ pub(super) struct Session {
 /// Telemetry batches one stream may have handed over and not yet seen
 /// committed.
 const MAX_OUTSTANDING: usize = 4;
+/// At most this many forwarded notifications are stored in one
+/// transaction (a site keeps up to 64 unacknowledged).
+const FORWARD_BURST: usize = 64;
 
 /// Answers once a submitted ingest is committed.
 type Committed = oneshot::Receiver<Result<IngestOutcome, String>>;
@@ -180,8 +183,14 @@ impl Session {
         // Telemetry batches handed to the ingest and not yet committed, in
         // order. Reading on while they commit lets the actor batch more.
         let mut outstanding: FuturesOrdered<Committed> = FuturesOrdered::new();
+        // A message read while draining a burst of forwarded notifications
+        // that was not one of them: handled next.
+        let mut held: Option<Result<Option<SiteMessage>, Status>> = None;
         loop {
-            let msg = tokio::select! {
+            let msg = if let Some(m) = held.take() {
+                m
+            } else {
+                tokio::select! {
                 m = inbound.message(), if outstanding.len() < MAX_OUTSTANDING => m,
                 Some(committed) = outstanding.next(), if !outstanding.is_empty() => {
                     self.settle(committed).await?;
@@ -202,6 +211,7 @@ impl Session {
                         None => return Ok(()),
                     }
                     continue;
+                }
                 }
             };
             let msg = match msg {
@@ -260,7 +270,25 @@ impl Session {
                     }
                 }
                 Some(site_message::Body::ForwardNotification(n)) => {
-                    self.forwarded(n).await?;
+                    // A site forwards in bursts (up to 64 unacknowledged):
+                    // those already received are stored in one transaction.
+                    let mut burst = vec![n];
+                    // (Only while this stream may read on at all: a
+                    // telemetry batch met here is handled next.)
+                    while burst.len() < FORWARD_BURST && outstanding.len() < MAX_OUTSTANDING {
+                        match inbound.message().now_or_never() {
+                            Some(Ok(Some(SiteMessage {
+                                body: Some(site_message::Body::ForwardNotification(n)),
+                                ..
+                            }))) => burst.push(n),
+                            Some(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    self.forwarded(burst).await?;
                 }
                 Some(site_message::Body::NotificationStatusQuery(q)) => {
                     let answer = self.notification_status(&q.id).await?;
@@ -278,43 +306,54 @@ impl Session {
         }
     }
 
-    /// Stores a forwarded notification (insert if not exists) and, once
-    /// that is committed, acknowledges it. A notification for another site
-    /// or with an unreadable id is refused, logged and not acknowledged.
-    async fn forwarded(&self, n: v1::ForwardNotification) -> Result<(), String> {
-        if n.source_site != self.site.as_str() {
-            tracing::warn!(site = %self.site, claimed = %n.source_site, id = %n.id, "notification for another site refused");
+    /// Stores forwarded notifications (insert if not exists, one
+    /// transaction) and, once that is committed, acknowledges each. One for
+    /// another site or with an unreadable id is refused, logged and not
+    /// acknowledged; the rest land.
+    async fn forwarded(&self, burst: Vec<v1::ForwardNotification>) -> Result<(), String> {
+        let mut news = Vec::with_capacity(burst.len());
+        for n in burst {
+            if n.source_site != self.site.as_str() {
+                tracing::warn!(site = %self.site, claimed = %n.source_site, id = %n.id, "notification for another site refused");
+                continue;
+            }
+            let id = match n.id.parse() {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::warn!(site = %self.site, id = %n.id, error = %e, "notification with an unreadable id refused");
+                    continue;
+                }
+            };
+            news.push(NewNotification {
+                id,
+                list: n.list,
+                subject: n.subject,
+                body: n.body,
+                provenance: n.provenance,
+                created_at_ms: n.created_at_unix_ms,
+            });
+        }
+        if news.is_empty() {
             return Ok(());
         }
-        let id = match n.id.parse() {
-            Ok(id) => id,
-            Err(e) => {
-                tracing::warn!(site = %self.site, id = %n.id, error = %e, "notification with an unreadable id refused");
-                return Ok(());
-            }
-        };
-        let new = NewNotification {
-            id,
-            list: n.list,
-            subject: n.subject,
-            body: n.body,
-            provenance: n.provenance,
-            created_at_ms: n.created_at_unix_ms,
-        };
         let inserted = self
             .outbox
-            .accept(&self.site, &new)
+            .accept_many(&self.site, &news)
             .await
-            .map_err(|e| format!("storing notification {id}: {e}"))?;
-        tracing::debug!(site = %self.site, %id, inserted, "notification forwarded");
-        self.send(
-            0,
-            central_message::Body::NotificationAck(v1::NotificationAck { id: id.to_string() }),
-        )
-        .await?;
-        self.stats
-            .notifications_forwarded
-            .fetch_add(1, Ordering::Relaxed);
+            .map_err(|e| format!("storing {} forwarded notifications: {e}", news.len()))?;
+        for (n, inserted) in news.iter().zip(inserted) {
+            tracing::debug!(site = %self.site, id = %n.id, inserted, "notification forwarded");
+            self.send(
+                0,
+                central_message::Body::NotificationAck(v1::NotificationAck {
+                    id: n.id.to_string(),
+                }),
+            )
+            .await?;
+            self.stats
+                .notifications_forwarded
+                .fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 

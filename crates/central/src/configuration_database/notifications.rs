@@ -101,34 +101,54 @@ impl<'a> Notifications<'a> {
         recipients: Result<&[String], String>,
         now_ms: i64,
     ) -> Result<bool, sqlx::Error> {
-        let (status, revision, last_error, terminal, next, to) = match recipients {
-            Ok(to) => (Pending, 1i64, None, None, Some(now_ms), to.join(",")),
-            Err(why) => (Failed, 2, Some(why), Some(now_ms), None, String::new()),
-        };
-        let done = sqlx::query(
-            "INSERT INTO notifications (id, source_site, list_name, subject, body, recipients, status,
-                 retry_count, last_error, provenance, created_at_ms, updated_at_ms, terminal_at_ms,
-                 next_attempt_at_ms, revision)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14)
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(n.id.to_string())
-        .bind(site.as_str())
-        .bind(truncate_chars(&n.list, NOTIFICATION_LIST_MAX_CHARS).into_owned())
-        .bind(safe_subject(&n.subject))
-        .bind(safe_body(&n.body))
-        .bind(to)
-        .bind(status.as_str())
-        .bind(last_error.map(|e| truncate_chars(&e, LAST_ERROR_MAX_CHARS).into_owned()))
-        .bind(truncate_chars(&n.provenance, 200).into_owned())
-        .bind(n.created_at_ms)
-        .bind(now_ms)
-        .bind(terminal)
-        .bind(next)
-        .bind(revision)
-        .execute(self.db.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(self
+            .accept_many(site, vec![(n, recipients)], now_ms)
+            .await?[0])
+    }
+
+    /// [`Notifications::accept`] for several notifications of one site, in
+    /// one transaction (one commit for a burst a site forwarded); whether
+    /// each was new, in order.
+    pub async fn accept_many(
+        &self,
+        site: &SiteName,
+        items: Vec<(&NewNotification, Result<&[String], String>)>,
+        now_ms: i64,
+    ) -> Result<Vec<bool>, sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
+        let mut new = Vec::with_capacity(items.len());
+        for (n, recipients) in items {
+            let (status, revision, last_error, terminal, next, to) = match recipients {
+                Ok(to) => (Pending, 1i64, None, None, Some(now_ms), to.join(",")),
+                Err(why) => (Failed, 2, Some(why), Some(now_ms), None, String::new()),
+            };
+            let done = sqlx::query(
+                "INSERT INTO notifications (id, source_site, list_name, subject, body, recipients, status,
+                     retry_count, last_error, provenance, created_at_ms, updated_at_ms, terminal_at_ms,
+                     next_attempt_at_ms, revision)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(n.id.to_string())
+            .bind(site.as_str())
+            .bind(truncate_chars(&n.list, NOTIFICATION_LIST_MAX_CHARS).into_owned())
+            .bind(safe_subject(&n.subject))
+            .bind(safe_body(&n.body))
+            .bind(to)
+            .bind(status.as_str())
+            .bind(last_error.map(|e| truncate_chars(&e, LAST_ERROR_MAX_CHARS).into_owned()))
+            .bind(truncate_chars(&n.provenance, 200).into_owned())
+            .bind(n.created_at_ms)
+            .bind(now_ms)
+            .bind(terminal)
+            .bind(next)
+            .bind(revision)
+            .execute(&mut *tx)
+            .await?;
+            new.push(done.rows_affected() == 1);
+        }
+        tx.commit().await?;
+        Ok(new)
     }
 
     /// Up to `limit` notifications whose next attempt is due, oldest first.

@@ -54,20 +54,36 @@ impl Outbox {
     /// wakes the dispatcher; `Ok` means it is committed and may be
     /// acknowledged. An unknown list is stored `Failed`, naming the list.
     pub async fn accept(&self, site: &SiteName, n: &NewNotification) -> Result<bool, sqlx::Error> {
-        let recipients = match self.lists.get(&n.list) {
-            Some(to) => Ok(to.as_slice()),
-            None => Err(format!(
-                "unknown notification list {:?} (central knows: {})",
-                n.list,
-                self.lists.keys().cloned().collect::<Vec<_>>().join(", ")
-            )),
-        };
+        Ok(self.accept_many(site, std::slice::from_ref(n)).await?[0])
+    }
+
+    /// [`Outbox::accept`] for a burst of one site's notifications, in one
+    /// transaction; whether each was new, in order.
+    pub async fn accept_many(
+        &self,
+        site: &SiteName,
+        ns: &[NewNotification],
+    ) -> Result<Vec<bool>, sqlx::Error> {
+        let items = ns
+            .iter()
+            .map(|n| {
+                let recipients = match self.lists.get(&n.list) {
+                    Some(to) => Ok(to.as_slice()),
+                    None => Err(format!(
+                        "unknown notification list {:?} (central knows: {})",
+                        n.list,
+                        self.lists.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )),
+                };
+                (n, recipients)
+            })
+            .collect();
         let new = self
             .db
             .notifications()
-            .accept(site, n, recipients, now_ms())
+            .accept_many(site, items, now_ms())
             .await?;
-        if new {
+        if new.iter().any(|&n| n) {
             self.wake.notify_one();
         }
         Ok(new)
