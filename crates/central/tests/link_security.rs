@@ -1,5 +1,6 @@
-//! Bad peers on the link: wrong and revoked tokens, a Hello or rows for
-//! another site, unknown enum values from a newer site, huge fields,
+//! Bad peers on the link: wrong and revoked tokens, a Hello, rows or
+//! forwarded notifications for another site, unknown enum values from a
+//! newer site, huge fields,
 //! oversized messages and garbage bytes. Each is refused or made safe and
 //! logged; nothing already stored is lost; other sites are unaffected.
 
@@ -269,4 +270,70 @@ async fn a_site_that_never_answers_a_command_times_out() {
         "a slow site is not disconnected"
     );
     central.cancel.cancel();
+}
+
+/// A burst of forwarded notifications with bad ones inside: one for
+/// another site and one with an unreadable id are refused (not stored, not
+/// acknowledged); the others of the burst land and are acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_forwarded_notifications_are_refused_and_the_rest_of_the_burst_lands() {
+    let central = spawn_central().await;
+    let token = register(&central, "s1").await;
+    register(&central, "s2").await;
+    let (tx, mut inbound) = raw_stream(central.link, &token, "s1").await.unwrap();
+    let forward = |site: &str, id: String| SiteMessage {
+        correlation: 0,
+        body: Some(site_message::Body::ForwardNotification(
+            v1::ForwardNotification {
+                id,
+                source_site: site.into(),
+                list: "ops".into(),
+                subject: "Line 1 stopped".into(),
+                body: "jam".into(),
+                provenance: "i/s".into(),
+                created_at_unix_ms: 1_700_000_000_000,
+            },
+        )),
+    };
+    let (a, other, b) = (
+        TrackedOperationId::new(),
+        TrackedOperationId::new(),
+        TrackedOperationId::new(),
+    );
+    for m in [
+        forward("s1", a.to_string()),
+        forward("s2", other.to_string()),
+        forward("s1", "not-an-id".into()),
+        forward("s1", b.to_string()),
+    ] {
+        tx.send(m).await.unwrap();
+    }
+    let mut acked = Vec::new();
+    while acked.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+            .await
+            .expect("acknowledgements")
+            .unwrap()
+            .unwrap();
+        if let Some(central_message::Body::NotificationAck(ack)) = m.body {
+            acked.push(ack.id);
+        }
+    }
+    acked.sort();
+    let mut want = vec![a.to_string(), b.to_string()];
+    want.sort();
+    assert_eq!(acked, want);
+    let stored = central.db.notifications();
+    assert!(stored.get(a).await.unwrap().is_some());
+    assert!(stored.get(b).await.unwrap().is_some());
+    assert!(stored.get(other).await.unwrap().is_none());
+    // The stream still works: a later forward is acknowledged too.
+    let c = TrackedOperationId::new();
+    tx.send(forward("s1", c.to_string())).await.unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the later forward lands",
+        || async { stored.get(c).await.unwrap().map(|_| ()) },
+    )
+    .await;
 }
