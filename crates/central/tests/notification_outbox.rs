@@ -66,6 +66,15 @@ async fn status_of(
         .status
 }
 
+/// An operator's Retry (`retry`) or Discard of `id`, and its outcome.
+async fn operator(db: &Database, id: TrackedOperationId, retry: bool) -> NotificationCommand {
+    db.notifications()
+        .operator(id, retry, now_unix_ms())
+        .await
+        .unwrap()
+        .0
+}
+
 /// Runs dispatch rounds until `id` has `want` (retries are due after a few ms).
 async fn dispatch_until(
     dispatcher: &Dispatcher,
@@ -156,27 +165,15 @@ async fn the_outbox_delivers_retries_parks_and_fails_over_real_smtp() {
         let parked = db.notifications().get(n3.id).await.unwrap().unwrap();
         assert_eq!(parked.tracking.retry_count, 2, "{label}");
         assert_eq!(
-            db.notifications()
-                .operator(n.id, true, now_unix_ms())
-                .await
-                .unwrap()
-                .0,
+            operator(&db, n.id, true).await,
             NotificationCommand::NotParked
         );
         assert_eq!(
-            db.notifications()
-                .operator(TrackedOperationId::new(), true, now_unix_ms())
-                .await
-                .unwrap()
-                .0,
+            operator(&db, TrackedOperationId::new(), true).await,
             NotificationCommand::NotFound
         );
         assert_eq!(
-            db.notifications()
-                .operator(n3.id, true, now_unix_ms())
-                .await
-                .unwrap()
-                .0,
+            operator(&db, n3.id, true).await,
             NotificationCommand::Applied
         );
         assert_eq!(status_of(&db, n3.id).await, Retrying);
@@ -189,11 +186,7 @@ async fn the_outbox_delivers_retries_parks_and_fails_over_real_smtp() {
         outbox.accept(&site, &n4).await.unwrap();
         dispatch_until(&dispatcher, &db, n4.id, Parked).await;
         assert_eq!(
-            db.notifications()
-                .operator(n4.id, false, now_unix_ms())
-                .await
-                .unwrap()
-                .0,
+            operator(&db, n4.id, false).await,
             NotificationCommand::Applied
         );
         assert_eq!(status_of(&db, n4.id).await, Discarded);
@@ -339,12 +332,7 @@ shift-leads = ["anna@plant.example"]
         )
         .unwrap()
     };
-    let db = Database::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("central.db").display()
-    ))
-    .await
-    .unwrap();
+    let (db, _db_dir) = common::sqlite().await;
     let site = SiteName::parse("plant-1").unwrap();
     db.sites().add(&site).await.unwrap();
 

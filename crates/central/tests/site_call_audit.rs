@@ -1,6 +1,8 @@
 //! The Site Call Audit actor driven directly, without gRPC: the reconcile
 //! schedule, the relay and its bookkeeping, stream replacement, ingest.
 
+mod common;
+
 use std::time::Duration;
 
 use sitelink_central::{
@@ -15,13 +17,7 @@ use tokio_util::sync::CancellationToken;
 const WAIT: Duration = Duration::from_secs(5);
 
 async fn start(reconcile_interval: Duration) -> (SiteCallAudit, Database, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Database::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("central.db").display()
-    ))
-    .await
-    .unwrap();
+    let (db, dir) = common::sqlite().await;
     let (actor, audit) = SiteCallAuditActor::new(
         db.clone(),
         AuditSettings {

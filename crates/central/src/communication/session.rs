@@ -191,27 +191,27 @@ impl Session {
                 m
             } else {
                 tokio::select! {
-                m = inbound.message(), if outstanding.len() < MAX_OUTSTANDING => m,
-                Some(committed) = outstanding.next(), if !outstanding.is_empty() => {
-                    self.settle(committed).await?;
-                    continue;
-                }
-                order = orders.recv() => {
-                    match order {
-                        Some(StreamOrder::Reconcile { after_seq }) => {
-                            if reconcile.is_none() {
-                                reconcile = Some(self.request_page(after_seq).await?);
-                            }
-                        }
-                        Some(StreamOrder::Command { relay, command }) => {
-                            self.send_command(relay, command).await?;
-                        }
-                        // The actor replaced this stream with a newer one
-                        // or stopped: this stream has nothing left to do.
-                        None => return Ok(()),
+                    m = inbound.message(), if outstanding.len() < MAX_OUTSTANDING => m,
+                    Some(committed) = outstanding.next(), if !outstanding.is_empty() => {
+                        self.settle(committed).await?;
+                        continue;
                     }
-                    continue;
-                }
+                    order = orders.recv() => {
+                        match order {
+                            Some(StreamOrder::Reconcile { after_seq }) => {
+                                if reconcile.is_none() {
+                                    reconcile = Some(self.request_page(after_seq).await?);
+                                }
+                            }
+                            Some(StreamOrder::Command { relay, command }) => {
+                                self.send_command(relay, command).await?;
+                            }
+                            // The actor replaced this stream with a newer one
+                            // or stopped: this stream has nothing left to do.
+                            None => return Ok(()),
+                        }
+                        continue;
+                    }
                 }
             };
             let msg = match msg {

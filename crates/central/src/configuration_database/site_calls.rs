@@ -762,69 +762,30 @@ mod tests {
 
     async fn check(db: &Database, backend: &str) {
         fill(db).await;
-        let site = Some("s1".to_string());
-        // (filter, the index SQLite uses, the ones PostgreSQL may use: its
-        // choice between the two partial status indexes follows its
-        // statistics, and either is a short walk).
-        let status_indexes = "site_calls_by_status_created|site_calls_by_site_status_created";
+        // (site, status, the index SQLite uses, the ones PostgreSQL may
+        // use: its choice between the two partial status indexes follows
+        // its statistics, and either is a short walk).
+        let (created, site_created) = ("site_calls_by_created", "site_calls_by_site_created");
+        let (status_created, site_status_created) = (
+            "site_calls_by_status_created",
+            "site_calls_by_site_status_created",
+        );
+        let either = "site_calls_by_status_created|site_calls_by_site_status_created";
         let cases = [
-            (
-                SiteCallFilter::default(),
-                "site_calls_by_created",
-                "site_calls_by_created",
-            ),
-            (
-                SiteCallFilter {
-                    site: site.clone(),
-                    ..Default::default()
-                },
-                "site_calls_by_site_created",
-                "site_calls_by_site_created",
-            ),
-            (
-                SiteCallFilter {
-                    status: Some(S::Parked),
-                    ..Default::default()
-                },
-                "site_calls_by_status_created",
-                status_indexes,
-            ),
-            (
-                SiteCallFilter {
-                    status: Some(S::Failed),
-                    ..Default::default()
-                },
-                "site_calls_by_status_created",
-                status_indexes,
-            ),
-            (
-                SiteCallFilter {
-                    site: site.clone(),
-                    status: Some(S::Retrying),
-                    ..Default::default()
-                },
-                "site_calls_by_site_status_created",
-                status_indexes,
-            ),
-            (
-                SiteCallFilter {
-                    status: Some(S::Delivered),
-                    ..Default::default()
-                },
-                "site_calls_by_created",
-                "site_calls_by_created",
-            ),
-            (
-                SiteCallFilter {
-                    site: site.clone(),
-                    status: Some(S::Delivered),
-                    ..Default::default()
-                },
-                "site_calls_by_site_created",
-                "site_calls_by_site_created",
-            ),
+            (None, None, created, created),
+            (Some("s1"), None, site_created, site_created),
+            (None, Some(S::Parked), status_created, either),
+            (None, Some(S::Failed), status_created, either),
+            (Some("s1"), Some(S::Retrying), site_status_created, either),
+            (None, Some(S::Delivered), created, created),
+            (Some("s1"), Some(S::Delivered), site_created, site_created),
         ];
-        for (filter, sqlite, postgres) in cases {
+        for (site, status, sqlite, postgres) in cases {
+            let filter = SiteCallFilter {
+                site: site.map(str::to_owned),
+                status,
+                ..Default::default()
+            };
             let index = match db.backend() {
                 Backend::Sqlite => sqlite,
                 Backend::Postgres => postgres,

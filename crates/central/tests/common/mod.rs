@@ -202,19 +202,29 @@ pub async fn databases() -> Vec<(
     tempfile::TempDir,
 )> {
     use sitelink_central::configuration_database::Database;
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = Database::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("central.db").display()
-    ))
-    .await
-    .unwrap();
+    let (sqlite, dir) = sqlite().await;
     let mut out = vec![("sqlite", sqlite, None, dir)];
     if let Some(pg) = sitelink_test_support::fresh_database("SITELINK_TEST_POSTGRES_URL").await {
         let db = Database::connect(&pg.url).await.unwrap();
         out.push(("postgres", db, Some(pg), tempfile::tempdir().unwrap()));
     }
     out
+}
+
+/// A central database on SQLite in a new temporary folder (kept alive by
+/// the returned `TempDir`).
+pub async fn sqlite() -> (
+    sitelink_central::configuration_database::Database,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sitelink_central::configuration_database::Database::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("central.db").display()
+    ))
+    .await
+    .unwrap();
+    (db, dir)
 }
 
 /// Closes `db` and drops the PostgreSQL database if there is one.
