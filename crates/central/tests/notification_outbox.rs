@@ -18,16 +18,35 @@ use sitelink_test_support::{eventually, FakeSmtp, SmtpMode, SmtpSecurity};
 const WAIT: Duration = Duration::from_secs(10);
 
 fn config(smtp_port: u16, max_retries: u32) -> CentralConfig {
+    config_with(
+        "127.0.0.1",
+        smtp_port,
+        max_retries,
+        "",
+        std::path::Path::new("/"),
+    )
+}
+
+/// The outbox of these tests on `host:smtp_port`, with `outbox` (more
+/// `[notification_outbox]` keys) added; relative paths resolve at `base`.
+fn config_with(
+    host: &str,
+    smtp_port: u16,
+    max_retries: u32,
+    outbox: &str,
+    base: &std::path::Path,
+) -> CentralConfig {
     CentralConfig::parse(
         &format!(
             r#"
 [central]
 database_url = "sqlite://unused.db"
 [notification_outbox]
-smtp_host = "127.0.0.1"
+smtp_host = "{host}"
 smtp_port = {smtp_port}
 from = "sitelink@plant.example"
 smtp_timeout_ms = 2000
+{outbox}
 [notification_outbox.retry]
 interval_ms = 20
 max_interval_ms = 50
@@ -37,7 +56,7 @@ jitter = 0.0
 shift-leads = ["anna@plant.example", "ben@plant.example"]
 "#
         ),
-        std::path::Path::new("/"),
+        base,
     )
     .unwrap()
 }
@@ -304,33 +323,11 @@ async fn the_outbox_speaks_starttls_and_auth_to_a_relay_with_a_private_ca() {
     )
     .await;
     let secure = |password: &str| {
-        CentralConfig::parse(
-            &format!(
-                r#"
-[central]
-database_url = "sqlite://unused.db"
-[notification_outbox]
-smtp_host = "localhost"
-smtp_port = {}
-smtp_tls = "starttls"
-smtp_ca_file = "relay-ca.pem"
-smtp_username = "sitelink"
-smtp_password = "{password}"
-from = "sitelink@plant.example"
-smtp_timeout_ms = 2000
-[notification_outbox.retry]
-interval_ms = 20
-max_interval_ms = 50
-max_retries = 1
-jitter = 0.0
-[notification_lists]
-shift-leads = ["anna@plant.example"]
-"#,
-                smtp.port()
-            ),
-            dir.path(),
-        )
-        .unwrap()
+        let outbox = format!(
+            "smtp_tls = \"starttls\"\nsmtp_ca_file = \"relay-ca.pem\"\n\
+             smtp_username = \"sitelink\"\nsmtp_password = \"{password}\""
+        );
+        config_with("localhost", smtp.port(), 1, &outbox, dir.path())
     };
     let (db, _db_dir) = common::sqlite().await;
     let site = SiteName::parse("plant-1").unwrap();
@@ -368,17 +365,13 @@ shift-leads = ["anna@plant.example"]
 
     // A relay whose certificate is not trusted (no smtp_ca_file): the
     // upgrade fails, which is transient, and nothing is sent in clear.
-    let untrusted = CentralConfig::parse(
-        &format!(
-            "[central]\ndatabase_url = \"sqlite://unused.db\"\n[notification_outbox]\n\
-             smtp_host = \"localhost\"\nsmtp_port = {}\nsmtp_tls = \"starttls\"\n\
-             from = \"sitelink@plant.example\"\nsmtp_timeout_ms = 2000\n\
-             [notification_lists]\nshift-leads = [\"anna@plant.example\"]\n",
-            smtp.port()
-        ),
+    let untrusted = config_with(
+        "localhost",
+        smtp.port(),
+        1,
+        "smtp_tls = \"starttls\"",
         dir.path(),
-    )
-    .unwrap();
+    );
     let (dispatcher, outbox) = Dispatcher::new(db.clone(), &untrusted).unwrap();
     let n = notification("shift-leads", "Line 3 stopped");
     outbox.accept(&site, &n).await.unwrap();
