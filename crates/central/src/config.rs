@@ -105,6 +105,19 @@ pub struct CentralSection {
     /// A relayed Retry/Discard with no answer after this is a timeout.
     #[serde(default = "default_command_timeout_ms")]
     pub command_timeout_ms: u64,
+    /// Password checks (argon2, about 19 MiB each) allowed at once; more
+    /// wait briefly, then get 503. Default: half the cores, at least 1.
+    #[serde(default = "default_password_checks_at_once")]
+    pub password_checks_at_once: usize,
+    /// Failed logins in a row (per user name, per client address) answered
+    /// at once; after that each failure blocks for 1 s, 2 s, 4 s, …
+    #[serde(default = "default_login_free_failures")]
+    pub login_free_failures: u32,
+    /// The longest block after a failed login.
+    #[serde(default = "default_login_max_delay_seconds")]
+    pub login_max_delay_seconds: u64,
+    /// When set, `/metrics` wants `Authorization: Bearer <metrics_token>`.
+    pub metrics_token: Option<String>,
 }
 
 fn default_link_bind() -> SocketAddr {
@@ -139,8 +152,104 @@ fn default_reconcile_page() -> u32 {
 fn default_command_timeout_ms() -> u64 {
     5000
 }
+fn default_password_checks_at_once() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+fn default_login_free_failures() -> u32 {
+    3
+}
+fn default_login_max_delay_seconds() -> u64 {
+    60
+}
 
 impl CentralConfig {
+    /// Every numeric key within its documented range (README), or an
+    /// error naming the key, the range and the value.
+    fn check_ranges(&self) -> Result<(), String> {
+        let c = &self.central;
+        let o = self.notification_outbox.as_ref();
+        let keys: [(&str, Option<i128>, i128, i128); 12] = [
+            (
+                "central.kpi_interval_seconds",
+                Some(c.kpi_interval_seconds.into()),
+                1,
+                2_592_000,
+            ),
+            (
+                "central.stuck_threshold_seconds",
+                Some(c.stuck_threshold_seconds.into()),
+                1,
+                2_592_000,
+            ),
+            (
+                "central.retention_days",
+                Some(c.retention_days.into()),
+                1,
+                36_500,
+            ),
+            (
+                "central.reconcile_interval_seconds",
+                Some(c.reconcile_interval_seconds.into()),
+                1,
+                86_400,
+            ),
+            (
+                "central.reconcile_page",
+                Some(c.reconcile_page.into()),
+                1,
+                10_000,
+            ),
+            (
+                "central.command_timeout_ms",
+                Some(c.command_timeout_ms.into()),
+                100,
+                600_000,
+            ),
+            (
+                "central.password_checks_at_once",
+                Some(c.password_checks_at_once as i128),
+                1,
+                64,
+            ),
+            (
+                "central.login_free_failures",
+                Some(c.login_free_failures.into()),
+                1,
+                1_000,
+            ),
+            (
+                "central.login_max_delay_seconds",
+                Some(c.login_max_delay_seconds.into()),
+                1,
+                3_600,
+            ),
+            (
+                "notification_outbox.smtp_port",
+                o.map(|o| o.smtp_port.into()),
+                1,
+                65_535,
+            ),
+            (
+                "notification_outbox.smtp_timeout_ms",
+                o.map(|o| o.smtp_timeout_ms.into()),
+                100,
+                600_000,
+            ),
+            (
+                "notification_outbox.retention_days",
+                o.map(|o| o.retention_days.into()),
+                1,
+                36_500,
+            ),
+        ];
+        for (key, value, lo, hi) in keys {
+            if let Some(v) = value {
+                sitelink_commons::in_range(key, v, lo, hi)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -167,8 +276,14 @@ impl CentralConfig {
             tls.cert_file = base.join(&tls.cert_file);
             tls.key_file = base.join(&tls.key_file);
         }
-        if cfg.central.reconcile_page == 0 {
-            return Err("central.reconcile_page: must be above 0".into());
+        cfg.check_ranges()?;
+        if cfg
+            .central
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| t.len() < 16)
+        {
+            return Err("central.metrics_token must have at least 16 characters".into());
         }
         if let Some(o) = &mut cfg.notification_outbox {
             if let Some(ca) = &mut o.smtp_ca_file {

@@ -6,6 +6,10 @@
 //!   sqlx `Any` pool, versioned migrations, and the repositories (`sites`,
 //!   `site_calls`).
 //!
+//! - [`authentication`]: operator password and token checks shared by the
+//!   REST API (and the UI next): argon2 off the runtime and bounded, a
+//!   throttle on failures, a short cache of verified credentials.
+//!
 //! - [`communication`]: Central–Site Communication, central half: the
 //!   gRPC service sites stream to (authentication, telemetry, reconcile,
 //!   command relay).
@@ -22,6 +26,7 @@
 //! - [`config`], [`startup`]: `central.toml` and [`Central`], which binds
 //!   the link and HTTP listeners and serves both.
 //!
+pub mod authentication;
 pub mod communication;
 pub mod config;
 pub mod configuration_database;

@@ -10,6 +10,7 @@ use sitelink_commons::contracts::v1::site_link_server::SiteLinkServer;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    authentication::{Authenticator, ThrottleSettings},
     communication::{LinkService, LinkSettings, LinkStats},
     config::CentralConfig,
     configuration_database::{Database, Role},
@@ -34,6 +35,8 @@ pub struct Central {
     settings: LinkSettings,
     command_timeout: Duration,
     kpis: KpiSettings,
+    auth: Authenticator,
+    metrics_token: Option<String>,
     /// The link's TLS identity, read at build so a bad file fails the start.
     tls: Option<tonic::transport::Identity>,
     link_listener: tokio::net::TcpListener,
@@ -51,6 +54,11 @@ impl Central {
             if db.users().count().await? == 0 {
                 db.users().add("admin", &password, Role::Admin).await?;
                 tracing::info!("created user admin from SITELINK_ADMIN_PASSWORD");
+            } else {
+                tracing::warn!(
+                    "SITELINK_ADMIN_PASSWORD ignored: users exist already (it only creates the first \
+                     admin); change passwords with `sitelink central user ...`"
+                );
             }
         }
         let tls = match &c.tls {
@@ -81,6 +89,15 @@ impl Central {
         );
         let (dispatcher, outbox) =
             Dispatcher::new(db.clone(), &config).context("the Notification Outbox")?;
+        let auth = Authenticator::new(
+            db.clone(),
+            c.password_checks_at_once,
+            ThrottleSettings {
+                free_failures: c.login_free_failures,
+                max_delay: Duration::from_secs(c.login_max_delay_seconds),
+            },
+        )
+        .await?;
         Ok(Self {
             actor,
             audit,
@@ -95,6 +112,8 @@ impl Central {
                 interval_seconds: c.kpi_interval_seconds,
                 stuck_threshold_seconds: c.stuck_threshold_seconds,
             },
+            auth,
+            metrics_token: c.metrics_token.clone(),
             tls,
             link_addr: link_listener.local_addr()?,
             link_listener,
@@ -154,9 +173,14 @@ impl Central {
             stats: self.stats.clone(),
             command_timeout: self.command_timeout,
             kpis: self.kpis,
+            auth: self.auth,
+            metrics_token: self.metrics_token,
         });
-        let http = axum::serve(self.http_listener, api)
-            .with_graceful_shutdown(cancel.clone().cancelled_owned());
+        let http = axum::serve(
+            self.http_listener,
+            api.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(cancel.clone().cancelled_owned());
         let actor = self.actor.run(cancel.clone());
         let dispatcher = self.dispatcher.run(cancel.clone());
         let (link, http, (), ()) = tokio::join!(

@@ -92,7 +92,12 @@ async fn operators_see_and_act_on_site_calls() {
             .0,
         401
     );
-    let bearer = central.db.users().issue_token("victor").await.unwrap();
+    let (bearer, _) = central
+        .db
+        .users()
+        .issue_token("victor", None)
+        .await
+        .unwrap();
     let r = api
         .http
         .get(format!("{}/api/v1/sites", api.base))
@@ -276,17 +281,25 @@ async fn operators_see_and_act_on_site_calls() {
     // Every action is in the audit log: who, which id, outcome.
     let (_, log) = api.get("/api/v1/audit-log", VIEWER).await;
     let entries = log["items"].as_array().unwrap();
-    assert_eq!(entries.len(), 5, "{log}");
+    assert_eq!(entries.len(), 6, "{log}");
     assert_eq!(entries[0]["outcome"], "SiteUnreachable");
     assert_eq!(entries[0]["user"], "dora");
     assert_eq!(entries[0]["tracked_operation_id"], ids[2].to_string());
     assert!(entries
         .iter()
         .any(|e| e["user"] == "alice" && e["action"] == "discard" && e["outcome"] == "Applied"));
-    assert!(
-        !entries.iter().any(|e| e["user"] == "victor"),
-        "a refused action is not an action"
+    // A refused attempt is logged too: who tried what, and that it was
+    // refused.
+    let refused: Vec<_> = entries.iter().filter(|e| e["user"] == "victor").collect();
+    assert_eq!(refused.len(), 1, "{log}");
+    assert_eq!(
+        (
+            refused[0]["action"].as_str(),
+            refused[0]["outcome"].as_str()
+        ),
+        (Some("retry"), Some("Forbidden"))
     );
+    assert_eq!(refused[0]["tracked_operation_id"], ids[0].to_string());
 
     // Metrics and health.
     let metrics = api

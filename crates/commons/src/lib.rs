@@ -11,12 +11,14 @@
 //! - [`contracts`]: the protobuf messages (prost, compiled by `protox`).
 //! - [`check_notification`], [`safe_subject`], [`safe_body`]: the limits of
 //!   a notification, checked at the site and enforced again at central.
+//! - [`in_range`]: the range check of every numeric configuration key.
 //! - [`RetryPolicy`]: interval, backoff, cap, jitter and retry budget, the
 //!   same for a site's targets and central's SMTP server.
 //!
 //! Invariants: terminal statuses never change; revisions start at 1 and only
 //! grow; the protobuf schema is additive-only (guarded by a snapshot test).
 
+mod config_range;
 pub mod contracts;
 mod id;
 pub mod lifecycle;
@@ -26,6 +28,7 @@ mod record;
 mod retry_policy;
 mod status;
 
+pub use config_range::in_range;
 pub use id::{NotificationId, ParseIdError, TrackedOperationId};
 pub use names::{InvalidName, SiteName};
 pub use notification::{

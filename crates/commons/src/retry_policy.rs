@@ -52,6 +52,16 @@ impl RetryPolicy {
                 self.jitter
             ));
         }
+        // Zero would retry in a busy loop; a week is longer than any outage
+        // worth retrying through.
+        crate::in_range("retry.interval_ms", self.interval_ms, 1, 7 * 86_400_000)?;
+        crate::in_range(
+            "retry.max_interval_ms",
+            self.max_interval_ms,
+            1,
+            7 * 86_400_000,
+        )?;
+        crate::in_range("retry.max_retries", self.max_retries, 0, 100_000)?;
         if self.max_interval_ms < self.interval_ms {
             return Err("retry.max_interval_ms must be >= retry.interval_ms".into());
         }

@@ -75,8 +75,30 @@ enum UserAction {
         #[arg(long, env = "SITELINK_PASSWORD", hide_env_values = true)]
         password: String,
     },
-    /// Issue a bearer API token for a user (shown only this once).
-    Token { name: String },
+    /// Disable a user: their passwords and API tokens stop working at once.
+    Disable { name: String },
+    /// Enable a disabled user again.
+    Enable { name: String },
+    /// A user's bearer API tokens: issue, list, revoke.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Issue a token (shown only this once), named for listing and revoking.
+    Issue {
+        user: String,
+        /// A name for the token (default: a random one).
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List a user's tokens: name, created, last used (never the token).
+    List { user: String },
+    /// Revoke one token by its name: refused from the next request on.
+    Revoke { user: String, label: String },
 }
 
 #[derive(Subcommand)]
@@ -197,10 +219,35 @@ async fn manage_users(config: PathBuf, action: UserAction) -> anyhow::Result<()>
             db.users().add(&name, &password, role).await?;
             println!("user {name} added with role {}", role.as_str());
         }
-        UserAction::Token { name } => {
-            let token = db.users().issue_token(&name).await?;
-            eprintln!("API token for {name} (send it as `Authorization: Bearer …`; it is not shown again):");
+        UserAction::Disable { name } => {
+            db.users().set_disabled(&name, true).await?;
+            println!("user {name} disabled");
+        }
+        UserAction::Enable { name } => {
+            db.users().set_disabled(&name, false).await?;
+            println!("user {name} enabled");
+        }
+        UserAction::Token {
+            action: TokenAction::Issue { user, label },
+        } => {
+            let (token, label) = db.users().issue_token(&user, label.as_deref()).await?;
+            eprintln!("API token {label} for {user} (send it as `Authorization: Bearer …`; it is not shown again):");
             println!("{token}");
+        }
+        UserAction::Token {
+            action: TokenAction::List { user },
+        } => {
+            println!("{:<24} {:<22} last used", "token", "created");
+            for t in db.users().tokens(&user).await? {
+                let used = t.last_used_at_utc.unwrap_or_else(|| "never".into());
+                println!("{:<24} {:<22} {used}", t.name, t.created_at_utc);
+            }
+        }
+        UserAction::Token {
+            action: TokenAction::Revoke { user, label },
+        } => {
+            db.users().revoke_token(&user, &label).await?;
+            println!("token {label} of {user} revoked");
         }
     }
     Ok(())

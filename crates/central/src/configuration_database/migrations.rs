@@ -201,6 +201,17 @@ const MIGRATIONS: &[Migration] = &[
         "CREATE INDEX site_calls_by_status_created ON site_calls (status, created_at_ms, id)
          WHERE status <> 'Delivered'",
     ]),
+    // 7: revocation (issue 9): a user can be disabled (every way in stops
+    // at once), and an API token has a name (to list and revoke it by) and
+    // a last-used time. Tokens issued before get their hash's first eight
+    // characters as a name.
+    both(&[
+        "ALTER TABLE users ADD COLUMN disabled_at_ms BIGINT",
+        "ALTER TABLE api_tokens ADD COLUMN name TEXT",
+        "ALTER TABLE api_tokens ADD COLUMN last_used_at_ms BIGINT",
+        "UPDATE api_tokens SET name = substr(token_hash, 1, 8)",
+        "CREATE UNIQUE INDEX api_tokens_by_user_name ON api_tokens (user_name, name)",
+    ]),
 ];
 
 pub(super) async fn apply(db: &Database) -> anyhow::Result<()> {

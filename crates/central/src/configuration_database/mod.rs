@@ -32,7 +32,9 @@ pub use site_calls::{
     IngestJob, IngestOutcome, Kpis, PageCursor, SiteCallFilter, SiteCalls, ROWS_PER_STATEMENT,
 };
 pub use sites::{SiteRecord, SiteToken, Sites};
-pub use users::{rfc3339, AuditEntry, AuditLog, Role, User, Users, UsersError};
+pub use users::{
+    rfc3339, AuditEntry, AuditLog, Role, StoredCredentials, TokenInfo, User, Users, UsersError,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

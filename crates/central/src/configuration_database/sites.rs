@@ -91,6 +91,23 @@ impl<'a> Sites<'a> {
         rows.iter().map(|r| Ok(site_record(r)?)).collect()
     }
 
+    /// Sites by name after `after`, at most `limit` (keyset paging).
+    pub async fn page(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<SiteRecord>, SitesError> {
+        let rows = sqlx::query(
+            "SELECT name, created_at_ms, revoked_at_ms, reconcile_cursor, high_seq, last_seen_ms FROM sites
+             WHERE ($1 IS NULL OR name > $1) ORDER BY name LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(|r| Ok(site_record(r)?)).collect()
+    }
+
     pub async fn get(&self, name: &str) -> Result<Option<SiteRecord>, SitesError> {
         let row = sqlx::query(
             "SELECT name, created_at_ms, revoked_at_ms, reconcile_cursor, high_seq, last_seen_ms FROM sites WHERE name = $1",

@@ -1,10 +1,8 @@
 //! Operators: users with roles, passwords hashed with argon2, API tokens
-//! (random, stored as SHA-256), and the operator audit log.
+//! (random, stored as SHA-256, named, with a last-used time), disabling a
+//! user, and the operator audit log. Password checks themselves live in
+//! [`crate::authentication`] (bounded, throttled).
 
-use argon2::{
-    password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
-    Argon2,
-};
 use base64::Engine as _;
 use rand::RngCore;
 use serde::Serialize;
@@ -77,28 +75,56 @@ pub struct Users<'a> {
     db: &'a Database,
 }
 
+/// What a password is checked against: the user, its stored argon2 hash,
+/// and whether it may log in.
+#[derive(Clone, Debug)]
+pub struct StoredCredentials {
+    pub user: User,
+    pub password_hash: String,
+    pub enabled: bool,
+}
+
+/// An API token as listed (never the token itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    pub name: String,
+    pub created_at_utc: String,
+    pub last_used_at_utc: Option<String>,
+}
+
+/// A token's last-used time is written at most this often (a write per
+/// request would cost every API call a database write).
+const LAST_USED_GRANULARITY_MS: i64 = 60_000;
+
+/// User names and token names: 1 to 64 letters, digits, '_', '.', '-', '@'.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '@'))
+}
+
 impl<'a> Users<'a> {
     pub(super) fn new(db: &'a Database) -> Self {
         Self { db }
     }
 
+    /// Adds a user. The argon2 hash runs on the blocking pool.
     pub async fn add(&self, name: &str, password: &str, role: Role) -> Result<(), UsersError> {
-        let valid = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '@'));
-        if !valid {
+        if !valid_name(name) {
             return Err(UsersError::InvalidName(name.chars().take(80).collect()));
         }
         if password.chars().count() < 8 {
             return Err(UsersError::WeakPassword);
         }
-        let salt = SaltString::generate(&mut OsRng);
-        let hash = Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|e| UsersError::Hashing(e.to_string()))?
-            .to_string();
+        let password = password.to_owned();
+        let hash = tokio::task::spawn_blocking(move || {
+            crate::authentication::hash_password(password.as_bytes())
+        })
+        .await
+        .map_err(|e| UsersError::Hashing(e.to_string()))?
+        .map_err(|e| UsersError::Hashing(e.to_string()))?;
         let res = sqlx::query(
             "INSERT INTO users (name, password_hash, role, created_at_ms) VALUES ($1, $2, $3, $4)",
         )
@@ -115,75 +141,148 @@ impl<'a> Users<'a> {
         }
     }
 
-    /// The user, if the password is right.
-    pub async fn verify_password(
-        &self,
-        name: &str,
-        password: &str,
-    ) -> Result<Option<User>, UsersError> {
-        let row = sqlx::query("SELECT password_hash, role FROM users WHERE name = $1")
-            .bind(name)
-            .fetch_optional(self.db.pool())
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let stored: String = row.try_get(0)?;
-        let role: String = row.try_get(1)?;
-        let parsed = PasswordHash::new(&stored).map_err(|e| UsersError::Hashing(e.to_string()))?;
-        if Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_err()
-        {
+    /// The stored credentials of a user (None for a name that cannot exist
+    /// or does not).
+    pub async fn credentials(&self, name: &str) -> Result<Option<StoredCredentials>, UsersError> {
+        if !valid_name(name) {
             return Ok(None);
         }
-        Ok(Some(User {
-            name: name.into(),
-            role: role.parse().map_err(UsersError::Hashing)?,
+        let row =
+            sqlx::query("SELECT password_hash, role, disabled_at_ms FROM users WHERE name = $1")
+                .bind(name)
+                .fetch_optional(self.db.pool())
+                .await?;
+        let Some(row) = row else { return Ok(None) };
+        let role: String = row.try_get(1)?;
+        Ok(Some(StoredCredentials {
+            user: User {
+                name: name.into(),
+                role: role.parse().map_err(UsersError::Hashing)?,
+            },
+            password_hash: row.try_get(0)?,
+            enabled: row.try_get::<Option<i64>, _>(2)?.is_none(),
         }))
     }
 
-    /// Issues an API token for a user (shown once).
-    pub async fn issue_token(&self, name: &str) -> Result<String, UsersError> {
+    /// Disables (or enables again) a user: a disabled user's passwords and
+    /// API tokens are refused from the next request on.
+    pub async fn set_disabled(&self, name: &str, disabled: bool) -> Result<(), UsersError> {
+        let done = sqlx::query("UPDATE users SET disabled_at_ms = $1 WHERE name = $2")
+            .bind(disabled.then(now_ms))
+            .bind(name)
+            .execute(self.db.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(UsersError::NotFound(name.into()));
+        }
+        Ok(())
+    }
+
+    /// Issues an API token for a user (shown once), named `label` (or a
+    /// random name) so that it can be listed and revoked.
+    pub async fn issue_token(
+        &self,
+        name: &str,
+        label: Option<&str>,
+    ) -> Result<(String, String), UsersError> {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
+        let label = match label {
+            Some(l) if valid_name(l) => l.to_owned(),
+            Some(l) => return Err(UsersError::InvalidName(l.chars().take(80).collect())),
+            None => format!("token-{:08x}", rand::rng().next_u32()),
+        };
         let token = format!(
             "slu1.{}",
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
         );
         let res = sqlx::query(
-            "INSERT INTO api_tokens (token_hash, user_name, created_at_ms) VALUES ($1, $2, $3)",
+            "INSERT INTO api_tokens (token_hash, user_name, created_at_ms, name) VALUES ($1, $2, $3, $4)",
         )
         .bind(sha256_hex(&token))
         .bind(name)
         .bind(now_ms())
+        .bind(&label)
         .execute(self.db.pool())
         .await;
         match res {
-            Ok(_) => Ok(token),
+            Ok(_) => Ok((token, label)),
             Err(sqlx::Error::Database(e))
                 if matches!(e.kind(), sqlx::error::ErrorKind::ForeignKeyViolation) =>
             {
                 Err(UsersError::NotFound(name.into()))
             }
+            Err(e) if is_unique_violation(&e) => Err(UsersError::AlreadyExists(format!(
+                "token {label} of user {name}"
+            ))),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// The user an API token belongs to.
-    pub async fn verify_token(&self, token: &str) -> Result<Option<User>, UsersError> {
-        let row = sqlx::query(
-            "SELECT u.name, u.role FROM api_tokens t JOIN users u ON u.name = t.user_name WHERE t.token_hash = $1",
+    /// A user's API tokens, oldest first.
+    pub async fn tokens(&self, name: &str) -> Result<Vec<TokenInfo>, UsersError> {
+        if self.credentials(name).await?.is_none() {
+            return Err(UsersError::NotFound(name.into()));
+        }
+        let rows = sqlx::query(
+            "SELECT name, created_at_ms, last_used_at_ms FROM api_tokens WHERE user_name = $1 ORDER BY created_at_ms, name",
         )
-        .bind(sha256_hex(token))
+        .bind(name)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TokenInfo {
+                    name: r.try_get(0)?,
+                    created_at_utc: rfc3339(r.try_get(1)?),
+                    last_used_at_utc: r.try_get::<Option<i64>, _>(2)?.map(rfc3339),
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes one API token of a user: refused from the next request on.
+    pub async fn revoke_token(&self, name: &str, label: &str) -> Result<(), UsersError> {
+        let done = sqlx::query("DELETE FROM api_tokens WHERE user_name = $1 AND name = $2")
+            .bind(name)
+            .bind(label)
+            .execute(self.db.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(UsersError::NotFound(format!(
+                "token {label} of user {name}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The enabled user an API token belongs to. Notes when the token was
+    /// last used (at most once a minute).
+    pub async fn verify_token(&self, token: &str) -> Result<Option<User>, UsersError> {
+        let hash = sha256_hex(token);
+        let row = sqlx::query(
+            "SELECT u.name, u.role, t.last_used_at_ms FROM api_tokens t JOIN users u ON u.name = t.user_name
+             WHERE t.token_hash = $1 AND u.disabled_at_ms IS NULL",
+        )
+        .bind(&hash)
         .fetch_optional(self.db.pool())
         .await?;
-        row.map(|r| {
-            let role: String = r.try_get(1)?;
-            Ok(User {
-                name: r.try_get(0)?,
-                role: role.parse().map_err(UsersError::Hashing)?,
-            })
-        })
-        .transpose()
+        let Some(r) = row else { return Ok(None) };
+        let role: String = r.try_get(1)?;
+        let user = User {
+            name: r.try_get(0)?,
+            role: role.parse().map_err(UsersError::Hashing)?,
+        };
+        let now = now_ms();
+        let last: Option<i64> = r.try_get(2)?;
+        if last.is_none_or(|l| now - l >= LAST_USED_GRANULARITY_MS) {
+            sqlx::query("UPDATE api_tokens SET last_used_at_ms = $1 WHERE token_hash = $2")
+                .bind(now)
+                .bind(&hash)
+                .execute(self.db.pool())
+                .await?;
+        }
+        Ok(Some(user))
     }
 
     pub async fn count(&self) -> Result<i64, UsersError> {

@@ -16,7 +16,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
     extract::{Path, Query, State},
-    http::{header, StatusCode},
+    http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -24,6 +24,7 @@ use axum::{
 use sitelink_commons::{Kind, TrackedOperationId, TrackedOperationStatus};
 
 use crate::{
+    authentication::{AuthError, Authenticator},
     communication::{Command, LinkStats, RelayOutcome},
     configuration_database::{now_ms, rfc3339, Database, Kpis, PageCursor, SiteCallFilter},
     notification_outbox::Outbox,
@@ -48,6 +49,10 @@ pub struct ApiState {
     pub stats: Arc<LinkStats>,
     pub command_timeout: Duration,
     pub kpis: KpiSettings,
+    /// Password and token checks (bounded, throttled).
+    pub auth: Authenticator,
+    /// When set, `/metrics` wants `Authorization: Bearer <this>`.
+    pub metrics_token: Option<String>,
 }
 
 const MAX_LIMIT: u32 = 1000;
@@ -79,34 +84,126 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/openapi.json",
             get(|| async { Json(<ApiDoc as utoipa::OpenApi>::openapi()) }),
         )
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such resource") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this resource",
+            )
+        })
+        .layer(axum::middleware::from_fn(answer_headers))
         .with_state(state)
 }
 
-pub struct ApiError(StatusCode, String);
+/// Every answer: `Cache-Control: no-store` (operator data must not sit in
+/// caches) and `X-Content-Type-Options: nosniff`; an error answer that some
+/// layer below gave as plain text (an extractor's rejection, say) becomes
+/// the JSON error body, keeping its message.
+async fn answer_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut resp = next.run(req).await;
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let status = resp.status();
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let (parts, body) = resp.into_parts();
+        let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let message = match text.trim() {
+            "" => status.canonical_reason().unwrap_or("error").to_owned(),
+            t => t.to_owned(),
+        };
+        resp = ApiError::new(status, message).into_response();
+        for (name, value) in &parts.headers {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                resp.headers_mut().insert(name, value.clone());
+            }
+        }
+    }
+    let headers = resp.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// An error answer: `{ "error": "..." }` naming what was wrong, with
+/// `Retry-After` when waiting helps (429, 503).
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (self.0, Json(openapi::ErrorBody { error: self.1 })).into_response();
-        if self.0 == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
+        let mut resp = (
+            self.status,
+            Json(openapi::ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response();
+        let headers = resp.headers_mut();
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
                 header::WWW_AUTHENTICATE,
-                "Basic realm=\"sitelink\"".parse().unwrap(),
+                HeaderValue::from_static("Basic realm=\"sitelink\""),
             );
+        }
+        if let Some(wait) = self.retry_after {
+            // Whole seconds, rounded up: a client that waits this long is
+            // no longer throttled.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         resp
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    tracing::error!(error = %e, "REST API");
-    ApiError(
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let (status, retry_after) = match &e {
+            AuthError::Rejected | AuthError::Malformed(_) => (StatusCode::UNAUTHORIZED, None),
+            AuthError::Throttled(d) => (StatusCode::TOO_MANY_REQUESTS, Some(*d)),
+            AuthError::Busy(d) => (StatusCode::SERVICE_UNAVAILABLE, Some(*d)),
+            AuthError::Internal(e) => return internal(e),
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+            retry_after,
+        }
+    }
+}
+
+/// A 500 that carries a short reference, never the error itself: the
+/// database's or a library's message goes to the log only, under the same
+/// reference, so an operator can find it there.
+pub fn internal(e: impl std::fmt::Display) -> ApiError {
+    let reference = format!("{:08x}", rand::random::<u32>());
+    tracing::error!(error = %e, reference, "REST API internal error");
+    ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
-        format!("internal error: {e}"),
+        format!("internal error (reference {reference}; the central log has the details)"),
     )
 }
 
 fn bad(m: String) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, m)
+    ApiError::new(StatusCode::BAD_REQUEST, m)
 }
 
 fn limit_of(q: &HashMap<String, String>) -> Result<u32, ApiError> {
@@ -124,14 +221,19 @@ fn limit_of(q: &HashMap<String, String>) -> Result<u32, ApiError> {
     }
 }
 
+/// Only the `allowed` query parameters, and none with a NUL byte (no
+/// database column holds one; PostgreSQL refuses it in a query).
 fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
-    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(bad(format!(
+    if let Some(k) = q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(bad(format!(
             "unknown query parameter {k:?} (allowed: {})",
             allowed.join(", ")
-        ))),
-        None => Ok(()),
+        )));
     }
+    if let Some(k) = q.iter().find(|(_, v)| v.contains('\0')).map(|(k, _)| k) {
+        return Err(bad(format!("{k} contains a NUL byte")));
+    }
+    Ok(())
 }
 
 fn time_param(q: &HashMap<String, String>, key: &str) -> Result<Option<i64>, ApiError> {
@@ -149,12 +251,18 @@ fn time_param(q: &HashMap<String, String>, key: &str) -> Result<Option<i64>, Api
 }
 
 #[utoipa::path(get, path = "/api/v1/sites", responses((status = 200, body = SitesPage), (status = 401, body = openapi::ErrorBody)))]
-async fn sites(State(st): State<ApiState>, _: Authenticated) -> Result<Response, ApiError> {
+async fn sites(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    only(&q, &["limit", "after"])?;
+    let limit = limit_of(&q)?;
     let online = st.audit.online().await;
     let items: Vec<SiteView> = st
         .db
         .sites()
-        .list()
+        .page(q.get("after").map(String::as_str), limit)
         .await
         .map_err(internal)?
         .into_iter()
@@ -167,7 +275,10 @@ async fn sites(State(st): State<ApiState>, _: Authenticated) -> Result<Response,
             name: s.name,
         })
         .collect();
-    Ok(Json(SitesPage { items, next: None }).into_response())
+    let next = (items.len() as u32 == limit)
+        .then(|| items.last().map(|s| s.name.clone()))
+        .flatten();
+    Ok(Json(SitesPage { items, next }).into_response())
 }
 
 #[utoipa::path(
@@ -194,18 +305,19 @@ async fn list_site_calls(
         &["site", "kind", "status", "from", "to", "limit", "after"],
     )?;
     let (mut filter, after, limit) = list_params(&q)?;
-    let kind = q
+    filter.kind = q
         .get("kind")
-        .map(|k| k.parse::<Kind>())
-        .transpose()
-        .map_err(|e| bad(e.to_string()))?;
-    if kind == Some(Kind::Notification) {
-        return Err(bad(
-            "kind: site calls are ExternalCall or DatabaseWrite; notifications have their own API"
-                .into(),
-        ));
-    }
-    filter.kind = kind;
+        .map(|k| match k.parse::<Kind>() {
+            Ok(kind @ (Kind::ExternalCall | Kind::DatabaseWrite)) => Ok(kind),
+            Ok(Kind::Notification) => Err(bad(
+                "kind: site calls are ExternalCall or DatabaseWrite; notifications have their own API (/api/v1/notifications)"
+                    .into(),
+            )),
+            Err(_) => Err(bad(format!(
+                "kind must be ExternalCall or DatabaseWrite, got {k:?}"
+            ))),
+        })
+        .transpose()?;
     let items = st
         .db
         .site_calls()
@@ -233,6 +345,11 @@ fn list_params(
         from_ms: time_param(q, "from")?,
         to_ms: time_param(q, "to")?,
     };
+    if let (Some(from), Some(to)) = (filter.from_ms, filter.to_ms) {
+        if from > to {
+            return Err(bad("from must not be later than to".into()));
+        }
+    }
     let after = q
         .get("after")
         .map(|a| PageCursor::decode(a))
@@ -265,7 +382,7 @@ fn found<T: serde::Serialize>(
 ) -> Result<Response, ApiError> {
     match row {
         Some(r) => Ok(Json(r).into_response()),
-        None => Err(ApiError(StatusCode::NOT_FOUND, missing())),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, missing())),
     }
 }
 
@@ -299,8 +416,9 @@ async fn relay(
     Path(id): Path<String>,
     retry: bool,
 ) -> Result<Response, ApiError> {
-    may_operate(&user)?;
     let id = parse_id(&id)?;
+    let action = if retry { "retry" } else { "discard" };
+    may_operate(&st, &user, action, id).await?;
     let row = st.db.site_calls().get(id).await.map_err(internal)?;
     let (outcome, site) = match &row {
         None => (RelayOutcome::NotFound, None),
@@ -318,20 +436,30 @@ async fn relay(
             )
         }
     };
-    let action = if retry { "retry" } else { "discard" };
     audited_answer(&st, &user, action, id, site.as_deref(), outcome).await
 }
 
-/// 403 unless the user's role may retry or discard.
-fn may_operate(user: &crate::configuration_database::User) -> Result<(), ApiError> {
+/// 403 unless the user's role may retry or discard; a denial is written
+/// to the audit log too (outcome `Forbidden`), since it is an attempt.
+async fn may_operate(
+    st: &ApiState,
+    user: &crate::configuration_database::User,
+    action: &str,
+    id: TrackedOperationId,
+) -> Result<(), ApiError> {
     if user.role.may_operate() {
-        Ok(())
-    } else {
-        Err(ApiError(
-            StatusCode::FORBIDDEN,
-            format!("role {} may not retry or discard", user.role.as_str()),
-        ))
+        return Ok(());
     }
+    st.db
+        .audit_log()
+        .record(&user.name, action, &id.to_string(), None, "Forbidden")
+        .await
+        .map_err(internal)?;
+    tracing::warn!(user = %user.name, action, %id, "operator action refused: role");
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!("role {} may not retry or discard", user.role.as_str()),
+    ))
 }
 
 /// Writes an operator action to the audit log and answers it (SPEC §7:
@@ -392,25 +520,36 @@ async fn kpis(
         .kpis_per_site(now_ms(), k.interval_seconds, k.stuck_threshold_seconds)
         .await
         .map_err(internal)?;
-    Ok(kpis_answer(per_site, k, q.get("site")))
+    kpis_answer(&st, per_site, q.get("site")).await
 }
 
-/// Global KPIs with `per_site`, or one site's with `?site=`.
-fn kpis_answer(
+/// Global KPIs with `per_site`, or one site's with `?site=` (404 for a site
+/// central does not know; zeros for a known site with no rows).
+async fn kpis_answer(
+    st: &ApiState,
     per_site: std::collections::BTreeMap<String, Kpis>,
-    k: KpiSettings,
     site: Option<&String>,
-) -> Response {
+) -> Result<Response, ApiError> {
+    let k = st.kpis;
     if let Some(site) = site {
-        let one = per_site.get(site).cloned().unwrap_or(Kpis {
+        if let Some(one) = per_site.get(site) {
+            return Ok(Json(one.clone()).into_response());
+        }
+        if st.db.sites().get(site).await.map_err(internal)?.is_none() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no site {site:?}"),
+            ));
+        }
+        return Ok(Json(Kpis {
             interval_seconds: k.interval_seconds,
             stuck_threshold_seconds: k.stuck_threshold_seconds,
             ..Default::default()
-        });
-        return Json(one).into_response();
+        })
+        .into_response());
     }
     let total = Kpis::total(&per_site, k.interval_seconds, k.stuck_threshold_seconds);
-    Json(GlobalKpis { total, per_site }).into_response()
+    Ok(Json(GlobalKpis { total, per_site }).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/audit-log",
@@ -423,10 +562,20 @@ async fn audit_log(
 ) -> Result<Response, ApiError> {
     only(&q, &["limit", "after"])?;
     let limit = limit_of(&q)?;
+    let after = q
+        .get("after")
+        .map(|a| {
+            a.parse::<uuid::Uuid>().map_err(|_| {
+                bad(format!(
+                    "after must be the next of an earlier page, got {a:?}"
+                ))
+            })
+        })
+        .transpose()?;
     let items = st
         .db
         .audit_log()
-        .list(q.get("after").map(String::as_str), limit)
+        .list(after.map(|a| a.to_string()).as_deref(), limit)
         .await
         .map_err(internal)?;
     let next = (items.len() as u32 == limit)
@@ -472,8 +621,28 @@ fn kpi_gauges(
 
 /// Prometheus text exposition, written by hand: a handful of gauges does
 /// not need a metrics registry.
-async fn metrics(State(st): State<ApiState>) -> Result<Response, ApiError> {
+async fn metrics(
+    State(st): State<ApiState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     use std::fmt::Write;
+    if let Some(expected) = &st.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+            .map(|(_, t)| t.trim());
+        // Compared as digests: equal-length inputs, so the time taken says
+        // nothing about how much of the token was right.
+        let digest = |t: &str| <sha2::Sha256 as sha2::Digest>::digest(t.as_bytes());
+        if given.map(digest) != Some(digest(expected)) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "/metrics wants Authorization: Bearer <metrics_token>",
+            ));
+        }
+    }
     let k = st.kpis;
     let per_site = st
         .db

@@ -92,8 +92,13 @@ async fn operate(
     Path(id): Path<String>,
     retry: bool,
 ) -> Result<Response, ApiError> {
-    may_operate(&user)?;
     let id = parse_id(&id)?;
+    let action = if retry {
+        "notification retry"
+    } else {
+        "notification discard"
+    };
+    may_operate(&st, &user, action, id).await?;
     let (command, site) = st
         .db
         .notifications()
@@ -108,11 +113,6 @@ async fn operate(
     if outcome == RelayOutcome::Applied && retry {
         st.outbox.wake();
     }
-    let action = if retry {
-        "notification retry"
-    } else {
-        "notification discard"
-    };
     audited_answer(&st, &user, action, id, site.as_deref(), outcome).await
 }
 
@@ -131,5 +131,5 @@ pub(super) async fn kpis(
         .kpis_per_site(now_ms(), k.interval_seconds, k.stuck_threshold_seconds)
         .await
         .map_err(internal)?;
-    Ok(kpis_answer(per_site, k, q.get("site")))
+    kpis_answer(&st, per_site, q.get("site")).await
 }

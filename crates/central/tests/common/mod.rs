@@ -30,10 +30,16 @@ pub async fn spawn_central() -> TestCentral {
 
 /// A central with `extra` lines in its `[central]` section.
 pub async fn spawn_central_with(extra: &str) -> TestCentral {
+    spawn_central_on("sqlite://central.db", extra).await
+}
+
+/// A central on the database at `url` (a relative SQLite path is in a
+/// fresh temporary folder), with `extra` lines in its `[central]` section.
+pub async fn spawn_central_on(url: &str, extra: &str) -> TestCentral {
     let dir = tempfile::tempdir().unwrap();
     let cfg = CentralConfig::parse(
         &format!(
-            "[central]\ndatabase_url = \"sqlite://central.db\"\nlink_bind = \"127.0.0.1:0\"\nhttp_bind = \"127.0.0.1:0\"\nreconcile_page = 50\ncommand_timeout_ms = 2000\n{extra}\n"
+            "[central]\ndatabase_url = \"{url}\"\nlink_bind = \"127.0.0.1:0\"\nhttp_bind = \"127.0.0.1:0\"\nreconcile_page = 50\ncommand_timeout_ms = 2000\n{extra}\n"
         ),
         dir.path(),
     )

@@ -1,0 +1,243 @@
+//! Operator authentication, shared by every way in (the REST API's HTTP
+//! Basic and bearer tokens today; the web UI's login form next): password
+//! checks that cannot be turned into a denial of service, and a throttle on
+//! guessing.
+//!
+//! Main type: [`Authenticator`]. It answers "who is this?" for a user name
+//! and password ([`Authenticator::password`]) or an API token
+//! ([`Authenticator::token`]), or says why not ([`AuthError`]).
+//!
+//! Invariants:
+//! - argon2 (about 19 MiB and tens of milliseconds each) never runs on the
+//!   async runtime: it runs on the blocking pool, at most
+//!   `password_checks_at_once` at a time; a request that cannot get a slot
+//!   within [`HASH_SLOT_WAIT`] is answered 503 with `Retry-After`, so a
+//!   flood costs bounded memory and the runtime stays free for `/healthz`
+//!   and real work.
+//! - Failed password checks are throttled per user name and per client
+//!   address ([`throttle::LoginThrottle`]: a few free failures, then an
+//!   exponential delay answered 429 with `Retry-After`); a throttled
+//!   attempt is refused before any hashing.
+//! - An unknown (or disabled) user costs the same argon2 verification as a
+//!   wrong password (against a dummy hash), so user names cannot be found
+//!   by timing.
+//! - A verified password is remembered for [`CACHE_TTL`] (keyed by a keyed
+//!   hash of name and password, never the password itself) together with
+//!   the stored hash it matched: a changed password or a disabled user
+//!   (both re-read from the database on every request) drops it at once.
+//!   So an API client that sends Basic on every request pays argon2 once.
+
+mod throttle;
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use argon2::{
+    password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
+    Argon2,
+};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::configuration_database::{Database, User, UsersError};
+pub use throttle::{LoginThrottle, ThrottleSettings};
+
+/// How long a request waits for a password-hashing slot before it is
+/// answered 503.
+pub const HASH_SLOT_WAIT: Duration = Duration::from_secs(2);
+/// How long a verified password is remembered.
+pub const CACHE_TTL: Duration = Duration::from_secs(300);
+/// Most remembered credentials at once (an entry is about 200 bytes).
+const CACHE_MAX: usize = 4096;
+
+/// Why a credential was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Wrong user name, password or token (never says which).
+    #[error("wrong user name, password or token")]
+    Rejected,
+    /// Too many failures for this user name or address: try again later.
+    #[error("too many failed logins; try again in {} s", .0.as_secs().max(1))]
+    Throttled(Duration),
+    /// Every password-hashing slot is busy: try again shortly.
+    #[error("too many logins at once; try again in {} s", .0.as_secs().max(1))]
+    Busy(Duration),
+    /// The credential itself is malformed (named in the message).
+    #[error("{0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<UsersError> for AuthError {
+    fn from(e: UsersError) -> Self {
+        AuthError::Internal(e.into())
+    }
+}
+
+/// Password and token checks for one central (cheap to clone).
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    hashing: Arc<Semaphore>,
+    throttle: LoginThrottle,
+    /// Verified credentials: keyed hash → (stored hash it matched, expiry).
+    cache: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    /// Random per process, so a memory dump of the cache keys cannot be
+    /// checked against guesses offline.
+    cache_key: [u8; 32],
+    /// What an unknown user's password is checked against.
+    dummy_hash: String,
+}
+
+impl Authenticator {
+    /// `checks_at_once`: argon2 verifications allowed to run at once.
+    pub async fn new(
+        db: Database,
+        checks_at_once: usize,
+        throttle: ThrottleSettings,
+    ) -> anyhow::Result<Self> {
+        let dummy_hash = tokio::task::spawn_blocking(|| {
+            let mut random = [0u8; 32];
+            rand::rng().fill_bytes(&mut random);
+            hash_password(&random)
+        })
+        .await??;
+        let mut cache_key = [0u8; 32];
+        rand::rng().fill_bytes(&mut cache_key);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                hashing: Arc::new(Semaphore::new(checks_at_once.max(1))),
+                throttle: LoginThrottle::new(throttle),
+                cache: Mutex::default(),
+                cache_key,
+                dummy_hash,
+            }),
+        })
+    }
+
+    pub fn throttle(&self) -> &LoginThrottle {
+        &self.inner.throttle
+    }
+
+    /// The user with this name and password, from `client`.
+    pub async fn password(
+        &self,
+        name: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<User, AuthError> {
+        if name.contains('\0') || password.contains('\0') {
+            return Err(AuthError::Malformed(
+                "malformed credentials: the user name or password contains a NUL byte".into(),
+            ));
+        }
+        let me = &self.inner;
+        let keys = throttle::keys(name, client);
+        if let Some(wait) = me.throttle.blocked(&keys) {
+            return Err(AuthError::Throttled(wait));
+        }
+        let stored = me.db.users().credentials(name).await?;
+        let key = self.cache_key(name, password);
+        if let Some(s) = &stored {
+            if s.enabled && self.remembered(&key, &s.password_hash) {
+                return Ok(s.user.clone());
+            }
+        }
+        let against = stored
+            .as_ref()
+            .map_or(me.dummy_hash.clone(), |s| s.password_hash.clone());
+        let matches = self.verify(password, against).await?;
+        match stored {
+            Some(s) if matches && s.enabled => {
+                me.throttle.succeeded(&keys);
+                self.remember(key, s.password_hash);
+                Ok(s.user)
+            }
+            _ => {
+                me.throttle.failed(&keys);
+                Err(AuthError::Rejected)
+            }
+        }
+    }
+
+    /// The user an API token belongs to (tokens are 256 random bits, stored
+    /// as SHA-256: nothing to throttle, nothing slow).
+    pub async fn token(&self, token: &str) -> Result<User, AuthError> {
+        self.inner
+            .db
+            .users()
+            .verify_token(token)
+            .await?
+            .ok_or(AuthError::Rejected)
+    }
+
+    /// argon2 on the blocking pool, at most `checks_at_once` at a time.
+    async fn verify(&self, password: &str, stored: String) -> Result<bool, AuthError> {
+        let permit =
+            tokio::time::timeout(HASH_SLOT_WAIT, self.inner.hashing.clone().acquire_owned())
+                .await
+                .map_err(|_| AuthError::Busy(Duration::from_secs(1)))?
+                .expect("the semaphore is never closed");
+        let password = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let parsed = PasswordHash::new(&stored)
+                .map_err(|e| anyhow::anyhow!("stored password hash: {e}"))?;
+            Ok::<_, anyhow::Error>(
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok(),
+            )
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("password check task: {e}"))??;
+        Ok(ok)
+    }
+
+    fn cache_key(&self, name: &str, password: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.inner.cache_key);
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    fn remembered(&self, key: &[u8; 32], stored_hash: &str) -> bool {
+        let cache = self.inner.cache.lock().expect("cache lock");
+        matches!(cache.get(key), Some((h, until)) if h == stored_hash && *until > Instant::now())
+    }
+
+    fn remember(&self, key: [u8; 32], stored_hash: String) {
+        let mut cache = self.inner.cache.lock().expect("cache lock");
+        let now = Instant::now();
+        if cache.len() >= CACHE_MAX {
+            cache.retain(|_, (_, until)| *until > now);
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (stored_hash, now + CACHE_TTL));
+    }
+}
+
+/// The argon2 (default parameters) PHC string of a password. Slow on
+/// purpose: call it from a blocking context.
+pub fn hash_password(password: &[u8]) -> anyhow::Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Ok(Argon2::default()
+        .hash_password(password, &salt)
+        .map_err(|e| anyhow::anyhow!("password hashing: {e}"))?
+        .to_string())
+}
