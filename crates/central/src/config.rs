@@ -87,6 +87,24 @@ pub struct CentralSection {
     /// The REST API (and later the UI).
     #[serde(default = "default_http_bind")]
     pub http_bind: SocketAddr,
+    /// TLS on the HTTP port (rustls); without it HTTP is plain.
+    pub http_tls: Option<TlsFiles>,
+    /// Connections open at once on the HTTP port; more are closed at once.
+    #[serde(default = "default_http_max_connections")]
+    pub http_max_connections: usize,
+    /// Connections open at once on the link port.
+    #[serde(default = "default_link_max_connections")]
+    pub link_max_connections: usize,
+    /// A new connection must complete its TLS handshake and (HTTP) its
+    /// request headers, or (link) authenticate a stream, within this; an
+    /// HTTP keep-alive connection idle this long is closed too.
+    #[serde(default = "default_setup_timeout_ms")]
+    pub setup_timeout_ms: u64,
+    /// HTTP/2 keepalive pings on the link this often; a link whose ping is
+    /// not answered within the same time again is closed (the site then
+    /// shows offline). Detection takes at most twice this.
+    #[serde(default = "default_link_keepalive_ms")]
+    pub link_keepalive_ms: u64,
     /// KPI window for "delivered/failed in the last interval", in seconds.
     #[serde(default = "default_kpi_interval_seconds")]
     pub kpi_interval_seconds: i64,
@@ -123,7 +141,8 @@ pub struct CentralSection {
 fn default_link_bind() -> SocketAddr {
     "0.0.0.0:7070".parse().expect("valid default")
 }
-/// `[central.tls]`: PEM files, relative to the config file.
+/// `[central.tls]` and `[central.http_tls]`: PEM files, relative to the
+/// config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
@@ -155,6 +174,18 @@ fn default_command_timeout_ms() -> u64 {
 fn default_password_checks_at_once() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
+fn default_http_max_connections() -> usize {
+    256
+}
+fn default_link_max_connections() -> usize {
+    1024
+}
+fn default_setup_timeout_ms() -> u64 {
+    5000
+}
+fn default_link_keepalive_ms() -> u64 {
+    5000
+}
 fn default_login_free_failures() -> u32 {
     3
 }
@@ -168,7 +199,31 @@ impl CentralConfig {
     fn check_ranges(&self) -> Result<(), String> {
         let c = &self.central;
         let o = self.notification_outbox.as_ref();
-        let keys: [(&str, Option<i128>, i128, i128); 12] = [
+        let keys: [(&str, Option<i128>, i128, i128); 16] = [
+            (
+                "central.http_max_connections",
+                Some(c.http_max_connections as i128),
+                1,
+                100_000,
+            ),
+            (
+                "central.link_max_connections",
+                Some(c.link_max_connections as i128),
+                1,
+                100_000,
+            ),
+            (
+                "central.setup_timeout_ms",
+                Some(c.setup_timeout_ms.into()),
+                100,
+                600_000,
+            ),
+            (
+                "central.link_keepalive_ms",
+                Some(c.link_keepalive_ms.into()),
+                100,
+                600_000,
+            ),
             (
                 "central.kpi_interval_seconds",
                 Some(c.kpi_interval_seconds.into()),
@@ -272,7 +327,10 @@ impl CentralConfig {
                 cfg.central.database_url = format!("sqlite://{}", base.join(rest).display());
             }
         }
-        if let Some(tls) = &mut cfg.central.tls {
+        for tls in [&mut cfg.central.tls, &mut cfg.central.http_tls]
+            .into_iter()
+            .flatten()
+        {
             tls.cert_file = base.join(&tls.cert_file);
             tls.key_file = base.join(&tls.key_file);
         }

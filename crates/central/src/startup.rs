@@ -14,6 +14,8 @@ use crate::{
     communication::{LinkService, LinkSettings, LinkStats},
     config::CentralConfig,
     configuration_database::{Database, Role},
+    http_server,
+    listeners::{ConnectionLimits, GuardedListener},
     notification_outbox::{Dispatcher, Outbox},
     rest_api::{self, ApiState, KpiSettings},
     site_call_audit::{AuditSettings, SiteCallAudit, SiteCallAuditActor},
@@ -39,10 +41,15 @@ pub struct Central {
     metrics_token: Option<String>,
     /// The link's TLS identity, read at build so a bad file fails the start.
     tls: Option<tonic::transport::Identity>,
-    link_listener: tokio::net::TcpListener,
+    /// The HTTP port's TLS, likewise.
+    http_tls: Option<tokio_rustls::TlsAcceptor>,
+    link_listener: GuardedListener,
     link_addr: SocketAddr,
-    http_listener: tokio::net::TcpListener,
+    http_listener: GuardedListener,
     http_addr: SocketAddr,
+    /// HTTP header-read (and idle) timeout, TLS handshake timeout.
+    setup_timeout: Duration,
+    link_keepalive: Duration,
 }
 
 impl Central {
@@ -61,24 +68,45 @@ impl Central {
                 );
             }
         }
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+        };
         let tls = match &c.tls {
             None => None,
-            Some(files) => {
-                let read = |p: &std::path::Path| {
-                    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
-                };
-                Some(tonic::transport::Identity::from_pem(
-                    read(&files.cert_file)?,
-                    read(&files.key_file)?,
-                ))
-            }
+            Some(files) => Some(tonic::transport::Identity::from_pem(
+                read(&files.cert_file)?,
+                read(&files.key_file)?,
+            )),
         };
-        let link_listener = tokio::net::TcpListener::bind(c.link_bind)
-            .await
-            .with_context(|| format!("binding the site link to {}", c.link_bind))?;
-        let http_listener = tokio::net::TcpListener::bind(c.http_bind)
-            .await
-            .with_context(|| format!("binding the HTTP API to {}", c.http_bind))?;
+        let http_tls = c
+            .http_tls
+            .as_ref()
+            .map(|files| tls_acceptor(&read(&files.cert_file)?, &read(&files.key_file)?))
+            .transpose()
+            .context("central.http_tls")?;
+        warn_if_exposed_in_clear("site link", c.link_bind, tls.is_some());
+        warn_if_exposed_in_clear("HTTP", c.http_bind, http_tls.is_some());
+        let setup_timeout = Duration::from_millis(c.setup_timeout_ms);
+        let link_listener = GuardedListener::new(
+            tokio::net::TcpListener::bind(c.link_bind)
+                .await
+                .with_context(|| format!("binding the site link to {}", c.link_bind))?,
+            ConnectionLimits {
+                max_connections: c.link_max_connections,
+                setup_timeout,
+            },
+            "link",
+        );
+        let http_listener = GuardedListener::new(
+            tokio::net::TcpListener::bind(c.http_bind)
+                .await
+                .with_context(|| format!("binding the HTTP API to {}", c.http_bind))?,
+            ConnectionLimits {
+                max_connections: c.http_max_connections,
+                setup_timeout,
+            },
+            "http",
+        );
         let (actor, audit) = SiteCallAuditActor::new(
             db.clone(),
             AuditSettings {
@@ -115,6 +143,9 @@ impl Central {
             auth,
             metrics_token: c.metrics_token.clone(),
             tls,
+            http_tls,
+            setup_timeout,
+            link_keepalive: Duration::from_millis(c.link_keepalive_ms),
             link_addr: link_listener.local_addr()?,
             link_listener,
             http_addr: http_listener.local_addr()?,
@@ -156,8 +187,12 @@ impl Central {
         ))
         .max_decoding_message_size(MAX_LINK_MESSAGE_BYTES);
         tracing::info!(link = %self.link_addr, http = %self.http_addr, "central running");
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.link_listener);
-        let mut builder = tonic::transport::Server::builder();
+        let incoming = self.link_listener.into_stream();
+        // Keepalive pings: a silent link (a cut cable, a paused peer) is
+        // closed within two keepalive periods, and the site shows offline.
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(self.link_keepalive))
+            .http2_keepalive_timeout(Some(self.link_keepalive));
         if let Some(identity) = self.tls {
             builder = builder
                 .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
@@ -176,22 +211,54 @@ impl Central {
             auth: self.auth,
             metrics_token: self.metrics_token,
         });
-        let http = axum::serve(
+        let http = http_server::serve(
             self.http_listener,
-            api.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(cancel.clone().cancelled_owned());
+            api,
+            self.http_tls,
+            self.setup_timeout,
+            self.setup_timeout,
+            cancel.clone(),
+        );
         let actor = self.actor.run(cancel.clone());
         let dispatcher = self.dispatcher.run(cancel.clone());
-        let (link, http, (), ()) = tokio::join!(
-            link,
-            std::future::IntoFuture::into_future(http),
-            actor,
-            dispatcher
-        );
+        let (link, http, (), ()) = tokio::join!(link, http, actor, dispatcher);
         link.context("site link server")?;
         http.context("HTTP API")?;
         tracing::info!("central stopped");
         Ok(())
+    }
+}
+
+/// A rustls server configuration (ring) from a PEM certificate chain and key.
+fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the certificate file (PEM)")?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "the certificate file holds no certificate"
+    );
+    let key = PrivateKeyDer::from_pem_slice(key_pem).context("reading the key file (PEM)")?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the certificate and key do not make a TLS identity")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A loud warning when a port listens beyond loopback without TLS: what
+/// crosses it (site tokens, passwords) can be read on the way.
+fn warn_if_exposed_in_clear(port: &str, bind: SocketAddr, tls: bool) {
+    if !tls && !bind.ip().is_loopback() {
+        tracing::warn!(
+            %bind,
+            "the {port} port listens beyond loopback WITHOUT TLS: tokens and passwords cross \
+             the network in clear; configure TLS for it (README, security model) or bind it to loopback"
+        );
     }
 }

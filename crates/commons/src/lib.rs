@@ -11,6 +11,7 @@
 //! - [`contracts`]: the protobuf messages (prost, compiled by `protox`).
 //! - [`check_notification`], [`safe_subject`], [`safe_body`]: the limits of
 //!   a notification, checked at the site and enforced again at central.
+//! - [`secret_eq`]: comparing a presented token without a timing leak.
 //! - [`in_range`]: the range check of every numeric configuration key.
 //! - [`RetryPolicy`]: interval, backoff, cap, jitter and retry budget, the
 //!   same for a site's targets and central's SMTP server.
@@ -26,6 +27,7 @@ mod names;
 mod notification;
 mod record;
 mod retry_policy;
+mod secret;
 mod status;
 
 pub use config_range::in_range;
@@ -40,4 +42,5 @@ pub use record::{
     LAST_ERROR_MAX_CHARS,
 };
 pub use retry_policy::RetryPolicy;
+pub use secret::secret_eq;
 pub use status::{Kind, TrackedOperationStatus, UnknownValue};

@@ -61,7 +61,7 @@ impl RetryPolicy {
             1,
             7 * 86_400_000,
         )?;
-        crate::in_range("retry.max_retries", self.max_retries, 0, 100_000)?;
+        crate::in_range("retry.max_retries", self.max_retries, 0, 100_000_000)?;
         if self.max_interval_ms < self.interval_ms {
             return Err("retry.max_interval_ms must be >= retry.interval_ms".into());
         }

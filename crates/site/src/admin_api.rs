@@ -1,6 +1,18 @@
 //! The site's local admin HTTP API (bound to 127.0.0.1 by default): the
 //! tracking records, operator Retry/Discard, and running scripts on demand.
 //!
+//! Who may call it (the [`AdminGuard`] layer, on every request):
+//! - the `Host` header must be an IP address, `localhost`, or a name in
+//!   `[admin] allowed_hosts`, so that a web page whose own name was rebound
+//!   to this machine (DNS rebinding) cannot reach it;
+//! - a state-changing request (POST) must say `Content-Type:
+//!   application/json` and carry no foreign `Origin`, so that a page open in
+//!   a browser on the site's machine (an HMI station) cannot post a form or
+//!   a no-CORS fetch to it;
+//! - with `[admin] token` set, every request but `/healthz` needs
+//!   `Authorization: Bearer <token>` (required to start at all on a
+//!   non-loopback bind).
+//!
 //! Shapes follow SPEC §7: records as [`TrackingRecord`], lists as
 //! `{ "items": [...], "next": <cursor or null> }` with `limit` and `after`,
 //! Retry/Discard as `{ "outcome": ... }` with 200 / 404 / 409. Errors are
@@ -10,7 +22,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     extract::{Path, Query, State},
-    http::StatusCode,
+    http::{header, Method, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -32,7 +44,96 @@ struct AppState {
 const MAX_LIMIT: u32 = 1000;
 const DEFAULT_LIMIT: u32 = 100;
 
-pub fn router(engine: Engine, runtime: Arc<ScriptRuntime>) -> Router {
+/// Who may call the admin API (see the module doc).
+#[derive(Clone, Debug, Default)]
+pub struct AdminGuard {
+    /// Host names (besides IP addresses and `localhost`) the API answers to.
+    pub allowed_hosts: Vec<String>,
+    /// When set, the bearer token every request but `/healthz` needs.
+    pub token: Option<String>,
+}
+
+impl AdminGuard {
+    /// Why a request is refused (403 or 401), or `None` to let it through.
+    fn refusal(&self, req: &axum::extract::Request) -> Option<ApiError> {
+        let headers = req.headers();
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        if !self.host_allowed(host) {
+            return Some(ApiError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Host {host:?} is not this site's admin API (an IP address, localhost, or [admin] allowed_hosts)"
+                ),
+            ));
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            if let Some(origin) = headers.get(header::ORIGIN) {
+                let same = origin
+                    .to_str()
+                    .ok()
+                    .and_then(|o| o.split_once("://"))
+                    .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host));
+                if !same {
+                    return Some(ApiError(
+                        StatusCode::FORBIDDEN,
+                        format!("cross-origin request refused (Origin {origin:?})"),
+                    ));
+                }
+            }
+            let json = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|c| c.to_str().ok())
+                .and_then(|c| c.split(';').next())
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("application/json"));
+            if !json {
+                return Some(ApiError(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "a POST needs Content-Type: application/json".into(),
+                ));
+            }
+        }
+        if let Some(token) = &self.token {
+            if req.uri().path() != "/healthz" {
+                let given = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+                    .map(|(_, t)| t.trim());
+                if !given
+                    .is_some_and(|g| sitelink_commons::secret_eq(g.as_bytes(), token.as_bytes()))
+                {
+                    return Some(ApiError(
+                        StatusCode::UNAUTHORIZED,
+                        "this admin API wants Authorization: Bearer <[admin] token>".into(),
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        // "name", "name:port", "[v6]:port", "v4:port".
+        let name = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or_default(),
+            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        };
+        !name.is_empty()
+            && (name.parse::<std::net::IpAddr>().is_ok()
+                || name.eq_ignore_ascii_case("localhost")
+                || self
+                    .allowed_hosts
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(name)))
+    }
+}
+
+pub fn router(engine: Engine, runtime: Arc<ScriptRuntime>, guard: AdminGuard) -> Router {
+    let guard = Arc::new(guard);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/v1/status", get(site_status))
@@ -41,6 +142,20 @@ pub fn router(engine: Engine, runtime: Arc<ScriptRuntime>) -> Router {
         .route("/api/v1/operations/{id}/retry", post(retry_operation))
         .route("/api/v1/operations/{id}/discard", post(discard_operation))
         .route("/api/v1/scripts/{name}/run", post(run_script))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let refusal = guard.refusal(&req);
+                async move {
+                    match refusal {
+                        Some(e) => {
+                            tracing::warn!(error = %e.1, "admin API request refused");
+                            e.into_response()
+                        }
+                        None => next.run(req).await,
+                    }
+                }
+            },
+        ))
         .with_state(AppState { engine, runtime })
 }
 

@@ -68,6 +68,11 @@ pub struct CentralConfig {
     /// the local record, in milliseconds.
     #[serde(default = "default_status_timeout_ms")]
     pub status_timeout_ms: u64,
+    /// HTTP/2 keepalive pings to central this often; a link whose ping is
+    /// not answered within the same time again is dropped and dialled anew
+    /// (a silent link is noticed within twice this).
+    #[serde(default = "default_keepalive_ms")]
+    pub keepalive_ms: u64,
 }
 
 fn default_reconnect_max_ms() -> u64 {
@@ -75,6 +80,9 @@ fn default_reconnect_max_ms() -> u64 {
 }
 fn default_status_timeout_ms() -> u64 {
     2_000
+}
+fn default_keepalive_ms() -> u64 {
+    5_000
 }
 
 impl CentralConfig {
@@ -105,6 +113,13 @@ impl CentralConfig {
         }
         if self.token.trim().is_empty() {
             return Err(("token".into(), "must not be empty".into()));
+        }
+        for (key, value, lo, hi) in [
+            ("reconnect_max_ms", self.reconnect_max_ms, 100, 3_600_000),
+            ("status_timeout_ms", self.status_timeout_ms, 10, 600_000),
+            ("keepalive_ms", self.keepalive_ms, 100, 600_000),
+        ] {
+            sitelink_commons::in_range(key, value, lo, hi).map_err(|e| (key.to_owned(), e))?;
         }
         Ok(())
     }
@@ -170,6 +185,9 @@ impl CentralLink {
         let channel = endpoint
             .connect_timeout(Duration::from_secs(3))
             .tcp_keepalive(Some(Duration::from_secs(30)))
+            .http2_keep_alive_interval(Duration::from_millis(self.config.keepalive_ms))
+            .keep_alive_timeout(Duration::from_millis(self.config.keepalive_ms))
+            .keep_alive_while_idle(true)
             .connect()
             .await?;
         let mut client = SiteLinkClient::new(channel);

@@ -69,13 +69,27 @@ pub struct SiteSection {
 pub struct AdminSection {
     /// Local admin API address. Loopback by default: the site opens no other
     /// inbound port.
+    #[serde(default = "default_admin_bind")]
     pub bind: SocketAddr,
+    /// Bearer token every request but `/healthz` must carry; required with
+    /// a non-loopback `bind`.
+    pub token: Option<String>,
+    /// Host names the API answers to besides IP addresses and `localhost`
+    /// (requests naming any other host are refused: DNS rebinding).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+}
+
+fn default_admin_bind() -> SocketAddr {
+    "127.0.0.1:8081".parse().expect("valid default address")
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
         Self {
-            bind: "127.0.0.1:8081".parse().expect("valid default address"),
+            bind: default_admin_bind(),
+            token: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -138,6 +152,23 @@ impl SiteConfig {
             db.validate()
                 .map_err(|(k, m)| invalid(format!("databases.{name}.{k}"), m))?;
         }
+        if !cfg.admin.bind.ip().is_loopback() && cfg.admin.token.is_none() {
+            return Err(invalid(
+                "admin.token".into(),
+                format!(
+                    "admin.bind {} is not loopback: set [admin] token so that only who holds it can \
+                     run scripts and retry or discard calls",
+                    cfg.admin.bind
+                ),
+            ));
+        }
+        if cfg.admin.token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid(
+                "admin.token".into(),
+                "must have at least 16 characters".into(),
+            ));
+        }
+        cfg.check_ranges().map_err(|(k, m)| invalid(k, m))?;
         let mut seen = std::collections::HashSet::new();
         for (i, s) in cfg.scripts.iter_mut().enumerate() {
             if !seen.insert(s.name.clone()) {
@@ -151,6 +182,95 @@ impl SiteConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// Every numeric key within its documented range (README), or the
+    /// key and an error naming the range and the value.
+    fn check_ranges(&self) -> Result<(), (String, String)> {
+        const DAY_MS: u64 = 86_400_000;
+        let s = &self.store_and_forward;
+        let l = &self.limits;
+        let mut keys: Vec<(String, u64, u64, u64)> = vec![
+            (
+                "store_and_forward.purge_after_days".into(),
+                s.purge_after_days.into(),
+                1,
+                3_650,
+            ),
+            (
+                "store_and_forward.purge_hard_limit_days".into(),
+                s.purge_hard_limit_days.into(),
+                s.purge_after_days.into(),
+                36_500,
+            ),
+            (
+                "store_and_forward.purge_interval_seconds".into(),
+                s.purge_interval_seconds,
+                1,
+                86_400,
+            ),
+            // 0 would mean "no limit" to the script engine: never that.
+            (
+                "limits.max_operations".into(),
+                l.max_operations,
+                1_000,
+                1_000_000_000_000,
+            ),
+            (
+                "limits.max_call_levels".into(),
+                l.max_call_levels as u64,
+                1,
+                1_000,
+            ),
+            (
+                "limits.max_string_size".into(),
+                l.max_string_size as u64,
+                1,
+                1 << 30,
+            ),
+            (
+                "limits.max_array_size".into(),
+                l.max_array_size as u64,
+                1,
+                100_000_000,
+            ),
+            (
+                "limits.max_map_size".into(),
+                l.max_map_size as u64,
+                1,
+                100_000_000,
+            ),
+            (
+                "limits.max_wall_time_ms".into(),
+                l.max_wall_time_ms,
+                10,
+                DAY_MS,
+            ),
+        ];
+        for (i, sc) in self.scripts.iter().enumerate() {
+            if let Some(ms) = sc.interval_ms {
+                keys.push((format!("script[{i}].interval_ms"), ms, 10, 7 * DAY_MS));
+            }
+        }
+        for (name, sys) in &self.external_systems {
+            let k = |key: &str| format!("external_systems.{name}.{key}");
+            keys.push((k("timeout_ms"), sys.timeout_ms, 1, 600_000));
+            keys.push((
+                k("max_response_bytes"),
+                sys.max_response_bytes as u64,
+                1,
+                1 << 30,
+            ));
+        }
+        for (name, db) in &self.databases {
+            let k = |key: &str| format!("databases.{name}.{key}");
+            keys.push((k("max_connections"), db.max_connections.into(), 1, 1_000));
+            keys.push((k("acquire_timeout_ms"), db.acquire_timeout_ms, 1, 600_000));
+        }
+        for (key, value, lo, hi) in keys {
+            sitelink_commons::in_range(&key, value, lo, hi).map_err(|m| (key, m))?;
+        }
+        Ok(())
     }
 
     pub fn buffer_db_path(&self) -> PathBuf {

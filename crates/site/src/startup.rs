@@ -23,6 +23,7 @@ pub struct Site {
     gateway: Arc<Gateway>,
     runtime: Arc<ScriptRuntime>,
     listener: tokio::net::TcpListener,
+    admin_guard: admin_api::AdminGuard,
     admin_addr: SocketAddr,
     /// The link's configuration and its end of `Notify.Status` questions.
     central: Option<(CentralConfig, Option<StatusQueries>)>,
@@ -54,7 +55,7 @@ impl Site {
             config.limits,
             gateway.clone(),
             Arc::new(notifications),
-        );
+        )?;
         let listener = tokio::net::TcpListener::bind(config.admin.bind)
             .await
             .with_context(|| format!("binding the admin API to {}", config.admin.bind))?;
@@ -65,6 +66,10 @@ impl Site {
             runtime,
             listener,
             admin_addr,
+            admin_guard: admin_api::AdminGuard {
+                allowed_hosts: config.admin.allowed_hosts.clone(),
+                token: config.admin.token.clone(),
+            },
             central: config.central.map(|c| (c, status_queries)),
         })
     }
@@ -97,7 +102,7 @@ impl Site {
             tasks
                 .spawn(CentralLink::new(self.engine.clone(), central, queries).run(cancel.clone()));
         }
-        let app = admin_api::router(self.engine.clone(), self.runtime.clone());
+        let app = admin_api::router(self.engine.clone(), self.runtime.clone(), self.admin_guard);
         let shutdown = cancel.clone();
         tracing::info!(admin = %self.admin_addr, site = self.engine.site(), "site running");
         let server = axum::serve(self.listener, app)

@@ -131,6 +131,7 @@ async fn exhausted_retries_park_then_local_retry_delivers_and_discard_discards()
     fake.set_mode(Mode::Ok).await;
     let resp = http
         .post(format!("{url}/api/v1/operations/{a}/retry"))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -156,6 +157,7 @@ async fn exhausted_retries_park_then_local_retry_delivers_and_discard_discards()
 
     let resp = http
         .post(format!("{url}/api/v1/operations/{b}/discard"))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -167,6 +169,7 @@ async fn exhausted_retries_park_then_local_retry_delivers_and_discard_discards()
     // Not parked any more: 409; unknown: 404; not an id: 400 naming it.
     let resp = http
         .post(format!("{url}/api/v1/operations/{b}/discard"))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -178,6 +181,7 @@ async fn exhausted_retries_park_then_local_retry_delivers_and_discard_discards()
     let unknown = sitelink_commons::TrackedOperationId::new();
     let resp = http
         .post(format!("{url}/api/v1/operations/{unknown}/retry"))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();

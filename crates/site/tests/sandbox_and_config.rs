@@ -72,37 +72,47 @@ async fn endless_loops_are_stopped_and_the_site_goes_on() {
 }
 
 #[tokio::test]
-async fn a_script_with_a_syntax_error_does_not_stop_the_site() {
+async fn a_missing_or_broken_script_stops_the_start_and_a_good_one_runs() {
     let fake = FakeHttp::start(Mode::Ok).await;
+    let script = |name: &str, file: &str| {
+        format!("[[script]]\nname = \"{name}\"\nfile = \"{file}\"\ninstance = \"line2\"\n")
+    };
+    // A syntax error, and a file that is not there: the start stops with
+    // the script's name and why.
+    for (file, source, expected) in [
+        ("broken.rhai", Some("let x = ;"), "does not compile"),
+        ("missing.rhai", None, "cannot read it"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(source) = source {
+            std::fs::write(dir.path().join(file), source).unwrap();
+        }
+        let text = format!("{BASE}\n{}\n{}", erp(&fake.url(), 3), script("bad", file));
+        let config = SiteConfig::parse(&text, dir.path()).unwrap();
+        let e = match sitelink_site::Site::build(config).await {
+            Ok(_) => panic!("{file}: the site started"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            e.contains("\"bad\"") && e.contains(file) && e.contains(expected),
+            "{file}: {e}"
+        );
+    }
+
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("broken.rhai"), "let x = ;").unwrap();
     std::fs::write(
         dir.path().join("good.rhai"),
         r#"let id = ExternalSystem.CachedCall("erp", "postOrder", #{ order: 7 }); #{ id: id }"#,
     )
     .unwrap();
-    let fragment = format!(
-        "{}\n[[script]]\nname = \"broken\"\nfile = \"broken.rhai\"\n\n[[script]]\nname = \"good\"\nfile = \"good.rhai\"\ninstance = \"line2\"\n",
-        erp(&fake.url(), 3)
-    );
+    let fragment = format!("{}\n{}", erp(&fake.url(), 3), script("good", "good.rhai"));
     let mut site = common::build_site_in(dir, &fragment).await;
     let (url, cancel, handle) = site.start();
     let http = reqwest::Client::new();
 
     let resp = http
-        .post(format!("{url}/api/v1/scripts/broken/run"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 422);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    assert!(
-        body["error"].as_str().unwrap().contains("does not compile"),
-        "{body}"
-    );
-
-    let resp = http
         .post(format!("{url}/api/v1/scripts/good/run"))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -122,6 +132,7 @@ async fn a_script_with_a_syntax_error_does_not_stop_the_site() {
 
     let resp = http
         .post(format!("{url}/api/v1/scripts/nope/run"))
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -167,6 +178,67 @@ fn broken_config_files_name_what_is_wrong() {
     for (text, expected) in cases {
         let e = SiteConfig::parse(&text, base).unwrap_err().to_string();
         assert!(e.contains(expected), "expected {expected:?} in: {e}");
+    }
+}
+
+/// Every class of numeric key refuses a value outside its documented
+/// range, naming the key and the range (issue 9 item 6).
+#[test]
+fn numeric_keys_out_of_range_stop_the_start() {
+    let base = Path::new("/tmp");
+    let sys = "[external_systems.erp]\nbase_url = \"http://x\"\nmethods = {}\n";
+    let cases = [
+        (
+            "[[script]]\nname = \"s\"\nfile = \"s.rhai\"\ninterval_ms = 0".to_owned(),
+            "script[0].interval_ms",
+        ),
+        (
+            "[limits]\nmax_wall_time_ms = 0".to_owned(),
+            "limits.max_wall_time_ms",
+        ),
+        (
+            "[limits]\nmax_operations = 0".to_owned(),
+            "limits.max_operations",
+        ),
+        (
+            "[limits]\nmax_call_levels = 0".to_owned(),
+            "limits.max_call_levels",
+        ),
+        (
+            "[store_and_forward]\npurge_after_days = 0".to_owned(),
+            "store_and_forward.purge_after_days",
+        ),
+        (
+            "[store_and_forward]\npurge_after_days = 30\npurge_hard_limit_days = 10".to_owned(),
+            "store_and_forward.purge_hard_limit_days",
+        ),
+        (
+            format!("{sys}timeout_ms = 0"),
+            "external_systems.erp.timeout_ms",
+        ),
+        (
+            format!("{sys}max_response_bytes = 0"),
+            "external_systems.erp.max_response_bytes",
+        ),
+        (
+            format!("{sys}retry = {{ interval_ms = 0 }}"),
+            "retry.interval_ms",
+        ),
+        (
+            "[databases.d]\nurl = \"sqlite://d.db\"\nmax_connections = 0".to_owned(),
+            "databases.d.max_connections",
+        ),
+        (
+            "[central]\naddresses = [\"http://c:7070\"]\ntoken = \"t\"\nkeepalive_ms = 0"
+                .to_owned(),
+            "central.keepalive_ms",
+        ),
+    ];
+    for (fragment, key) in cases {
+        let e = SiteConfig::parse(&format!("{BASE}\n{fragment}"), base)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key) && e.contains("must be from"), "{key}: {e}");
     }
 }
 

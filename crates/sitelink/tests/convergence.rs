@@ -102,6 +102,7 @@ file = "burst.rhai"
         async move {
             let r = http
                 .post(format!("{url}/api/v1/scripts/burst/run"))
+                .header("content-type", "application/json")
                 .send()
                 .await
                 .unwrap();

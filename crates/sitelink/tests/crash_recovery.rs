@@ -86,6 +86,7 @@ async fn sigkill_at_random_moments_loses_no_id() {
                 // Until the process dies under us.
                 while let Ok(resp) = http
                     .post(format!("{url}/api/v1/scripts/burst/run"))
+                    .header("content-type", "application/json")
                     .send()
                     .await
                 {

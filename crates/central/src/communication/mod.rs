@@ -30,10 +30,11 @@ use sitelink_commons::{
     TrackedOperationId,
 };
 use tokio::sync::mpsc;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{transport::server::TlsConnectInfo, Request, Response, Status, Streaming};
 
 use crate::{
-    configuration_database::Database, notification_outbox::Outbox, site_call_audit::SiteCallAudit,
+    configuration_database::Database, listeners::ConnectionInfo, notification_outbox::Outbox,
+    site_call_audit::SiteCallAudit,
 };
 
 /// The protocol version this build speaks.
@@ -122,6 +123,19 @@ impl SiteLink for LinkService {
         &self,
         request: Request<Streaming<SiteMessage>>,
     ) -> Result<Response<Self::OpenStream>, Status> {
+        // The connection this stream came on (plain or TLS): marked
+        // established once the stream has authenticated, which lifts its
+        // setup deadline (crate::listeners).
+        let connection = request
+            .extensions()
+            .get::<ConnectionInfo>()
+            .or_else(|| {
+                request
+                    .extensions()
+                    .get::<TlsConnectInfo<ConnectionInfo>>()
+                    .map(TlsConnectInfo::get_ref)
+            })
+            .map(|c| c.established.clone());
         let token = request
             .metadata()
             .get("authorization")
@@ -164,6 +178,9 @@ impl SiteLink for LinkService {
                 "protocol version {} is not supported (central speaks {PROTOCOL_VERSION})",
                 hello.protocol_version
             )));
+        }
+        if let Some(established) = connection {
+            established.mark();
         }
         let (tx, rx) = mpsc::channel(256);
         tracing::info!(%site, high_seq = hello.high_seq, "site connected");

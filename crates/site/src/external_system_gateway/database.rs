@@ -70,9 +70,6 @@ fn backend(url: &str) -> Result<Backend, String> {
 impl DatabaseConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         backend(&self.url).map_err(|m| ("url".to_owned(), m))?;
-        if self.max_connections == 0 {
-            return Err(("max_connections".into(), "must be above 0".into()));
-        }
         self.retry.validate().map_err(|m| ("retry".to_owned(), m))
     }
 

@@ -89,9 +89,6 @@ impl ExternalSystemConfig {
                 format!("scheme must be http or https, got {:?}", url.scheme()),
             ));
         }
-        if self.timeout_ms == 0 {
-            return Err(("timeout_ms".into(), "must be above 0".into()));
-        }
         self.retry.validate().map_err(|m| ("retry".to_owned(), m))?;
         for (name, m) in &self.methods {
             parse_method(&m.http_method).map_err(|e| (format!("methods.{name}.http_method"), e))?;

@@ -95,8 +95,7 @@ pub struct ScriptRun {
 
 struct Script {
     config: ScriptConfig,
-    /// The compiled script, or why it did not compile.
-    ast: Result<Arc<rhai::AST>, String>,
+    ast: Arc<rhai::AST>,
 }
 
 pub struct ScriptRuntime {
@@ -107,33 +106,42 @@ pub struct ScriptRuntime {
 }
 
 impl ScriptRuntime {
-    /// Reads and compiles every configured script. A script that cannot be
-    /// read or compiled is logged and kept, so running it says why.
+    /// Reads and compiles every configured script; one that cannot be read
+    /// or does not compile stops the start, naming it and why.
     pub fn new(
         configs: &[ScriptConfig],
         limits: ScriptLimits,
         gateway: Arc<Gateway>,
         notifications: Arc<NotificationService>,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, ScriptError> {
         let compiler = api::sandboxed_engine(&limits);
         let scripts = configs
             .iter()
             .map(|c| {
-                let ast = std::fs::read_to_string(&c.file)
-                    .map_err(|e| format!("cannot read {}: {e}", c.file.display()))
-                    .and_then(|src| compiler.compile(src).map(Arc::new).map_err(|e| e.to_string()));
-                if let Err(message) = &ast {
-                    tracing::error!(script = %c.name, %message, "script does not compile; it will fail when run");
-                }
-                (c.name.clone(), Script { config: c.clone(), ast })
+                let compile_error = |message: String| ScriptError::Compile {
+                    script: c.name.clone(),
+                    message: format!("{}: {message}", c.file.display()),
+                };
+                let source = std::fs::read_to_string(&c.file)
+                    .map_err(|e| compile_error(format!("cannot read it: {e}")))?;
+                let ast = compiler
+                    .compile(source)
+                    .map_err(|e| compile_error(e.to_string()))?;
+                Ok((
+                    c.name.clone(),
+                    Script {
+                        config: c.clone(),
+                        ast: Arc::new(ast),
+                    },
+                ))
             })
-            .collect();
-        Arc::new(Self {
+            .collect::<Result<_, ScriptError>>()?;
+        Ok(Arc::new(Self {
             scripts,
             gateway,
             notifications,
             limits,
-        })
+        }))
     }
 
     pub fn script_names(&self) -> impl Iterator<Item = &str> {
@@ -163,11 +171,8 @@ impl ScriptRuntime {
             .scripts
             .get(name)
             .ok_or_else(|| ScriptError::UnknownScript(name.into()))?;
-        let ast = script.ast.clone().map_err(|message| ScriptError::Compile {
-            script: name.into(),
-            message,
-        })?;
-        self.execute(name, &script.config.instance, ast).await
+        self.execute(name, &script.config.instance, script.ast.clone())
+            .await
     }
 
     async fn execute(

@@ -1,0 +1,244 @@
+//! What every central port applies to the connections it accepts (SPEC §6
+//! guarantee 7): a cap on how many are open at once, and a deadline by
+//! which a connection must have shown it is real.
+//!
+//! Main types: [`GuardedListener`] (accepts; over the cap a new connection
+//! is closed at once, and a warning says so at most every 10 s) and
+//! [`GuardedStream`] (the accepted socket, holding its place under the cap
+//! until it is dropped).
+//!
+//! The deadline: a [`GuardedStream`] fails its reads with `TimedOut` once
+//! [`ConnectionLimits::setup_timeout`] has passed unless something marked
+//! it [`Established`] first. The site link marks a connection established
+//! when a stream on it has authenticated (`communication::LinkService`), so
+//! a silent socket, a stalled TLS handshake, a partial HTTP/2 preface or a
+//! peer that never authenticates is closed after the timeout; an
+//! authenticated link is then watched by HTTP/2 keepalive pings instead.
+//! The HTTP port uses hyper's header-read timeout for the same purpose
+//! (it also bounds the idle time between two requests), and the deadline
+//! here only for its TLS handshake.
+
+use std::{
+    future::Future as _,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+
+/// The limits of one port.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// A connection not established by then is closed.
+    pub setup_timeout: Duration,
+}
+
+/// Set once a connection has proved itself (the link: an authenticated
+/// stream on it); from then on the setup deadline no longer applies.
+#[derive(Clone, Debug, Default)]
+pub struct Established(Arc<AtomicBool>);
+
+impl Established {
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What a request can learn of its connection (a request extension on the
+/// link, through tonic's `Connected`).
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    pub peer: SocketAddr,
+    pub established: Established,
+}
+
+pub struct GuardedListener {
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    limits: ConnectionLimits,
+    what: &'static str,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+impl GuardedListener {
+    pub fn new(listener: TcpListener, limits: ConnectionLimits, what: &'static str) -> Self {
+        Self {
+            listener,
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
+            what,
+            last_warning: Mutex::new(None),
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The next connection within the cap (those beyond it are closed).
+    pub async fn accept(&self) -> io::Result<GuardedStream> {
+        loop {
+            let (socket, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                // Out of descriptors, or the peer gave up before accept:
+                // try again shortly rather than end the server.
+                Err(e) if is_transient_accept_error(&e) => {
+                    tracing::warn!(port = self.what, error = %e, "accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                self.warn_full();
+                drop(socket);
+                continue;
+            };
+            let _ = socket.set_nodelay(true);
+            return Ok(GuardedStream {
+                socket,
+                _slot: slot,
+                info: ConnectionInfo {
+                    peer,
+                    established: Established::default(),
+                },
+                deadline: Some(Box::pin(tokio::time::sleep(self.limits.setup_timeout))),
+            });
+        }
+    }
+
+    /// Waits until every accepted connection has been dropped.
+    pub async fn drained(&self) {
+        let all = u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX);
+        let _ = self.slots.acquire_many(all).await;
+    }
+
+    /// The connections as a stream (for tonic's `serve_with_incoming`).
+    pub fn into_stream(self) -> impl futures::Stream<Item = io::Result<GuardedStream>> {
+        futures::stream::unfold(self, |l| async move {
+            let next = l.accept().await;
+            Some((next, l))
+        })
+    }
+
+    fn warn_full(&self) {
+        let mut last = self.last_warning.lock().expect("warning lock");
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                port = self.what,
+                max = self.limits.max_connections,
+                "connection cap reached; new connections are closed until some end"
+            );
+        }
+    }
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    ) || e
+        .raw_os_error()
+        .is_some_and(|code| code == 24 || code == 23) // EMFILE, ENFILE
+}
+
+/// An accepted connection: its place under the cap, and its setup deadline.
+pub struct GuardedStream {
+    socket: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    info: ConnectionInfo,
+    /// Until the connection is established; `None` after.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl GuardedStream {
+    pub fn info(&self) -> &ConnectionInfo {
+        &self.info
+    }
+
+    /// `Err(TimedOut)` once the deadline has passed without the connection
+    /// being established; registers the deadline's wake-up otherwise.
+    fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if let Some(deadline) = &mut self.deadline {
+            if self.info.established.is_set() {
+                self.deadline = None;
+            } else if deadline.as_mut().poll(cx).is_ready() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection not established within the setup timeout",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        me.check_deadline(cx)?;
+        Pin::new(&mut me.socket).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().socket).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().socket).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for GuardedStream {
+    type ConnectInfo = ConnectionInfo;
+
+    fn connect_info(&self) -> ConnectionInfo {
+        self.info.clone()
+    }
+}

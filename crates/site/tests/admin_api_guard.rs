@@ -1,0 +1,142 @@
+//! Who may call the site's local admin API (issue 9 item 5): a foreign
+//! Host (DNS rebinding) is refused; a POST needs a JSON content type and no
+//! foreign Origin (cross-site forms and no-CORS fetches from a browser on
+//! the site's machine); with `[admin] token` every request but `/healthz`
+//! needs it, and a non-loopback bind without one does not start.
+
+use std::path::Path;
+
+use sitelink_site::{Site, SiteConfig};
+use tokio_util::sync::CancellationToken;
+
+const SCRIPT: &str = r#"Database.Write("plantdb", "INSERT INTO runs(n) VALUES (1)", [])"#;
+
+/// A site with one script (`mark`) that writes a row to a local database,
+/// so a test can tell whether a refused request ran it.
+async fn site(admin: &str) -> (String, CancellationToken, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mark.rhai"), SCRIPT).unwrap();
+    let text = format!(
+        "[site]\nname = \"s\"\ndata_dir = \"data\"\n[admin]\nbind = \"127.0.0.1:0\"\n{admin}\n\
+         [databases.plantdb]\nurl = \"sqlite://plant.db\"\n\
+         init = [\"CREATE TABLE IF NOT EXISTS runs (n INTEGER)\"]\n\
+         [[script]]\nname = \"mark\"\nfile = \"mark.rhai\"\n"
+    );
+    let config = SiteConfig::parse(&text, dir.path()).unwrap();
+    let site = Site::build(config).await.unwrap();
+    let url = format!("http://{}", site.admin_addr());
+    let cancel = CancellationToken::new();
+    tokio::spawn(site.run(cancel.clone()));
+    (url, cancel, dir)
+}
+
+fn runs(dir: &Path) -> i64 {
+    let c = rusqlite::Connection::open(dir.join("plant.db")).unwrap();
+    c.query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn host_origin_and_content_type_are_checked() {
+    let (url, cancel, dir) = site("").await;
+    let http = reqwest::Client::new();
+    let port = url.rsplit(':').next().unwrap().to_owned();
+    let run = format!("{url}/api/v1/scripts/mark/run");
+
+    // DNS rebinding: the browser sends the attacker's name as Host.
+    let r = http
+        .get(format!("{url}/api/v1/operations"))
+        .header("host", format!("evil.example:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("evil.example"));
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let r = http
+            .get(format!("{url}/api/v1/status"))
+            .header("host", host.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{host}");
+    }
+
+    // A cross-site form (text/plain) and a POST without a content type run
+    // nothing.
+    let r = http
+        .post(&run)
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    assert_eq!(http.post(&run).send().await.unwrap().status(), 415);
+    // A foreign Origin, even with JSON.
+    let r = http
+        .post(&run)
+        .header("content-type", "application/json")
+        .header("origin", "http://hmi-portal.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(runs(dir.path()), 0, "no refused request ran the script");
+
+    // The same origin and a JSON content type: it runs.
+    let r = http
+        .post(&run)
+        .header("content-type", "application/json; charset=utf-8")
+        .header("origin", format!("http://127.0.0.1:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(runs(dir.path()), 1);
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_configured_token_is_required_on_every_request_but_healthz() {
+    let token = "admin-token-0123456789";
+    let (url, cancel, dir) = site(&format!("token = \"{token}\"")).await;
+    let http = reqwest::Client::new();
+    let run = format!("{url}/api/v1/scripts/mark/run");
+    let post = |auth: Option<&str>| {
+        let mut r = http.post(&run).header("content-type", "application/json");
+        if let Some(a) = auth {
+            r = r.bearer_auth(a);
+        }
+        r.send()
+    };
+    assert_eq!(post(None).await.unwrap().status(), 401);
+    assert_eq!(post(Some("wrong")).await.unwrap().status(), 401);
+    let r = http
+        .get(format!("{url}/api/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(runs(dir.path()), 0);
+    assert_eq!(post(Some(token)).await.unwrap().status(), 200);
+    assert_eq!(runs(dir.path()), 1);
+    let r = http.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "health checks need no token");
+    cancel.cancel();
+}
+
+#[test]
+fn a_non_loopback_bind_needs_a_token() {
+    let text = "[site]\nname = \"s\"\ndata_dir = \"d\"\n[admin]\nbind = \"0.0.0.0:8081\"\n";
+    let e = SiteConfig::parse(text, Path::new("/tmp"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("admin.token") && e.contains("0.0.0.0:8081"),
+        "{e}"
+    );
+    let with_token =
+        format!("{text}token = \"admin-token-0123456789\"\nallowed_hosts = [\"hmi-01.plant\"]\n");
+    SiteConfig::parse(&with_token, Path::new("/tmp")).unwrap();
+}
