@@ -9,11 +9,15 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use sitelink_central::{
+    communication::{Command, RelayOutcome},
+    configuration_database::IngestJob,
+};
 use sitelink_commons::{
     contracts::v1::{self, central_message, site_message, SiteMessage},
-    TrackedOperationId,
+    SiteName, TrackedOperationId,
 };
-use sitelink_test_support::{eventually, FakeHttp, Mode, TcpProxy};
+use sitelink_test_support::{eventually, FakeHttp, Mode};
 use tokio::io::AsyncWriteExt;
 
 fn row(site: &str, status: i32, last_error: Option<String>) -> v1::CachedCallTelemetry {
@@ -66,21 +70,31 @@ async fn unknown_wrong_and_revoked_tokens_are_refused() {
         e.message()
     );
 
-    // A real site whose token is revoked: refused at its next connection.
+    // A real site whose token is revoked (from outside central's process,
+    // as `central site revoke` does): its live stream ends within the
+    // revocation check, relays find it unreachable, it cannot come back,
+    // and rows already on their way are not stored.
     let fake = FakeHttp::start(Mode::Ok).await;
-    let proxy = TcpProxy::start(central.link).await;
-    let mut site = spawn_site("s1", &token, proxy.addr(), &fake.url(), 3).await;
+    let mut site = spawn_site("s1", &token, central.link, &fake.url(), 3).await;
     eventually(Duration::from_secs(5), "s1 online", || async {
         central.audit.is_online("s1").await.then_some(())
     })
     .await;
     central.db.sites().revoke("s1").await.unwrap();
-    proxy.cut();
-    eventually(Duration::from_secs(5), "s1 offline", || async {
-        (!central.audit.is_online("s1").await).then_some(())
-    })
+    eventually(
+        Duration::from_secs(3),
+        "s1 offline after the revocation, with no reconnect",
+        || async { (!central.audit.is_online("s1").await).then_some(()) },
+    )
     .await;
-    proxy.heal();
+    let id = sitelink_commons::TrackedOperationId::new();
+    assert_eq!(
+        central
+            .audit
+            .relay("s1", Command::Retry(id), Duration::from_secs(2))
+            .await,
+        RelayOutcome::SiteUnreachable
+    );
     site.runtime
         .run_source("burst", "line1", BURST)
         .await
@@ -88,6 +102,18 @@ async fn unknown_wrong_and_revoked_tokens_are_refused() {
     let e = raw_stream(central.link, &token, "s1").await.err().unwrap();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     assert!(!central.audit.is_online("s1").await);
+    let on_their_way = central
+        .db
+        .site_calls()
+        .ingest_many(vec![IngestJob {
+            site: SiteName::parse("s1").unwrap(),
+            rows: site.rows().await,
+            complete_range: None,
+            seen_seq: Some(1),
+        }])
+        .await
+        .unwrap();
+    assert!(on_their_way[0].revoked);
     assert!(central
         .db
         .site_calls()

@@ -129,6 +129,14 @@ impl Session {
     ) -> Result<(), String> {
         let outcome =
             committed.map_err(|_| "the Site Call Audit actor has stopped".to_owned())??;
+        if outcome.revoked {
+            let reason = format!("site {} was revoked", self.site);
+            let _ = self
+                .tx
+                .send(Err(Status::permission_denied(reason.clone())))
+                .await;
+            return Err(reason);
+        }
         for (id, why) in &outcome.rejected {
             tracing::warn!(site = %self.site, %id, reason = %why, "telemetry row rejected");
         }
@@ -205,6 +213,10 @@ impl Session {
                             }
                             Some(StreamOrder::Command { relay, command }) => {
                                 self.send_command(relay, command).await?;
+                            }
+                            Some(StreamOrder::Close { reason }) => {
+                                let _ = self.tx.send(Err(Status::permission_denied(reason.clone()))).await;
+                                return Err(reason);
                             }
                             // The actor replaced this stream with a newer one
                             // or stopped: this stream has nothing left to do.

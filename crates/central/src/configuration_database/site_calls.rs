@@ -44,6 +44,8 @@ pub struct IngestOutcome {
     /// The site's reconcile cursor after this ingest.
     pub cursor: u64,
     pub cursor_advanced: bool,
+    /// The site was revoked: nothing of this job was stored.
+    pub revoked: bool,
 }
 
 pub struct SiteCalls<'a> {
@@ -91,6 +93,20 @@ impl<'a> SiteCalls<'a> {
         let mut tx = self.db.pool().begin().await?;
         let mut outs = Vec::with_capacity(jobs.len());
         for j in jobs {
+            // A revoked site's rows are not stored, even those already on
+            // their way when the revocation committed.
+            let revoked: Option<Option<i64>> =
+                sqlx::query_scalar("SELECT revoked_at_ms FROM sites WHERE name = $1")
+                    .bind(j.site.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if !matches!(revoked, Some(None)) {
+                outs.push(IngestOutcome {
+                    revoked: true,
+                    ..IngestOutcome::default()
+                });
+                continue;
+            }
             outs.push(ingest_in(&mut tx, &j.site, j.rows, j.complete_range).await?);
             if let Some(seq) = j.seen_seq {
                 super::sites::seen_in(&mut tx, j.site.as_str(), seq).await?;

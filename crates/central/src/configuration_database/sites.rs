@@ -133,6 +133,13 @@ impl<'a> Sites<'a> {
         Ok(())
     }
 
+    /// The names of every revoked site.
+    pub async fn revoked_names(&self) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT name FROM sites WHERE revoked_at_ms IS NOT NULL")
+            .fetch_all(self.db.pool())
+            .await
+    }
+
     /// The site a token belongs to, if it is known and not revoked.
     pub async fn authenticate(&self, token: &str) -> Result<Option<SiteName>, SitesError> {
         let mut parts = token.splitn(3, '.');

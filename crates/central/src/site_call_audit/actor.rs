@@ -57,6 +57,9 @@ pub struct AuditSettings {
     pub purge_every: Duration,
     /// How often the open-call deltas are folded into the counters.
     pub fold_every: Duration,
+    /// How often the sites table is read for revocations (a `site revoke`
+    /// from the command line ends that site's live stream within this).
+    pub revocation_every: Duration,
 }
 
 impl Default for AuditSettings {
@@ -66,6 +69,7 @@ impl Default for AuditSettings {
             retention_days: 365,
             purge_every: Duration::from_secs(86_400),
             fold_every: Duration::from_secs(5),
+            revocation_every: Duration::from_secs(1),
         }
     }
 }
@@ -80,6 +84,8 @@ pub enum StreamOrder {
     /// Relay an operator command; report the site's answer with
     /// [`SiteCallAudit::command_result`] quoting `relay`.
     Command { relay: u64, command: Command },
+    /// End the stream now, telling the site why (its token was revoked).
+    Close { reason: String },
 }
 
 /// Identifies one registered stream of a site.
@@ -289,6 +295,8 @@ enum Done {
     Ingest(Vec<(SiteName, u64)>),
     Fold(Result<u64, sqlx::Error>),
     Purge(Result<u64, sqlx::Error>),
+    /// The revoked sites among those connected when the check started.
+    Revoked(Result<Vec<String>, sqlx::Error>),
 }
 
 pub struct SiteCallAuditActor {
@@ -309,6 +317,8 @@ pub struct SiteCallAuditActor {
     max_commits_in_flight: usize,
     /// The fold task running now, if any (never two at once).
     fold: Option<tokio::task::Id>,
+    /// A revocation check is running (never two at once).
+    checking_revocations: bool,
     children: JoinSet<Done>,
 }
 
@@ -333,6 +343,7 @@ impl SiteCallAuditActor {
             commits: HashMap::new(),
             max_commits_in_flight,
             fold: None,
+            checking_revocations: false,
             children: JoinSet::new(),
         };
         (actor, SiteCallAudit { tx })
@@ -343,13 +354,14 @@ impl SiteCallAuditActor {
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut schedule = tokio::time::interval(self.settings.reconcile_interval);
         let mut fold = tokio::time::interval(self.settings.fold_every);
+        let mut revocations = tokio::time::interval(self.settings.revocation_every);
         // The first purge an hour after start, not at once: a restart loop
         // should not purge in a loop.
         let mut purge = tokio::time::interval_at(
             tokio::time::Instant::now() + Duration::from_secs(3600).min(self.settings.purge_every),
             self.settings.purge_every,
         );
-        for t in [&mut schedule, &mut fold, &mut purge] {
+        for t in [&mut schedule, &mut fold, &mut purge, &mut revocations] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         schedule.tick().await; // the first tick is now; connects order their own
@@ -366,6 +378,9 @@ impl SiteCallAuditActor {
                 _ = schedule.tick() => self.schedule_reconciles(),
                 _ = fold.tick() => self.start_fold(),
                 _ = purge.tick() => self.start_purge(),
+                _ = revocations.tick(), if !self.streams.is_empty() && !self.checking_revocations => {
+                    self.start_revocation_check();
+                }
             }
         }
         while let Some(done) = self.children.join_next_with_id().await {
@@ -491,6 +506,17 @@ impl SiteCallAuditActor {
             Ok(Done::Purge(Ok(0))) => {}
             Ok(Done::Purge(Ok(n))) => tracing::info!(purged = n, "retention purge of site calls"),
             Ok(Done::Purge(Err(e))) => tracing::error!(error = %e, "retention purge failed"),
+            Ok(Done::Revoked(result)) => {
+                self.checking_revocations = false;
+                match result {
+                    Ok(sites) => {
+                        for site in sites {
+                            self.close_revoked(&site);
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "reading revoked sites failed"),
+                }
+            }
             // A panicked commit dropped its replies: those streams see
             // an error and close; their sites send the rows again.
             Err(e) => tracing::error!(error = %e, "a Site Call Audit task failed"),
@@ -560,6 +586,28 @@ impl SiteCallAuditActor {
         let purge = RetentionPurge::new(self.db.clone(), self.settings.retention_days);
         self.children
             .spawn(async move { Done::Purge(purge.run_once(now_ms()).await) });
+    }
+
+    fn start_revocation_check(&mut self) {
+        self.checking_revocations = true;
+        let db = self.db.clone();
+        self.children
+            .spawn(async move { Done::Revoked(db.sites().revoked_names().await) });
+    }
+
+    /// Ends the live stream of a site whose token was revoked: it is told
+    /// why, its waiting relays answer `SiteUnreachable`, and it is offline.
+    fn close_revoked(&mut self, site: &str) {
+        let Some(name) = SiteName::parse(site).ok() else {
+            return;
+        };
+        if let Some(stream) = self.streams.remove(&name) {
+            tracing::warn!(%site, "site revoked: its stream is closed");
+            let _ = stream.orders.send(StreamOrder::Close {
+                reason: format!("site {site} was revoked"),
+            });
+            self.unreachable(stream.id);
+        }
     }
 
     /// Answers `SiteUnreachable` to every relay waiting on `stream`.
