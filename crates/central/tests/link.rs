@@ -127,21 +127,21 @@ async fn retry_and_discard_are_relayed_to_the_owning_site() {
     assert_eq!(
         central
             .audit
-            .relay("s1", Command::Retry(ids[0]), timeout)
+            .relay("ops", "s1", Command::Retry(ids[0]), timeout)
             .await,
         RelayOutcome::Applied
     );
     assert_eq!(
         central
             .audit
-            .relay("s1", Command::Discard(ids[1]), timeout)
+            .relay("ops", "s1", Command::Discard(ids[1]), timeout)
             .await,
         RelayOutcome::Applied
     );
     assert_eq!(
         central
             .audit
-            .relay("s1", Command::Discard(ids[1]), timeout)
+            .relay("ops", "s1", Command::Discard(ids[1]), timeout)
             .await,
         RelayOutcome::NotParked
     );
@@ -149,7 +149,7 @@ async fn retry_and_discard_are_relayed_to_the_owning_site() {
     assert_eq!(
         central
             .audit
-            .relay("s1", Command::Retry(unknown), timeout)
+            .relay("ops", "s1", Command::Retry(unknown), timeout)
             .await,
         RelayOutcome::NotFound
     );
@@ -176,7 +176,7 @@ async fn retry_and_discard_are_relayed_to_the_owning_site() {
     assert_eq!(
         central
             .audit
-            .relay("s1", Command::Retry(ids[2]), timeout)
+            .relay("ops", "s1", Command::Retry(ids[2]), timeout)
             .await,
         RelayOutcome::SiteUnreachable
     );

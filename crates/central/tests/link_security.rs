@@ -91,7 +91,7 @@ async fn unknown_wrong_and_revoked_tokens_are_refused() {
     assert_eq!(
         central
             .audit
-            .relay("s1", Command::Retry(id), Duration::from_secs(2))
+            .relay("ops", "s1", Command::Retry(id), Duration::from_secs(2))
             .await,
         RelayOutcome::SiteUnreachable
     );
@@ -278,6 +278,7 @@ async fn a_site_that_never_answers_a_command_times_out() {
     let outcome = central
         .audit
         .relay(
+            "ops",
             "mute",
             sitelink_central::communication::Command::Retry(TrackedOperationId::new()),
             Duration::from_millis(300),

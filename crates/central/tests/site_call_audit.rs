@@ -109,12 +109,12 @@ async fn relays_go_to_the_newest_stream_and_end_when_it_does() {
 
     // No stream: unreachable at once.
     assert_eq!(
-        audit.relay("s1", Command::Retry(id), timeout).await,
+        audit.relay("ops", "s1", Command::Retry(id), timeout).await,
         RelayOutcome::SiteUnreachable
     );
     assert_eq!(
         audit
-            .relay("no such site!", Command::Retry(id), timeout)
+            .relay("ops", "no such site!", Command::Retry(id), timeout)
             .await,
         RelayOutcome::SiteUnreachable
     );
@@ -128,7 +128,11 @@ async fn relays_go_to_the_newest_stream_and_end_when_it_does() {
     // waiting relay is unreachable and the old stream's orders end.
     let waiting = tokio::spawn({
         let audit = audit.clone();
-        async move { audit.relay("s1", Command::Discard(id), timeout).await }
+        async move {
+            audit
+                .relay("ops", "s1", Command::Discard(id), timeout)
+                .await
+        }
     });
     assert!(matches!(
         next_order(&mut old).await,
@@ -149,16 +153,23 @@ async fn relays_go_to_the_newest_stream_and_end_when_it_does() {
     // The newest stream gets the command and its answer comes back.
     let relay = tokio::spawn({
         let audit = audit.clone();
-        async move { audit.relay("s1", Command::Retry(id), timeout).await }
+        async move { audit.relay("ops", "s1", Command::Retry(id), timeout).await }
     });
     let StreamOrder::Command {
         relay: relay_id,
         command,
+        expires_at_ms,
     } = next_order(&mut new).await
     else {
         panic!("expected a command")
     };
     assert_eq!(command, Command::Retry(id));
+    // It expires before the waiter's timeout, by the margin its answer
+    // has to come back in.
+    let now = sitelink_commons::now_unix_ms();
+    let margin = sitelink_central::site_call_audit::expiry_margin(timeout);
+    assert!(expires_at_ms > now, "{expires_at_ms} vs {now}");
+    assert!(expires_at_ms <= now + (timeout - margin).as_millis() as i64);
     audit
         .command_result(
             relay_id,
@@ -175,7 +186,7 @@ async fn relays_go_to_the_newest_stream_and_end_when_it_does() {
     // site is offline.
     assert_eq!(
         audit
-            .relay("s1", Command::Retry(id), Duration::from_millis(200))
+            .relay("ops", "s1", Command::Retry(id), Duration::from_millis(200))
             .await,
         RelayOutcome::Timeout
     );

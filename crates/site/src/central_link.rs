@@ -203,6 +203,10 @@ impl CentralLink {
             body: Some(site_message::Body::Hello(hello)),
         })
         .await?;
+        // When Hello left: with central's clock in the Welcome and the time
+        // it arrived, this bounds the offset between the two clocks.
+        let hello_sent_ms = sitelink_commons::now_unix_ms();
+        let mut clock: Option<ClockOffset> = None;
         let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         request.metadata_mut().insert(
             "authorization",
@@ -260,8 +264,12 @@ impl CentralLink {
                                 let _ = reply.send(record);
                             }
                         }
+                        Some(central_message::Body::Welcome(ref w)) => {
+                            clock = Some(ClockOffset::measure(hello_sent_ms, w.central_time_unix_ms, sitelink_commons::now_unix_ms()));
+                            self.answer(msg, clock).await?;
+                        }
                         _ => {
-                            if let Some(answer) = self.answer(msg).await? {
+                            if let Some(answer) = self.answer(msg, clock).await? {
                                 tx.send(answer).await?;
                             }
                         }
@@ -370,7 +378,11 @@ impl CentralLink {
         Ok((calls, to, full))
     }
 
-    async fn answer(&self, msg: v1::CentralMessage) -> anyhow::Result<Option<SiteMessage>> {
+    async fn answer(
+        &self,
+        msg: v1::CentralMessage,
+        clock: Option<ClockOffset>,
+    ) -> anyhow::Result<Option<SiteMessage>> {
         let reply = |body| {
             Some(SiteMessage {
                 correlation: msg.correlation,
@@ -401,12 +413,18 @@ impl CentralLink {
                     },
                 ))
             }
-            Some(central_message::Body::Retry(v1::RetryParkedOperation { id })) => reply(
-                site_message::Body::CommandResult(self.command(&id, true).await),
-            ),
-            Some(central_message::Body::Discard(v1::DiscardParkedOperation { id })) => reply(
-                site_message::Body::CommandResult(self.command(&id, false).await),
-            ),
+            Some(central_message::Body::Retry(v1::RetryParkedOperation {
+                id,
+                expires_at_unix_ms,
+            })) => reply(site_message::Body::CommandResult(
+                self.command(&id, true, expires_at_unix_ms, clock).await,
+            )),
+            Some(central_message::Body::Discard(v1::DiscardParkedOperation {
+                id,
+                expires_at_unix_ms,
+            })) => reply(site_message::Body::CommandResult(
+                self.command(&id, false, expires_at_unix_ms, clock).await,
+            )),
             // Handled by the session loop, which owns their state.
             Some(central_message::Body::NotificationAck(_))
             | Some(central_message::Body::NotificationStatus(_)) => None,
@@ -417,9 +435,26 @@ impl CentralLink {
         })
     }
 
-    async fn command(&self, id: &str, retry: bool) -> v1::CommandResult {
+    async fn command(
+        &self,
+        id: &str,
+        retry: bool,
+        expires_at_unix_ms: i64,
+        clock: Option<ClockOffset>,
+    ) -> v1::CommandResult {
+        let expired = expires_at_unix_ms != 0
+            && clock.is_none_or(|c| {
+                c.latest_central_time(sitelink_commons::now_unix_ms()) >= expires_at_unix_ms
+            });
         let (outcome, error) = match id.parse::<TrackedOperationId>() {
             Err(e) => (v1::CommandOutcome::Error, Some(e.to_string())),
+            Ok(_) if expired => {
+                tracing::warn!(%id, retry, "operator command from central arrived after its expiry; not applied");
+                (
+                    v1::CommandOutcome::Expired,
+                    Some("arrived after its expiry; not applied".into()),
+                )
+            }
             Ok(op) => {
                 let applied = if retry {
                     self.engine.retry_parked(op).await
@@ -446,6 +481,32 @@ impl CentralLink {
     }
 }
 
+/// How far central's clock may be from this site's, as measured on one
+/// connection: central stamped its Welcome at `central` between our Hello
+/// (`sent`) and the Welcome's arrival (`received`), so central's clock at
+/// site time `t` lies within `t + offset ± error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockOffset {
+    pub offset_ms: i64,
+    pub error_ms: i64,
+}
+
+impl ClockOffset {
+    pub fn measure(sent: i64, central: i64, received: i64) -> Self {
+        let mid = sent + (received - sent) / 2;
+        Self {
+            offset_ms: central - mid,
+            // Half the round trip, plus the clocks' millisecond granularity.
+            error_ms: (received - sent).max(0) / 2 + 2,
+        }
+    }
+
+    /// The latest central's clock can read at site time `now`.
+    pub fn latest_central_time(&self, now: i64) -> i64 {
+        now + self.offset_ms + self.error_ms
+    }
+}
+
 /// Marks the link connected for `Notify.Status` while it lives.
 struct Connected(std::sync::Arc<AtomicBool>);
 
@@ -468,4 +529,26 @@ fn telemetry(r: &TrackingRecord) -> v1::CachedCallTelemetry {
         .last_error
         .map(|e| truncate_chars(&e, LAST_ERROR_MAX_CHARS).into_owned());
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClockOffset;
+
+    /// Central 5 s ahead, a 40 ms round trip: central's clock is known to
+    /// within half the round trip, and the latest it can read errs late.
+    #[test]
+    fn the_clock_offset_is_bounded_by_half_the_round_trip() {
+        let c = ClockOffset::measure(1_000, 6_020, 1_040);
+        assert_eq!(c.offset_ms, 5_000);
+        assert_eq!(c.error_ms, 22);
+        assert_eq!(c.latest_central_time(2_000), 7_022);
+        // Wherever within the round trip central stamped the Welcome, the
+        // bound is never below central's real clock.
+        let true_offset = 5_000;
+        for stamped_at_site_time in 1_000..=1_040 {
+            let c = ClockOffset::measure(1_000, stamped_at_site_time + true_offset, 1_040);
+            assert!(c.latest_central_time(2_000) >= 2_000 + true_offset);
+        }
+    }
 }

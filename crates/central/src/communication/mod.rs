@@ -68,8 +68,26 @@ pub enum RelayOutcome {
     NotFound,
     NotParked,
     SiteUnreachable,
+    /// No answer in time. The command expired at the site before this was
+    /// reported, so it was not applied, unless the site's answer took
+    /// longer than the expiry margin to come back (then the late answer is
+    /// in the audit log).
     Timeout,
     Error(String),
+}
+
+impl RelayOutcome {
+    /// The SPEC §7 name (`Error` for a site-side failure).
+    pub fn name(&self) -> &'static str {
+        match self {
+            RelayOutcome::Applied => "Applied",
+            RelayOutcome::NotFound => "NotFound",
+            RelayOutcome::NotParked => "NotParked",
+            RelayOutcome::SiteUnreachable => "SiteUnreachable",
+            RelayOutcome::Timeout => "Timeout",
+            RelayOutcome::Error(_) => "Error",
+        }
+    }
 }
 
 /// Counters of what the link transferred (exported in `/metrics`).

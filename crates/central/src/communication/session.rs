@@ -169,6 +169,7 @@ impl Session {
             central_message::Body::Welcome(v1::Welcome {
                 protocol_version: super::PROTOCOL_VERSION,
                 cursor,
+                central_time_unix_ms: crate::configuration_database::now_ms(),
             }),
         )
         .await?;
@@ -211,8 +212,8 @@ impl Session {
                                     reconcile = Some(self.request_page(after_seq).await?);
                                 }
                             }
-                            Some(StreamOrder::Command { relay, command }) => {
-                                self.send_command(relay, command).await?;
+                            Some(StreamOrder::Command { relay, command, expires_at_ms }) => {
+                                self.send_command(relay, command, expires_at_ms).await?;
                             }
                             Some(StreamOrder::Close { reason }) => {
                                 let _ = self.tx.send(Err(Status::permission_denied(reason.clone()))).await;
@@ -229,7 +230,7 @@ impl Session {
             let msg = match msg {
                 Ok(Some(m)) => m,
                 Ok(None) => return Ok(()),
-                Err(status) => return Err(format!("malformed or broken stream: {status}")),
+                Err(status) => return Err(stream_error(&status)),
             };
             match msg.body {
                 Some(site_message::Body::Telemetry(batch)) => {
@@ -388,17 +389,63 @@ impl Session {
         })
     }
 
-    async fn send_command(&mut self, relay: u64, command: Command) -> Result<(), String> {
+    async fn send_command(
+        &mut self,
+        relay: u64,
+        command: Command,
+        expires_at_unix_ms: i64,
+    ) -> Result<(), String> {
         let correlation = self.next_correlation();
         self.commands.insert(correlation, relay);
         let body = match command {
-            Command::Retry(id) => {
-                central_message::Body::Retry(v1::RetryParkedOperation { id: id.to_string() })
-            }
-            Command::Discard(id) => {
-                central_message::Body::Discard(v1::DiscardParkedOperation { id: id.to_string() })
-            }
+            Command::Retry(id) => central_message::Body::Retry(v1::RetryParkedOperation {
+                id: id.to_string(),
+                expires_at_unix_ms,
+            }),
+            Command::Discard(id) => central_message::Body::Discard(v1::DiscardParkedOperation {
+                id: id.to_string(),
+                expires_at_unix_ms,
+            }),
         };
         self.send(correlation, body).await
+    }
+}
+
+/// Why a stream's read failed, in an operator's words: the connection went
+/// away (a site that crashed, a cable pulled, a keepalive unanswered) is
+/// "connection lost"; anything else is a malformed stream. Told apart by
+/// the error's source (a transport error underneath), never by its text.
+fn stream_error(status: &Status) -> String {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<h2::Error>() || e.is::<hyper::Error>() || e.is::<std::io::Error>() {
+            return format!("connection lost ({})", status.message());
+        }
+        source = e.source();
+    }
+    format!("malformed stream: {status}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_connection_is_told_from_a_malformed_stream() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let lost = Status::from_error(Box::new(reset));
+        assert!(
+            stream_error(&lost).starts_with("connection lost"),
+            "{}",
+            stream_error(&lost)
+        );
+        let h2 = Status::from_error(Box::new(h2::Error::from(h2::Reason::PROTOCOL_ERROR)));
+        assert!(
+            stream_error(&h2).starts_with("connection lost"),
+            "{}",
+            stream_error(&h2)
+        );
+        let garbage = Status::internal("failed to decode Protobuf message: invalid wire type");
+        assert!(stream_error(&garbage).starts_with("malformed stream"));
     }
 }

@@ -430,7 +430,7 @@ async fn relay(
             };
             (
                 st.audit
-                    .relay(&r.source_site, command, st.command_timeout)
+                    .relay(&user.name, &r.source_site, command, st.command_timeout)
                     .await,
                 Some(r.source_site.clone()),
             )
@@ -473,13 +473,14 @@ async fn audited_answer(
     site: Option<&str>,
     outcome: RelayOutcome,
 ) -> Result<Response, ApiError> {
-    let (status, name) = match &outcome {
-        RelayOutcome::Applied => (StatusCode::OK, "Applied"),
-        RelayOutcome::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
-        RelayOutcome::NotParked => (StatusCode::CONFLICT, "NotParked"),
-        RelayOutcome::SiteUnreachable => (StatusCode::SERVICE_UNAVAILABLE, "SiteUnreachable"),
-        RelayOutcome::Timeout => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
-        RelayOutcome::Error(_) => (StatusCode::BAD_GATEWAY, "Error"),
+    let name = outcome.name();
+    let status = match &outcome {
+        RelayOutcome::Applied => StatusCode::OK,
+        RelayOutcome::NotFound => StatusCode::NOT_FOUND,
+        RelayOutcome::NotParked => StatusCode::CONFLICT,
+        RelayOutcome::SiteUnreachable => StatusCode::SERVICE_UNAVAILABLE,
+        RelayOutcome::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        RelayOutcome::Error(_) => StatusCode::BAD_GATEWAY,
     };
     st.db
         .audit_log()

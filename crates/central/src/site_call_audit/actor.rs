@@ -83,7 +83,13 @@ pub enum StreamOrder {
     Reconcile { after_seq: u64 },
     /// Relay an operator command; report the site's answer with
     /// [`SiteCallAudit::command_result`] quoting `relay`.
-    Command { relay: u64, command: Command },
+    /// The site must not apply it once central's clock passes
+    /// `expires_at_ms` (the waiter reports `Timeout` a margin later).
+    Command {
+        relay: u64,
+        command: Command,
+        expires_at_ms: i64,
+    },
     /// End the stream now, telling the site why (its token was revoked).
     Close { reason: String },
 }
@@ -112,8 +118,10 @@ enum Msg {
         stream: StreamId,
     },
     Relay {
+        by: String,
         site: String,
         command: Command,
+        expires_at_ms: i64,
         reply: oneshot::Sender<RelayOutcome>,
     },
     CommandResult {
@@ -220,13 +228,27 @@ impl SiteCallAudit {
         let _ = self.send(Msg::CommandResult { relay, result }).await;
     }
 
-    /// Relays `command` to `site` and waits for its answer: at once
-    /// `SiteUnreachable` without a live stream, `Timeout` after `timeout`.
-    pub async fn relay(&self, site: &str, command: Command, timeout: Duration) -> RelayOutcome {
+    /// Relays `command`, asked for by operator `by`, to `site` and waits
+    /// for its answer: at once `SiteUnreachable` without a live stream,
+    /// `Timeout` after `timeout`. The command expires [`expiry_margin`]
+    /// before that: the site does not apply it later, so `Timeout` means
+    /// "not applied" unless the site's answer took longer than the margin
+    /// to come back. An answer that comes after the waiter gave up is
+    /// written to the audit log as what it was (`late answer: …`).
+    pub async fn relay(
+        &self,
+        by: &str,
+        site: &str,
+        command: Command,
+        timeout: Duration,
+    ) -> RelayOutcome {
         let (reply, rx) = oneshot::channel();
+        let expires_at_ms = now_ms() + (timeout - expiry_margin(timeout)).as_millis() as i64;
         let msg = Msg::Relay {
+            by: by.to_owned(),
             site: site.to_owned(),
             command,
+            expires_at_ms,
             reply,
         };
         if self.send(msg).await.is_err() {
@@ -282,6 +304,21 @@ struct Stream {
 struct PendingRelay {
     stream: StreamId,
     reply: oneshot::Sender<RelayOutcome>,
+    by: String,
+    site: String,
+    command: Command,
+    /// When the waiter gave up (its relay is kept a while for a late
+    /// answer).
+    abandoned_at: Option<Instant>,
+}
+
+/// How long a relay whose waiter timed out is kept for its late answer.
+const LATE_ANSWER_WINDOW: Duration = Duration::from_secs(600);
+
+/// How long before the waiter's timeout a command expires at the site: the
+/// time its answer has to come back.
+pub fn expiry_margin(timeout: Duration) -> Duration {
+    (timeout / 5).min(Duration::from_secs(1))
 }
 
 struct QueuedIngest {
@@ -297,6 +334,8 @@ enum Done {
     Purge(Result<u64, sqlx::Error>),
     /// The revoked sites among those connected when the check started.
     Revoked(Result<Vec<String>, sqlx::Error>),
+    /// An audit-log entry (a late answer) was written.
+    Logged(Result<(), sqlx::Error>),
 }
 
 pub struct SiteCallAuditActor {
@@ -431,8 +470,10 @@ impl SiteCallAuditActor {
                 }
             }
             Msg::Relay {
+                by,
                 site,
                 command,
+                expires_at_ms,
                 reply,
             } => {
                 self.sweep_relays();
@@ -445,11 +486,12 @@ impl SiteCallAuditActor {
                 };
                 self.next_relay += 1;
                 let relay = self.next_relay;
-                if stream
-                    .orders
-                    .send(StreamOrder::Command { relay, command })
-                    .is_err()
-                {
+                let order = StreamOrder::Command {
+                    relay,
+                    command,
+                    expires_at_ms,
+                };
+                if stream.orders.send(order).is_err() {
                     let _ = reply.send(RelayOutcome::SiteUnreachable);
                     return;
                 }
@@ -458,12 +500,25 @@ impl SiteCallAuditActor {
                     PendingRelay {
                         stream: stream.id,
                         reply,
+                        by,
+                        site,
+                        command,
+                        abandoned_at: None,
                     },
                 );
             }
             Msg::CommandResult { relay, result } => {
-                if let Some(p) = self.relays.remove(&relay) {
-                    let _ = p.reply.send(relay_outcome(result));
+                if let Some(PendingRelay {
+                    reply,
+                    by,
+                    site,
+                    command,
+                    ..
+                }) = self.relays.remove(&relay)
+                {
+                    if let Err(outcome) = reply.send(relay_outcome(&result)) {
+                        self.late_answer(by, site, command, &result, outcome);
+                    }
                 }
             }
             Msg::ScheduleNow { reply } => {
@@ -506,6 +561,10 @@ impl SiteCallAuditActor {
             Ok(Done::Purge(Ok(0))) => {}
             Ok(Done::Purge(Ok(n))) => tracing::info!(purged = n, "retention purge of site calls"),
             Ok(Done::Purge(Err(e))) => tracing::error!(error = %e, "retention purge failed"),
+            Ok(Done::Logged(Ok(()))) => {}
+            Ok(Done::Logged(Err(e))) => {
+                tracing::error!(error = %e, "writing a late answer to the audit log failed")
+            }
             Ok(Done::Revoked(result)) => {
                 self.checking_revocations = false;
                 match result {
@@ -625,9 +684,49 @@ impl SiteCallAuditActor {
         }
     }
 
-    /// Drops relays whose waiter gave up (timed out).
+    /// Notes when a waiter gave up, and drops relays abandoned longer than
+    /// [`LATE_ANSWER_WINDOW`] ago.
     fn sweep_relays(&mut self) {
-        self.relays.retain(|_, p| !p.reply.is_closed());
+        let now = Instant::now();
+        self.relays.retain(|_, p| {
+            if p.reply.is_closed() {
+                let since = *p.abandoned_at.get_or_insert(now);
+                now.duration_since(since) < LATE_ANSWER_WINDOW
+            } else {
+                true
+            }
+        });
+    }
+
+    /// The site answered a command whose waiter had already reported
+    /// `Timeout`: the audit log gets what really happened.
+    fn late_answer(
+        &mut self,
+        by: String,
+        site: String,
+        command: Command,
+        result: &v1::CommandResult,
+        outcome: RelayOutcome,
+    ) {
+        let (action, id) = match command {
+            Command::Retry(id) => ("retry", id),
+            Command::Discard(id) => ("discard", id),
+        };
+        let expired = result.outcome == v1::CommandOutcome::Expired as i32;
+        let what = if expired {
+            "late answer: Expired (not applied)".to_owned()
+        } else {
+            format!("late answer: {}", outcome.name())
+        };
+        tracing::warn!(%site, %id, action, answer = %what, "a relayed command was answered after its timeout");
+        let db = self.db.clone();
+        self.children.spawn(async move {
+            Done::Logged(
+                db.audit_log()
+                    .record(&by, action, &id.to_string(), Some(&site), &what)
+                    .await,
+            )
+        });
     }
 }
 
@@ -658,11 +757,17 @@ async fn commit(db: Database, batch: Vec<QueuedIngest>) -> Done {
     Done::Ingest(cursors)
 }
 
-fn relay_outcome(r: v1::CommandResult) -> RelayOutcome {
+fn relay_outcome(r: &v1::CommandResult) -> RelayOutcome {
     match v1::CommandOutcome::try_from(r.outcome) {
         Ok(v1::CommandOutcome::Applied) => RelayOutcome::Applied,
         Ok(v1::CommandOutcome::NotFound) => RelayOutcome::NotFound,
         Ok(v1::CommandOutcome::NotParked) => RelayOutcome::NotParked,
-        _ => RelayOutcome::Error(r.error.unwrap_or_else(|| format!("outcome {}", r.outcome))),
+        // Not applied, and the waiter is (about to be) out of time.
+        Ok(v1::CommandOutcome::Expired) => RelayOutcome::Timeout,
+        _ => RelayOutcome::Error(
+            r.error
+                .clone()
+                .unwrap_or_else(|| format!("outcome {}", r.outcome)),
+        ),
     }
 }

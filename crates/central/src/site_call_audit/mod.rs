@@ -15,7 +15,9 @@ mod actor;
 
 use crate::configuration_database::Database;
 
-pub use actor::{AuditSettings, SiteCallAudit, SiteCallAuditActor, StreamId, StreamOrder};
+pub use actor::{
+    expiry_margin, AuditSettings, SiteCallAudit, SiteCallAuditActor, StreamId, StreamOrder,
+};
 
 /// The daily retention purge of `SiteCalls`.
 pub struct RetentionPurge {

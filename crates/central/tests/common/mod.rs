@@ -76,6 +76,18 @@ pub async fn spawn_site(
     erp: &str,
     max_retries: u32,
 ) -> TestSite {
+    spawn_site_with(name, token, central, erp, max_retries, "").await
+}
+
+/// A site with `extra` lines in its `[central]` section.
+pub async fn spawn_site_with(
+    name: &str,
+    token: &str,
+    central: std::net::SocketAddr,
+    erp: &str,
+    max_retries: u32,
+    extra: &str,
+) -> TestSite {
     let dir = tempfile::tempdir().unwrap();
     let cfg = SiteConfig::parse(
         &format!(
@@ -89,6 +101,7 @@ bind = "127.0.0.1:0"
 addresses = ["http://{central}"]
 token = "{token}"
 reconnect_max_ms = 200
+{extra}
 [external_systems.erp]
 base_url = "{erp}"
 timeout_ms = 500
