@@ -429,3 +429,22 @@ fn the_example_central_config_in_the_repo_is_valid() {
     );
     assert!(bad.unwrap_err().contains("link_bnd"));
 }
+
+/// A PostgreSQL database URL that names a database not there yet: central
+/// creates it (and says so) instead of failing with the server's message.
+#[tokio::test]
+async fn a_missing_postgres_database_is_created() {
+    let Some(pg) = sitelink_test_support::fresh_database("SITELINK_TEST_POSTGRES_URL").await
+    else {
+        return;
+    };
+    pg.drop_database().await;
+    let db = sitelink_central::configuration_database::Database::connect(&pg.url)
+        .await
+        .unwrap();
+    db.sites()
+        .add(&SiteName::parse("s1").unwrap())
+        .await
+        .unwrap();
+    cleanup(Some(pg), db).await;
+}

@@ -161,6 +161,30 @@ async fn a_notification_sent_while_the_wan_is_down_is_mailed_once_after_it_retur
     );
     assert_eq!(smtp.mails().len(), 301);
 
+    // At the site, forwarded notifications are central's now: no Pending
+    // work in the counts or the Pending listing, each with when it went.
+    let counts = site.engine.status_counts().await.unwrap();
+    assert_eq!(counts.forwarded_notifications, 301, "{counts:?}");
+    assert!(
+        !counts
+            .by_status
+            .iter()
+            .any(|(s, n)| *s == sitelink_commons::TrackedOperationStatus::Pending && *n > 0),
+        "{counts:?}"
+    );
+    let pending = site
+        .engine
+        .list_local(
+            Some(sitelink_commons::TrackedOperationStatus::Pending),
+            None,
+            1000,
+        )
+        .await
+        .unwrap();
+    assert!(pending.is_empty(), "{pending:?}");
+    let one = site.engine.get_local(id).await.unwrap().unwrap();
+    assert!(one.forwarded_at_utc.is_some_and(|t| t.ends_with('Z')));
+
     // Notifications never appear among the site calls.
     assert!(central
         .db

@@ -185,7 +185,7 @@ async fn get_operation(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    match st.engine.get(id).await? {
+    match st.engine.get_local(id).await? {
         Some(r) => Ok(Json(r).into_response()),
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
@@ -225,9 +225,13 @@ async fn list_operations(
             })?,
     };
     let after = q.get("after").map(|a| parse_id(a)).transpose()?;
-    let items = st.engine.list(status, after, limit).await?;
+    let items = st.engine.list_local(status, after, limit).await?;
     let next = (items.len() as u32 == limit)
-        .then(|| items.last().map(|r| r.tracked_operation_id.to_string()))
+        .then(|| {
+            items
+                .last()
+                .map(|r| r.record.tracked_operation_id.to_string())
+        })
         .flatten();
     Ok(Json(json!({ "items": items, "next": next })).into_response())
 }
@@ -296,10 +300,9 @@ async fn run_script(State(st): State<AppState>, Path(name): Path<String>) -> Res
 }
 
 async fn site_status(State(st): State<AppState>) -> Result<Response, ApiError> {
-    let counts: serde_json::Map<String, serde_json::Value> = st
-        .engine
-        .status_counts()
-        .await?
+    let all = st.engine.status_counts().await?;
+    let counts: serde_json::Map<String, serde_json::Value> = all
+        .by_status
         .into_iter()
         .map(|(s, n)| (s.to_string(), n.into()))
         .collect();
@@ -307,6 +310,7 @@ async fn site_status(State(st): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(json!({
         "site": st.engine.site(),
         "counts": counts,
+        "forwarded_notifications": all.forwarded_notifications,
         "buffered": st.engine.buffer_len().await?,
         "high_change_seq": st.engine.high_seq(),
         "acked_cursor": st.engine.acked_cursor().await?,

@@ -56,7 +56,7 @@ impl FreshDatabase {
         (host, port).to_socket_addrs().unwrap().next().unwrap()
     }
 
-    pub async fn drop_database(self) {
+    pub async fn drop_database(&self) {
         use sqlx::{Connection, Executor};
         if let Ok(mut admin) = sqlx::AnyConnection::connect(&self.base).await {
             let force = if self.base.starts_with("postgres") {

@@ -78,29 +78,21 @@ impl Database {
                 "unsupported central database URL {url:?} (sqlite://PATH or postgres://...)"
             );
         };
-        let pool = AnyPoolOptions::new()
-            // SQLite serializes writers anyway; a few connections serve reads.
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL for concurrent readers; synchronous=NORMAL is
-                        // enough for a mirror that reconciliation heals (the
-                        // cursor commits with the rows it covers).
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        // 64 MiB of page cache: index inserts and KPI scans
-                        // at millions of rows stay in memory.
-                        conn.execute("PRAGMA cache_size = -65536").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await
-            .with_context(|| format!("connecting to the central database {}", redact(&url)))?;
+        let pool = match open_pool(backend, &url).await {
+            Ok(pool) => pool,
+            // 3D000 invalid_catalog_name: the database does not exist yet.
+            Err(e)
+                if backend == Backend::Postgres
+                    && e.as_database_error().and_then(|d| d.code()).as_deref() == Some("3D000") =>
+            {
+                create_postgres_database(&url).await?;
+                open_pool(backend, &url).await.map_err(|e| {
+                    anyhow::anyhow!("connecting to the central database {}: {e}", redact(&url))
+                })?
+            }
+            // The error's own text only: its source repeats it word for word.
+            Err(e) => anyhow::bail!("connecting to the central database {}: {e}", redact(&url)),
+        };
         let db = Self { pool, backend };
         migrations::apply(&db).await?;
         Ok(db)
@@ -113,7 +105,79 @@ impl Database {
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
+}
 
+/// Creates the PostgreSQL database `url` names (its server's `postgres`
+/// database is where `CREATE DATABASE` runs), and says so; or says exactly
+/// what to run when that is not allowed.
+async fn create_postgres_database(url: &str) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    let parsed = url::Url::parse(url).context("the central database URL")?;
+    let name = parsed.path().trim_start_matches('/').to_owned();
+    // Quoted as an identifier below: only plain names, nothing to escape.
+    anyhow::ensure!(
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+        "the central database name {name:?} is not a plain name (letters, digits, '_', '-')"
+    );
+    let mut admin = parsed.clone();
+    admin.set_path("/postgres");
+    let created = async {
+        let mut conn = sqlx::PgConnection::connect(admin.as_str()).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await
+    }
+    .await;
+    match created {
+        Ok(()) => {
+            tracing::warn!(database = %name, "the central database did not exist: created it");
+            Ok(())
+        }
+        Err(e) => anyhow::bail!(
+            "the central database {name} does not exist on {}, and creating it failed ({e}); \
+             create it with `createdb -h {} -p {} -U {} {name}` (or CREATE DATABASE \"{name}\")",
+            redact(url),
+            parsed.host_str().unwrap_or("localhost"),
+            parsed.port().unwrap_or(5432),
+            if parsed.username().is_empty() {
+                "postgres"
+            } else {
+                parsed.username()
+            },
+        ),
+    }
+}
+
+async fn open_pool(backend: Backend, url: &str) -> Result<AnyPool, sqlx::Error> {
+    AnyPoolOptions::new()
+        // SQLite serializes writers anyway; a few connections serve reads.
+        .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    // WAL for concurrent readers; synchronous=NORMAL is
+                    // enough for a mirror that reconciliation heals (the
+                    // cursor commits with the rows it covers).
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    // 64 MiB of page cache: index inserts and KPI scans
+                    // at millions of rows stay in memory.
+                    conn.execute("PRAGMA cache_size = -65536").await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+}
+
+impl Database {
     pub fn sites(&self) -> Sites<'_> {
         Sites::new(self)
     }

@@ -196,9 +196,34 @@ pub struct Engine {
 
 pub use sitelink_commons::now_unix_ms as now_ms;
 
+/// The record's columns, then (13th) when central acknowledged a forwarded
+/// notification.
 const SELECT_RECORD: &str =
     "SELECT id, kind, target_summary, status, retry_count, last_error, provenance,
-        created_at_ms, updated_at_ms, terminal_at_ms, revision, change_seq FROM tracking";
+        created_at_ms, updated_at_ms, terminal_at_ms, revision, change_seq, forwarded_at_ms FROM tracking";
+
+/// A forwarded notification: central owns its delivery, so it is no work
+/// of the site's (the SQL of [`LocalRecord::forwarded_at_utc`]).
+const FORWARDED: &str = "(kind = 'Notification' AND forwarded_at_ms IS NOT NULL)";
+
+/// A tracking record as the site's own admin API shows it: the §7 record,
+/// and for a notification when central acknowledged it (from then on
+/// central owns its delivery: it is forwarded, not pending work here).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LocalRecord {
+    #[serde(flatten)]
+    pub record: TrackingRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarded_at_utc: Option<String>,
+}
+
+/// Counts per status of the site's own work, and forwarded notifications
+/// apart (they are central's now).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatusCounts {
+    pub by_status: Vec<(TrackedOperationStatus, u64)>,
+    pub forwarded_notifications: u64,
+}
 
 impl Engine {
     /// Opens (creating and migrating) the buffer database at `path`, starts
@@ -390,6 +415,23 @@ impl Engine {
         .await
     }
 
+    /// The record of `id` with its forwarding record (the admin API).
+    pub async fn get_local(
+        &self,
+        id: TrackedOperationId,
+    ) -> Result<Option<LocalRecord>, EngineError> {
+        let site = self.site.clone();
+        self.read(move |c| {
+            c.query_row(
+                &format!("{SELECT_RECORD} WHERE id = ?1"),
+                [id.to_string()],
+                |r| row_to_local(r, &site),
+            )
+            .optional()
+        })
+        .await
+    }
+
     /// Notifications not yet acknowledged by central, oldest first, with
     /// what the link forwards.
     pub async fn notifications_to_forward(
@@ -468,6 +510,33 @@ impl Engine {
             )
             .optional()
             .map(Option::flatten)
+        })
+        .await
+    }
+
+    /// [`Self::list`] as the admin API shows it: with forwarding records,
+    /// and a status filter that leaves forwarded notifications out (they
+    /// are no work of the site's; they show under no status).
+    pub async fn list_local(
+        &self,
+        status: Option<TrackedOperationStatus>,
+        after: Option<TrackedOperationId>,
+        limit: u32,
+    ) -> Result<Vec<LocalRecord>, EngineError> {
+        let site = self.site.clone();
+        self.read(move |c| {
+            // The status is a literal from the closed enum (never outside
+            // text), so SQLite can use the partial status index.
+            let filter = status
+                .map(|s| format!("status = '{}' AND NOT {FORWARDED} AND", s.as_str()))
+                .unwrap_or_default();
+            let mut stmt = c.prepare_cached(&format!(
+                "{SELECT_RECORD} WHERE {filter} (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![after.map(|a| a.to_string()), limit], |r| {
+                row_to_local(r, &site)
+            })?;
+            rows.collect()
         })
         .await
     }
@@ -592,20 +661,27 @@ impl Engine {
         .await
     }
 
-    /// Number of rows per status (for the admin API and logs).
-    pub async fn status_counts(&self) -> Result<Vec<(TrackedOperationStatus, u64)>, EngineError> {
-        let rows: Vec<(String, u64)> = self
+    /// Rows per status, forwarded notifications counted apart (for the
+    /// admin API and logs).
+    pub async fn status_counts(&self) -> Result<StatusCounts, EngineError> {
+        let rows: Vec<(Option<String>, u64)> = self
             .read(|c| {
-                let mut stmt =
-                    c.prepare_cached("SELECT status, COUNT(*) FROM tracking GROUP BY status")?;
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT CASE WHEN {FORWARDED} THEN NULL ELSE status END AS s, COUNT(*)
+                     FROM tracking GROUP BY s"
+                ))?;
                 let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 rows.collect()
             })
             .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(s, n)| Some((s.parse().ok()?, n)))
-            .collect())
+        let mut counts = StatusCounts::default();
+        for (status, n) in rows {
+            match status {
+                None => counts.forwarded_notifications = n,
+                Some(s) => counts.by_status.extend(s.parse().ok().map(|s| (s, n))),
+            }
+        }
+        Ok(counts)
     }
 
     /// (commits, operations) since open: `commits / operations` is how well
@@ -622,6 +698,17 @@ impl Engine {
     pub(crate) async fn wait_for_due(&self, max: Duration) {
         let _ = tokio::time::timeout(max, self.signals.buffer_due.notified()).await;
     }
+}
+
+fn row_to_local(r: &rusqlite::Row<'_>, site: &str) -> rusqlite::Result<LocalRecord> {
+    Ok(LocalRecord {
+        record: row_to_record(r, site)?,
+        forwarded_at_utc: r.get::<_, Option<i64>>(12)?.map(|ms| {
+            unix_ms_to_utc(ms)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        }),
+    })
 }
 
 fn row_to_record(r: &rusqlite::Row<'_>, site: &str) -> rusqlite::Result<TrackingRecord> {

@@ -371,6 +371,7 @@ async fn steady_state(db: Db, ops_per_site: usize) -> anyhow::Result<Value> {
         let at_site = engine
             .status_counts()
             .await?
+            .by_status
             .iter()
             .map(|(_, n)| n)
             .sum::<u64>();
