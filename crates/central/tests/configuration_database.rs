@@ -434,8 +434,7 @@ fn the_example_central_config_in_the_repo_is_valid() {
 /// creates it (and says so) instead of failing with the server's message.
 #[tokio::test]
 async fn a_missing_postgres_database_is_created() {
-    let Some(pg) = sitelink_test_support::fresh_database("SITELINK_TEST_POSTGRES_URL").await
-    else {
+    let Some(pg) = sitelink_test_support::fresh_database("SITELINK_TEST_POSTGRES_URL").await else {
         return;
     };
     pg.drop_database().await;

@@ -34,6 +34,16 @@ impl TrackedOperationId {
     }
 }
 
+/// Whether `s` is a UUID in the hyphenated form this system writes
+/// (`8-4-4-4-12` hex digits), the only form its APIs document.
+pub fn is_hyphenated_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
 impl FromStr for TrackedOperationId {
     type Err = ParseIdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -31,7 +31,7 @@ mod secret;
 mod status;
 
 pub use config_range::in_range;
-pub use id::{NotificationId, ParseIdError, TrackedOperationId};
+pub use id::{is_hyphenated_uuid, NotificationId, ParseIdError, TrackedOperationId};
 pub use names::{InvalidName, SiteName};
 pub use notification::{
     check_notification, safe_body, safe_subject, NotificationError, NOTIFICATION_BODY_MAX_BYTES,

@@ -342,8 +342,16 @@ impl PageCursor {
                 s.chars().take(80).collect::<String>()
             )
         };
+        // Exactly the form `encode` writes (and the OpenAPI pattern says):
+        // 1 to 15 digits, a dot, a hyphenated id.
         let (ms, id) = s.split_once('.').ok_or_else(bad)?;
+        if ms.is_empty() || ms.len() > 15 || !ms.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
         let created_at_ms = ms.parse().map_err(|_| bad())?;
+        if !sitelink_commons::is_hyphenated_uuid(id) {
+            return Err(bad());
+        }
         let id: TrackedOperationId = id.parse().map_err(|_| bad())?;
         Ok(Self {
             created_at_ms,

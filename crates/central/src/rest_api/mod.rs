@@ -32,7 +32,10 @@ use crate::{
 };
 pub use auth::Authenticated;
 pub use openapi::ApiDoc;
-use openapi::{AuditPage, CommandAnswer, GlobalKpis, SiteCallsPage, SiteView, SitesPage};
+use openapi::{
+    AuditPage, Busy, CommandAnswer, Errors, GlobalKpis, NotFound, SiteCallsPage, SiteView,
+    SitesPage,
+};
 
 /// KPI settings (SPEC §5.2 defaults: 1 hour, 10 minutes).
 #[derive(Clone, Copy, Debug)]
@@ -236,6 +239,17 @@ fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A query parameter that names a site: a valid site name or a 400.
+fn site_param(q: &HashMap<String, String>, key: &str) -> Result<Option<String>, ApiError> {
+    q.get(key)
+        .map(|s| {
+            sitelink_commons::SiteName::parse(s)
+                .map(|n| n.as_str().to_owned())
+                .map_err(|e| bad(format!("{key}: {e}")))
+        })
+        .transpose()
+}
+
 fn time_param(q: &HashMap<String, String>, key: &str) -> Result<Option<i64>, ApiError> {
     q.get(key)
         .map(|v| {
@@ -250,7 +264,8 @@ fn time_param(q: &HashMap<String, String>, key: &str) -> Result<Option<i64>, Api
         .transpose()
 }
 
-#[utoipa::path(get, path = "/api/v1/sites", responses((status = 200, body = SitesPage), (status = 401, body = openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/sites", tag = "sites", params(openapi::SitesQuery),
+    responses((status = 200, body = SitesPage), Errors, Busy))]
 async fn sites(
     State(st): State<ApiState>,
     _: Authenticated,
@@ -262,7 +277,7 @@ async fn sites(
     let items: Vec<SiteView> = st
         .db
         .sites()
-        .page(q.get("after").map(String::as_str), limit)
+        .page(site_param(&q, "after")?.as_deref(), limit)
         .await
         .map_err(internal)?
         .into_iter()
@@ -281,20 +296,8 @@ async fn sites(
     Ok(Json(SitesPage { items, next }).into_response())
 }
 
-#[utoipa::path(
-    get,
-    path = "/api/v1/site-calls",
-    params(
-        ("site" = Option<String>, Query, description = "only this site"),
-        ("kind" = Option<String>, Query, description = "ExternalCall or DatabaseWrite"),
-        ("status" = Option<String>, Query, description = "Pending, Retrying, Delivered, Parked, Failed or Discarded"),
-        ("from" = Option<String>, Query, description = "created at or after (RFC 3339)"),
-        ("to" = Option<String>, Query, description = "created before (RFC 3339)"),
-        ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
-        ("after" = Option<String>, Query, description = "the `next` of the previous page"),
-    ),
-    responses((status = 200, body = SiteCallsPage), (status = 400, body = openapi::ErrorBody), (status = 401, body = openapi::ErrorBody))
-)]
+#[utoipa::path(get, path = "/api/v1/site-calls", tag = "site calls", params(openapi::SiteCallsQuery),
+    responses((status = 200, body = SiteCallsPage), Errors, Busy))]
 async fn list_site_calls(
     State(st): State<ApiState>,
     _: Authenticated,
@@ -335,7 +338,7 @@ fn list_params(
     q: &HashMap<String, String>,
 ) -> Result<(SiteCallFilter, Option<PageCursor>, u32), ApiError> {
     let filter = SiteCallFilter {
-        site: q.get("site").cloned(),
+        site: site_param(q, "site")?,
         kind: None,
         status: q
             .get("status")
@@ -363,8 +366,8 @@ fn parse_id(id: &str) -> Result<TrackedOperationId, ApiError> {
         .map_err(|e: sitelink_commons::ParseIdError| bad(e.to_string()))
 }
 
-#[utoipa::path(get, path = "/api/v1/site-calls/{id}", params(("id" = String, Path, description = "TrackedOperationId")),
-    responses((status = 200, body = sitelink_commons::TrackingRecord), (status = 400, body = openapi::ErrorBody), (status = 404, body = openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/site-calls/{id}", tag = "site calls", params(("id" = uuid::Uuid, Path, description = "TrackedOperationId")),
+    responses((status = 200, body = sitelink_commons::TrackingRecord), Errors, Busy, NotFound))]
 async fn get_site_call(
     State(st): State<ApiState>,
     _: Authenticated,
@@ -386,9 +389,12 @@ fn found<T: serde::Serialize>(
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/site-calls/{id}/retry", params(("id" = String, Path, description = "TrackedOperationId")),
-    responses((status = 200, body = CommandAnswer), (status = 403, body = openapi::ErrorBody), (status = 404, body = CommandAnswer),
-        (status = 409, body = CommandAnswer), (status = 503, body = CommandAnswer), (status = 504, body = CommandAnswer)))]
+#[utoipa::path(post, path = "/api/v1/site-calls/{id}/retry", tag = "site calls", params(("id" = uuid::Uuid, Path, description = "TrackedOperationId")),
+    responses((status = 200, description = "Applied", body = CommandAnswer), Errors, (status = 403, description = "the role may not retry or discard", body = openapi::ErrorBody),
+        (status = 404, description = "NotFound", body = CommandAnswer), (status = 409, description = "NotParked", body = CommandAnswer),
+        (status = 502, description = "Error: the site could not apply it", body = CommandAnswer),
+        (status = 503, description = "SiteUnreachable (a CommandAnswer), or every password check slot busy (an error body)", body = openapi::UnavailableAnswer),
+        (status = 504, description = "Timeout: not applied, or applied too late to be known (see the audit log)", body = CommandAnswer)))]
 async fn retry(
     st: State<ApiState>,
     user: Authenticated,
@@ -397,9 +403,12 @@ async fn retry(
     relay(st, user, id, true).await
 }
 
-#[utoipa::path(post, path = "/api/v1/site-calls/{id}/discard", params(("id" = String, Path, description = "TrackedOperationId")),
-    responses((status = 200, body = CommandAnswer), (status = 403, body = openapi::ErrorBody), (status = 404, body = CommandAnswer),
-        (status = 409, body = CommandAnswer), (status = 503, body = CommandAnswer), (status = 504, body = CommandAnswer)))]
+#[utoipa::path(post, path = "/api/v1/site-calls/{id}/discard", tag = "site calls", params(("id" = uuid::Uuid, Path, description = "TrackedOperationId")),
+    responses((status = 200, description = "Applied", body = CommandAnswer), Errors, (status = 403, description = "the role may not retry or discard", body = openapi::ErrorBody),
+        (status = 404, description = "NotFound", body = CommandAnswer), (status = 409, description = "NotParked", body = CommandAnswer),
+        (status = 502, description = "Error: the site could not apply it", body = CommandAnswer),
+        (status = 503, description = "SiteUnreachable (a CommandAnswer), or every password check slot busy (an error body)", body = openapi::UnavailableAnswer),
+        (status = 504, description = "Timeout: not applied, or applied too late to be known (see the audit log)", body = CommandAnswer)))]
 async fn discard(
     st: State<ApiState>,
     user: Authenticated,
@@ -506,8 +515,8 @@ async fn audited_answer(
         .into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/kpis/site-calls", params(("site" = Option<String>, Query, description = "one site's KPIs only")),
-    responses((status = 200, description = "GlobalKpis, or Kpis with ?site=", body = GlobalKpis)))]
+#[utoipa::path(get, path = "/api/v1/kpis/site-calls", tag = "KPIs", params(openapi::KpisQuery),
+    responses((status = 200, description = "global KPIs with per_site, or one site's without it", body = GlobalKpis), Errors, Busy, NotFound))]
 async fn kpis(
     State(st): State<ApiState>,
     _: Authenticated,
@@ -521,7 +530,7 @@ async fn kpis(
         .kpis_per_site(now_ms(), k.interval_seconds, k.stuck_threshold_seconds)
         .await
         .map_err(internal)?;
-    kpis_answer(&st, per_site, q.get("site")).await
+    kpis_answer(&st, per_site, site_param(&q, "site")?.as_ref()).await
 }
 
 /// Global KPIs with `per_site`, or one site's with `?site=` (404 for a site
@@ -550,12 +559,15 @@ async fn kpis_answer(
         .into_response());
     }
     let total = Kpis::total(&per_site, k.interval_seconds, k.stuck_threshold_seconds);
-    Ok(Json(GlobalKpis { total, per_site }).into_response())
+    Ok(Json(GlobalKpis {
+        total,
+        per_site: Some(per_site),
+    })
+    .into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/audit-log",
-    params(("limit" = Option<u32>, Query, description = "1 to 1000"), ("after" = Option<String>, Query, description = "the `next` of the previous page")),
-    responses((status = 200, body = AuditPage)))]
+#[utoipa::path(get, path = "/api/v1/audit-log", tag = "audit log", params(openapi::AuditQuery),
+    responses((status = 200, body = AuditPage), Errors, Busy))]
 async fn audit_log(
     State(st): State<ApiState>,
     _: Authenticated,
@@ -566,11 +578,14 @@ async fn audit_log(
     let after = q
         .get("after")
         .map(|a| {
-            a.parse::<uuid::Uuid>().map_err(|_| {
-                bad(format!(
-                    "after must be the next of an earlier page, got {a:?}"
-                ))
-            })
+            sitelink_commons::is_hyphenated_uuid(a)
+                .then(|| a.parse::<uuid::Uuid>().ok())
+                .flatten()
+                .ok_or_else(|| {
+                    bad(format!(
+                        "after must be the next of an earlier page, got {a:?}"
+                    ))
+                })
         })
         .transpose()?;
     let items = st

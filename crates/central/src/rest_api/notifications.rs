@@ -11,6 +11,7 @@ use axum::{
     Json,
 };
 
+use super::openapi::{Busy, Errors, NotFound};
 use super::{
     audited_answer, found, internal, kpis_answer, list_params, may_operate, only, openapi,
     parse_id, ApiError, ApiState, Authenticated,
@@ -20,19 +21,8 @@ use crate::{
     configuration_database::{now_ms, NotificationCommand, PageCursor},
 };
 
-#[utoipa::path(
-    get,
-    path = "/api/v1/notifications",
-    params(
-        ("site" = Option<String>, Query, description = "only this site"),
-        ("status" = Option<String>, Query, description = "Pending, Retrying, Delivered, Parked, Failed or Discarded"),
-        ("from" = Option<String>, Query, description = "created at or after (RFC 3339)"),
-        ("to" = Option<String>, Query, description = "created before (RFC 3339)"),
-        ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
-        ("after" = Option<String>, Query, description = "the `next` of the previous page"),
-    ),
-    responses((status = 200, body = openapi::NotificationsPage), (status = 400, body = openapi::ErrorBody))
-)]
+#[utoipa::path(get, path = "/api/v1/notifications", tag = "notifications", params(openapi::NotificationsQuery),
+    responses((status = 200, body = openapi::NotificationsPage), Errors, Busy))]
 pub(super) async fn list(
     State(st): State<ApiState>,
     _: Authenticated,
@@ -52,8 +42,8 @@ pub(super) async fn list(
     Ok(Json(openapi::NotificationsPage { items, next }).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/notifications/{id}", params(("id" = String, Path, description = "NotificationId")),
-    responses((status = 200, body = crate::configuration_database::NotificationRecord), (status = 404, body = openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/notifications/{id}", tag = "notifications", params(("id" = uuid::Uuid, Path, description = "NotificationId")),
+    responses((status = 200, body = crate::configuration_database::NotificationRecord), Errors, Busy, NotFound))]
 pub(super) async fn get_one(
     State(st): State<ApiState>,
     _: Authenticated,
@@ -64,9 +54,10 @@ pub(super) async fn get_one(
     found(row, || format!("no notification {id}"))
 }
 
-#[utoipa::path(post, path = "/api/v1/notifications/{id}/retry", params(("id" = String, Path, description = "NotificationId")),
-    responses((status = 200, body = openapi::CommandAnswer), (status = 403, body = openapi::ErrorBody),
-        (status = 404, body = openapi::CommandAnswer), (status = 409, body = openapi::CommandAnswer)))]
+#[utoipa::path(post, path = "/api/v1/notifications/{id}/retry", tag = "notifications", params(("id" = uuid::Uuid, Path, description = "NotificationId")),
+    responses((status = 200, description = "Applied", body = openapi::CommandAnswer), Errors, Busy,
+        (status = 403, description = "the role may not retry or discard", body = openapi::ErrorBody),
+        (status = 404, description = "NotFound", body = openapi::CommandAnswer), (status = 409, description = "NotParked", body = openapi::CommandAnswer)))]
 pub(super) async fn retry(
     st: State<ApiState>,
     user: Authenticated,
@@ -75,9 +66,10 @@ pub(super) async fn retry(
     operate(st, user, id, true).await
 }
 
-#[utoipa::path(post, path = "/api/v1/notifications/{id}/discard", params(("id" = String, Path, description = "NotificationId")),
-    responses((status = 200, body = openapi::CommandAnswer), (status = 403, body = openapi::ErrorBody),
-        (status = 404, body = openapi::CommandAnswer), (status = 409, body = openapi::CommandAnswer)))]
+#[utoipa::path(post, path = "/api/v1/notifications/{id}/discard", tag = "notifications", params(("id" = uuid::Uuid, Path, description = "NotificationId")),
+    responses((status = 200, description = "Applied", body = openapi::CommandAnswer), Errors, Busy,
+        (status = 403, description = "the role may not retry or discard", body = openapi::ErrorBody),
+        (status = 404, description = "NotFound", body = openapi::CommandAnswer), (status = 409, description = "NotParked", body = openapi::CommandAnswer)))]
 pub(super) async fn discard(
     st: State<ApiState>,
     user: Authenticated,
@@ -116,8 +108,8 @@ async fn operate(
     audited_answer(&st, &user, action, id, site.as_deref(), outcome).await
 }
 
-#[utoipa::path(get, path = "/api/v1/kpis/notifications", params(("site" = Option<String>, Query, description = "one site's KPIs only")),
-    responses((status = 200, description = "GlobalKpis, or Kpis with ?site=", body = openapi::GlobalKpis)))]
+#[utoipa::path(get, path = "/api/v1/kpis/notifications", tag = "KPIs", params(openapi::KpisQuery),
+    responses((status = 200, description = "global KPIs with per_site, or one site's without it", body = openapi::GlobalKpis), Errors, Busy, NotFound))]
 pub(super) async fn kpis(
     State(st): State<ApiState>,
     _: Authenticated,
@@ -131,5 +123,5 @@ pub(super) async fn kpis(
         .kpis_per_site(now_ms(), k.interval_seconds, k.stuck_threshold_seconds)
         .await
         .map_err(internal)?;
-    kpis_answer(&st, per_site, q.get("site")).await
+    kpis_answer(&st, per_site, super::site_param(&q, "site")?.as_ref()).await
 }

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sitelink_commons::TrackingRecord;
+use sitelink_commons::{TrackedOperationStatus, TrackingRecord};
 use utoipa::{
     openapi::security::{Http, HttpAuthScheme, SecurityScheme},
-    Modify, OpenApi, ToSchema,
+    IntoParams, IntoResponses, Modify, OpenApi, ToSchema,
 };
 
 use crate::configuration_database::{AuditEntry, Kpis, NotificationRecord};
@@ -56,22 +56,179 @@ pub struct AuditPage {
 /// The answer to Retry/Discard: `Applied` (200), `NotFound` (404),
 /// `NotParked` (409), `SiteUnreachable` (503), `Timeout` (504), `Error` (502).
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CommandAnswer {
+    #[schema(value_type = Outcome)]
     pub outcome: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-/// Global KPIs with the same figures per site.
+/// How a relayed command ended (SPEC §7).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: the answer carries the name
+pub enum Outcome {
+    Applied,
+    NotFound,
+    NotParked,
+    SiteUnreachable,
+    Timeout,
+    Error,
+}
+
+/// KPIs: global with the same figures `per_site`, or (with `?site=`) one
+/// site's, without `per_site`.
 #[derive(Serialize, ToSchema)]
 pub struct GlobalKpis {
     #[serde(flatten)]
     pub total: Kpis,
-    pub per_site: BTreeMap<String, Kpis>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_site: Option<BTreeMap<String, Kpis>>,
 }
 
-/// Every error: what was wrong.
+/// A site call's kind (notifications have their own API).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: the handler parses `Kind` itself
+pub enum SiteCallKind {
+    ExternalCall,
+    DatabaseWrite,
+}
+
+/// `GET /api/v1/site-calls`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documentation: the handler reads its query itself, to name every bad value
+pub struct SiteCallsQuery {
+    /// Only this site.
+    #[param(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+    site: Option<String>,
+    kind: Option<SiteCallKind>,
+    status: Option<TrackedOperationStatus>,
+    /// Created at or after (RFC 3339); not after `to`.
+    #[param(format = DateTime)]
+    from: Option<String>,
+    /// Created before (RFC 3339); not before `from`.
+    #[param(format = DateTime)]
+    to: Option<String>,
+    /// Page size, default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    #[param(
+        pattern = r"^[0-9]{1,15}\.[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
+    after: Option<String>,
+}
+
+/// `GET /api/v1/notifications`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct NotificationsQuery {
+    /// Only this site.
+    #[param(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+    site: Option<String>,
+    status: Option<TrackedOperationStatus>,
+    /// Created at or after (RFC 3339); not after `to`.
+    #[param(format = DateTime)]
+    from: Option<String>,
+    /// Created before (RFC 3339); not before `from`.
+    #[param(format = DateTime)]
+    to: Option<String>,
+    /// Page size, default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    #[param(
+        pattern = r"^[0-9]{1,15}\.[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
+    after: Option<String>,
+}
+
+/// `GET /api/v1/sites`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct SitesQuery {
+    /// Page size, default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// The `next` of the previous page (a site name).
+    #[param(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+    after: Option<String>,
+}
+
+/// `GET /api/v1/audit-log`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct AuditQuery {
+    /// Page size, default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    after: Option<uuid::Uuid>,
+}
+
+/// `GET /api/v1/kpis/...`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct KpisQuery {
+    /// One site's KPIs only (404 for a site central does not know).
+    #[param(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+    site: Option<String>,
+}
+
+/// The error answers every authenticated operation may give.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum Errors {
+    /// A parameter is malformed or out of its range (the message names it).
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No credentials, or wrong ones (HTTP Basic or a bearer API token).
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Too many failed logins for this user name or address.
+    #[response(status = 429, headers(("Retry-After" = u64, description = "seconds to wait")))]
+    Throttled(ErrorBody),
+    /// An internal error; the body carries a reference the log also has.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+}
+
+/// Every password check slot is busy (a read or a notification action).
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum Busy {
+    #[response(status = 503, headers(("Retry-After" = u64, description = "seconds to wait")))]
+    Busy(ErrorBody),
+}
+
+/// 503 on a relayed command: the site is unreachable (a command answer),
+/// or every password check slot is busy (an error body).
 #[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum UnavailableAnswer {
+    SiteUnreachable(CommandAnswer),
+    Busy(ErrorBody),
+}
+
+/// What a single-record read may also answer.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum NotFound {
+    /// No record with this id.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+}
+
+/// Every error: what was wrong. (No other field: so that a command
+/// answer, which has an `outcome`, is never mistaken for one.)
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     pub error: String,
 }
@@ -109,7 +266,7 @@ impl Modify for Security {
         super::notifications::discard,
         super::notifications::kpis,
     ),
-    components(schemas(SiteView, SitesPage, SiteCallsPage, NotificationsPage, AuditPage, CommandAnswer, GlobalKpis, ErrorBody, TrackingRecord, NotificationRecord, Kpis, AuditEntry)),
+    components(schemas(SiteCallKind, SiteView, SitesPage, SiteCallsPage, NotificationsPage, AuditPage, CommandAnswer, Outcome, GlobalKpis, ErrorBody, UnavailableAnswer, TrackingRecord, NotificationRecord, Kpis, AuditEntry)),
     modifiers(&Security),
     security(("basic" = []), ("bearer" = []))
 )]
