@@ -182,7 +182,10 @@ async fn operators_see_and_act_on_site_calls() {
         .get("/api/v1/site-calls?site=s1'%20OR%20'1'%3D'1", VIEWER)
         .await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().starts_with("site: "), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("site: "),
+        "{body}"
+    );
     assert_eq!(api.get("/api/v1/site-calls/not-an-id", VIEWER).await.0, 400);
     assert_eq!(
         api.get(

@@ -9,11 +9,15 @@
 //!   it records every message and counts them per Message-ID.
 //! - [`TcpProxy`]: a fault-injecting TCP proxy that can cut all connections
 //!   and refuse new ones, then heal.
+//! - [`flood`]: many clients from their own loopback addresses sending
+//!   HTTP Basic credentials, a latency probe, a process's resident memory
+//!   (the authentication flood test and `sitelink bench auth`).
 //! - [`eventually`]: poll a condition with a timeout instead of sleeping.
 //! - [`fresh_database`]: a new, randomly named database on the server an
 //!   environment variable names, or a printed "skipped" without it.
 
 mod database;
+pub mod flood;
 mod http;
 mod proxy;
 mod smtp;

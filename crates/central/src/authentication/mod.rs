@@ -9,11 +9,12 @@
 //!
 //! Invariants:
 //! - argon2 (about 19 MiB and tens of milliseconds each) never runs on the
-//!   async runtime: it runs on the blocking pool, at most
-//!   `password_checks_at_once` at a time; a request that cannot get a slot
-//!   within [`HASH_SLOT_WAIT`] is answered 503 with `Retry-After`, so a
-//!   flood costs bounded memory and the runtime stays free for `/healthz`
-//!   and real work.
+//!   async runtime: it runs on `password_checks_at_once` threads of its own
+//!   ([`hashing::HashingPool`]) behind a short queue; a check that finds the
+//!   queue full, or is not done within [`HASH_SLOT_WAIT`], is answered 503
+//!   with `Retry-After`. So a flood costs bounded memory (a fixed set of
+//!   threads, each reusing its own 19 MiB) and the runtime stays free for
+//!   `/healthz` and real work.
 //! - Failed password checks are throttled per user name and per client
 //!   address ([`throttle::LoginThrottle`]: a few free failures, then an
 //!   exponential delay answered 429 with `Retry-After`); a throttled
@@ -27,6 +28,7 @@
 //!   (both re-read from the database on every request) drops it at once.
 //!   So an API client that sends Basic on every request pays argon2 once.
 
+mod hashing;
 mod throttle;
 
 use std::{
@@ -37,12 +39,11 @@ use std::{
 };
 
 use argon2::{
-    password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
+    password_hash::{rand_core::OsRng, PasswordHasher, SaltString},
     Argon2,
 };
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 
 use crate::configuration_database::{Database, User, UsersError};
 pub use throttle::{LoginThrottle, ThrottleSettings};
@@ -88,7 +89,7 @@ pub struct Authenticator {
 
 struct Inner {
     db: Database,
-    hashing: Arc<Semaphore>,
+    hashing: hashing::HashingPool,
     throttle: LoginThrottle,
     /// Verified credentials: keyed hash → (stored hash it matched, expiry).
     cache: Mutex<HashMap<[u8; 32], (String, Instant)>>,
@@ -117,7 +118,7 @@ impl Authenticator {
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
-                hashing: Arc::new(Semaphore::new(checks_at_once.max(1))),
+                hashing: hashing::HashingPool::start(checks_at_once.max(1)),
                 throttle: LoginThrottle::new(throttle),
                 cache: Mutex::default(),
                 cache_key,
@@ -182,27 +183,14 @@ impl Authenticator {
             .ok_or(AuthError::Rejected)
     }
 
-    /// argon2 on the blocking pool, at most `checks_at_once` at a time.
+    /// argon2 on the hashing threads; 503 (Busy) when they are saturated.
     async fn verify(&self, password: &str, stored: String) -> Result<bool, AuthError> {
-        let permit =
-            tokio::time::timeout(HASH_SLOT_WAIT, self.inner.hashing.clone().acquire_owned())
-                .await
-                .map_err(|_| AuthError::Busy(Duration::from_secs(1)))?
-                .expect("the semaphore is never closed");
-        let password = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let parsed = PasswordHash::new(&stored)
-                .map_err(|e| anyhow::anyhow!("stored password hash: {e}"))?;
-            Ok::<_, anyhow::Error>(
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok(),
-            )
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("password check task: {e}"))??;
-        Ok(ok)
+        self.inner
+            .hashing
+            .verify(password.to_owned(), stored, HASH_SLOT_WAIT)
+            .await
+            .ok_or(AuthError::Busy(Duration::from_secs(1)))?
+            .map_err(AuthError::Internal)
     }
 
     fn cache_key(&self, name: &str, password: &str) -> [u8; 32] {
