@@ -23,7 +23,7 @@ mod smtp;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use sitelink_commons::{RetryPolicy, SiteName, TrackedOperationStatus};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -152,32 +152,38 @@ impl Dispatcher {
             attempted: due.len(),
             ..Default::default()
         };
-        // Every send of the round runs to its end (8 at a time); then one
-        // transaction records all outcomes. A crash in between sends them
-        // again (same Message-ID): at-least-once, as documented.
-        let attempts: Vec<(DueNotification, SendOutcome)> = futures::stream::iter(due)
+        // Sends run 8 at a time. As soon as one ends, its outcome is
+        // committed together with every other that has ended meanwhile:
+        // the window in which a crash makes a message go out twice (the
+        // SMTP server accepted it; its Delivered is not yet committed) is
+        // one such commit, not a whole round (SPEC §6 guarantee 8).
+        let mut sends = futures::stream::iter(due)
             .map(|n| async move {
                 let outcome = mailer.send(&n).await;
                 (n, outcome)
             })
-            .buffer_unordered(CONCURRENT_SENDS)
-            .collect()
-            .await;
-        let statuses = self
-            .db
-            .notifications()
-            .record_attempts(&attempts, &self.policy, now_ms())
-            .await?;
-        for ((n, outcome), status) in attempts.iter().zip(statuses) {
-            match status {
-                Some(TrackedOperationStatus::Delivered) => out.delivered += 1,
-                Some(TrackedOperationStatus::Retrying) => out.retrying += 1,
-                Some(TrackedOperationStatus::Parked) => out.parked += 1,
-                Some(TrackedOperationStatus::Failed) => out.failed += 1,
-                _ => {}
+            .buffer_unordered(CONCURRENT_SENDS);
+        while let Some(first) = sends.next().await {
+            let mut ended = vec![first];
+            while let Some(Some(more)) = sends.next().now_or_never() {
+                ended.push(more);
             }
-            if let SendOutcome::Transient(e) | SendOutcome::Permanent(e) = outcome {
-                tracing::warn!(id = %n.id, error = %e, ?status, "notification not delivered");
+            let statuses = self
+                .db
+                .notifications()
+                .record_attempts(&ended, &self.policy, now_ms())
+                .await?;
+            for ((n, outcome), status) in ended.iter().zip(statuses) {
+                match status {
+                    Some(TrackedOperationStatus::Delivered) => out.delivered += 1,
+                    Some(TrackedOperationStatus::Retrying) => out.retrying += 1,
+                    Some(TrackedOperationStatus::Parked) => out.parked += 1,
+                    Some(TrackedOperationStatus::Failed) => out.failed += 1,
+                    _ => {}
+                }
+                if let SendOutcome::Transient(e) | SendOutcome::Permanent(e) = outcome {
+                    tracing::warn!(id = %n.id, error = %e, ?status, "notification not delivered");
+                }
             }
         }
         Ok(out)

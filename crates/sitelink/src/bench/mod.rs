@@ -3,6 +3,7 @@
 //! reports medians, and prints as its last line one JSON object with every
 //! figure, its baseline and their ratio (SPEC §7).
 
+mod auth;
 mod cached_call;
 mod central_world;
 mod ingest;
@@ -14,6 +15,12 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum BenchName {
+    /// Central (a separate process) under 64 clients sending wrong HTTP
+    /// Basic passwords: resident memory and /healthz latency against idle.
+    Auth {
+        #[arg(long)]
+        quick: bool,
+    },
     /// Plain `Call` vs durable `CachedCall` (immediate success, and to a
     /// down target) at concurrency 1 and 64.
     CachedCall {
@@ -63,6 +70,7 @@ pub enum BenchName {
 
 pub async fn run(name: BenchName) -> anyhow::Result<()> {
     match name {
+        BenchName::Auth { quick } => auth::run(quick).await,
         BenchName::CachedCall { quick } => cached_call::run(quick).await,
         BenchName::Ingest { db, quick } => ingest::run(db, quick).await,
         BenchName::Queries { db, rows, quick } => queries::run(db, rows, quick).await,
