@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::CentralConfig,
-    configuration_database::{now_ms, Database, DueNotification, NewNotification, SendOutcome},
+    configuration_database::{now_ms, Database, NewNotification, SendOutcome},
 };
 pub use smtp::{classify, message_id, Mailer};
 
