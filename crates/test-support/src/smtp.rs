@@ -95,6 +95,9 @@ struct Shared {
     mails: Vec<ReceivedMail>,
     /// Messages accepted per Message-ID.
     per_message_id: HashMap<String, usize>,
+    /// How long the end of a message's data waits before it is accepted (a
+    /// slow relay).
+    accept_delay: std::time::Duration,
 }
 
 /// The fake server. Stops when dropped.
@@ -162,6 +165,11 @@ impl FakeSmtp {
 
     /// Changes how the server answers; `Down` closes the port, anything
     /// else opens it again (on the same port).
+    /// Every message waits this long after its data before it is accepted.
+    pub fn set_accept_delay(&self, delay: std::time::Duration) {
+        self.shared.lock().unwrap().accept_delay = delay;
+    }
+
     pub async fn set_mode(&self, mode: SmtpMode) {
         let down = mode == SmtpMode::Down;
         self.shared.lock().unwrap().mode = Some(mode);
@@ -336,6 +344,8 @@ async fn session(stream: TcpStream, shared: Arc<Mutex<Shared>>) -> std::io::Resu
                 let l = line.strip_prefix('.').unwrap_or(&line);
                 data.push_str(l);
             }
+            let delay = shared.lock().unwrap().accept_delay;
+            tokio::time::sleep(delay).await;
             let mail = ReceivedMail {
                 from: from.clone(),
                 recipients: std::mem::take(&mut recipients),
