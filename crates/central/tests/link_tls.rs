@@ -139,3 +139,63 @@ async fn the_link_runs_over_tls_with_a_self_signed_certificate() {
     site_task.await.unwrap().unwrap();
     cancel.cancel();
 }
+
+/// Central's HTTP port over TLS (`[central.http_tls]`): a client that
+/// trusts the certificate gets the API; a plain-text client gets nothing;
+/// a client that opens a TLS connection and never finishes the handshake
+/// is closed after the setup timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_port_serves_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    self_signed(dir.path(), "http");
+    let cfg = CentralConfig::parse(
+        "[central]\ndatabase_url = \"sqlite://central.db\"\nlink_bind = \"127.0.0.1:0\"\n\
+         http_bind = \"127.0.0.1:0\"\nsetup_timeout_ms = 500\n\
+         [central.http_tls]\ncert_file = \"http.crt\"\nkey_file = \"http.key\"\n",
+        dir.path(),
+    )
+    .unwrap();
+    let central = Central::build(cfg).await.unwrap();
+    let port = central.http_addr().port();
+    let cancel = CancellationToken::new();
+    tokio::spawn(central.run(cancel.clone()));
+
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("http.crt")).unwrap())
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("https://localhost:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .get(format!("https://localhost:{port}/api/v1/sites"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "TLS carries the API, which wants credentials"
+    );
+    // Plain text on the TLS port: no HTTP answer.
+    let plain = reqwest::get(format!("http://localhost:{port}/healthz")).await;
+    assert!(plain.is_err() || plain.unwrap().status() != 200);
+    // A client that never sends its ClientHello is closed.
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut silent, &mut buf),
+    )
+    .await
+    .expect("closed within the setup timeout");
+    assert!(matches!(read, Ok(0) | Err(_)));
+    cancel.cancel();
+}

@@ -100,4 +100,11 @@ async fn a_flood_of_wrong_passwords_costs_bounded_memory_and_health_answers() {
     assert!(!legit.is_empty());
     assert!(legit.iter().all(|(s, _)| *s == Some(200)), "{legit:?}");
     sigterm(central).await;
+    // The users existed before the start, so the SITELINK_ADMIN_PASSWORD
+    // that common::start sets created nothing, and the log says why.
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("SITELINK_ADMIN_PASSWORD ignored: users exist already"),
+        "{log}"
+    );
 }
