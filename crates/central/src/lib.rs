@@ -23,9 +23,6 @@
 //! - [`site_call_audit`]: Site Call Audit: the `SiteCallAuditActor`, one
 //!   task owning ingest batching, the reconcile schedule, the relay, the
 //!   KPI counter fold and the retention purge.
-//! - [`listeners`], [`http_server`]: what every port applies to its
-//!   connections (a cap, a setup deadline), and the HTTP port's accept loop
-//!   (header-read timeout, optional TLS).
 //! - [`config`], [`startup`]: `central.toml` and [`Central`], which binds
 //!   the link and HTTP listeners and serves both.
 //!
@@ -33,8 +30,6 @@ pub mod authentication;
 pub mod communication;
 pub mod config;
 pub mod configuration_database;
-pub mod http_server;
-pub mod listeners;
 pub mod notification_outbox;
 pub mod rest_api;
 pub mod site_call_audit;

@@ -7,6 +7,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use sitelink_commons::contracts::v1::site_link_server::SiteLinkServer;
+use sitelink_net::{http_server, ConnectionLimits, GuardedListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -14,8 +15,6 @@ use crate::{
     communication::{LinkService, LinkSettings, LinkStats},
     config::CentralConfig,
     configuration_database::{Database, Role},
-    http_server,
-    listeners::{ConnectionLimits, GuardedListener},
     notification_outbox::{Dispatcher, Outbox},
     rest_api::{self, ApiState, KpiSettings},
     site_call_audit::{AuditSettings, SiteCallAudit, SiteCallAuditActor},

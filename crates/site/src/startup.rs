@@ -103,17 +103,32 @@ impl Site {
                 .spawn(CentralLink::new(self.engine.clone(), central, queries).run(cancel.clone()));
         }
         let app = admin_api::router(self.engine.clone(), self.runtime.clone(), self.admin_guard);
-        let shutdown = cancel.clone();
         tracing::info!(admin = %self.admin_addr, site = self.engine.site(), "site running");
-        let server = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await });
-        let served = server.await.context("admin API");
+        let listener = sitelink_net::GuardedListener::new(self.listener, ADMIN_LIMITS, "admin");
+        let served = sitelink_net::http_server::serve(
+            listener,
+            app,
+            None,
+            ADMIN_LIMITS.setup_timeout,
+            ADMIN_LIMITS.setup_timeout,
+            cancel.clone(),
+        )
+        .await
+        .context("admin API");
         cancel.cancel();
         while tasks.join_next().await.is_some() {}
         tracing::info!("site stopped");
         served
     }
 }
+
+/// The admin API's connection cap, and the time a connection has for its
+/// request headers (and may stay idle between requests): a local operator
+/// or a supervisor needs a handful, and nothing may hold them for ever.
+const ADMIN_LIMITS: sitelink_net::ConnectionLimits = sitelink_net::ConnectionLimits {
+    max_connections: 64,
+    setup_timeout: Duration::from_secs(5),
+};
 
 /// Owns the purge schedule (SPEC §4.1).
 async fn purge_loop(engine: Engine, cancel: CancellationToken) {

@@ -140,3 +140,35 @@ fn a_non_loopback_bind_needs_a_token() {
         format!("{text}token = \"admin-token-0123456789\"\nallowed_hosts = [\"hmi-01.plant\"]\n");
     SiteConfig::parse(&with_token, Path::new("/tmp")).unwrap();
 }
+
+/// The admin API's port is bounded like central's: a connection that never
+/// completes its request headers is closed after 5 s.
+#[tokio::test]
+async fn an_unfinished_request_is_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (url, cancel, _dir) = site("").await;
+    let addr = url.trim_start_matches("http://").to_owned();
+    let started = std::time::Instant::now();
+    let mut partial = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    partial
+        .write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match partial.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "still open after 10 s");
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(4),
+        "closed after {took:?}"
+    );
+    cancel.cancel();
+}

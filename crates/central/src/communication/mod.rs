@@ -29,12 +29,12 @@ use sitelink_commons::{
     contracts::v1::{self, site_link_server::SiteLink, CentralMessage, SiteMessage},
     TrackedOperationId,
 };
+use sitelink_net::ConnectionInfo;
 use tokio::sync::mpsc;
 use tonic::{transport::server::TlsConnectInfo, Request, Response, Status, Streaming};
 
 use crate::{
-    configuration_database::Database, listeners::ConnectionInfo, notification_outbox::Outbox,
-    site_call_audit::SiteCallAudit,
+    configuration_database::Database, notification_outbox::Outbox, site_call_audit::SiteCallAudit,
 };
 
 /// The protocol version this build speaks.
@@ -143,7 +143,7 @@ impl SiteLink for LinkService {
     ) -> Result<Response<Self::OpenStream>, Status> {
         // The connection this stream came on (plain or TLS): marked
         // established once the stream has authenticated, which lifts its
-        // setup deadline (crate::listeners).
+        // setup deadline (sitelink_net::listeners).
         let connection = request
             .extensions()
             .get::<ConnectionInfo>()

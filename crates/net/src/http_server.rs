@@ -1,5 +1,5 @@
-//! Central's HTTP port (REST API, `/metrics`, `/healthz`; the web UI
-//! next): the accept loop, hand-written on hyper because `axum::serve`
+//! An HTTP port (central's REST API, `/metrics` and `/healthz`, the web UI
+//! next; the site's admin API): the accept loop, hand-written on hyper because `axum::serve`
 //! offers neither a header-read timeout, nor a connection cap, nor TLS.
 //!
 //! Per connection: a place under the port's cap ([`GuardedListener`]);

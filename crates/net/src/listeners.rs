@@ -1,4 +1,4 @@
-//! What every central port applies to the connections it accepts (SPEC §6
+//! What every port applies to the connections it accepts (SPEC §6
 //! guarantee 7): a cap on how many are open at once, and a deadline by
 //! which a connection must have shown it is real.
 //!
@@ -14,7 +14,7 @@
 //! a silent socket, a stalled TLS handshake, a partial HTTP/2 preface or a
 //! peer that never authenticates is closed after the timeout; an
 //! authenticated link is then watched by HTTP/2 keepalive pings instead.
-//! The HTTP port uses hyper's header-read timeout for the same purpose
+//! The HTTP ports (central's, the site's admin API) use hyper's header-read timeout for the same purpose
 //! (it also bounds the idle time between two requests), and the deadline
 //! here only for its TLS handshake.
 
