@@ -12,34 +12,6 @@ use serde_json::Value;
 use sitelink_central::configuration_database::Role;
 use sitelink_test_support::{eventually, FakeHttp, Mode};
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    async fn get(&self, path: &str, auth: (&str, &str)) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .basic_auth(auth.0, Some(auth.1))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    }
-    async fn post(&self, path: &str, auth: (&str, &str)) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .basic_auth(auth.0, Some(auth.1))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    }
-}
-
 const ADMIN: (&str, &str) = ("alice", "alice-password");
 const DEPLOY: (&str, &str) = ("dora", "dora-password");
 const VIEWER: (&str, &str) = ("victor", "victor-password");
@@ -54,10 +26,7 @@ async fn operators_see_and_act_on_site_calls() {
     ] {
         central.db.users().add(user.0, user.1, role).await.unwrap();
     }
-    let api = Api {
-        base: central.http.clone(),
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&central);
     let fake = FakeHttp::start(Mode::Unavailable).await;
     let token = register(&central, "s1").await;
     let mut site = spawn_site("s1", &token, central.link, &fake.url(), 1).await;
@@ -396,10 +365,7 @@ async fn a_site_that_does_not_answer_gives_504() {
         .add(DEPLOY.0, DEPLOY.1, Role::Deployment)
         .await
         .unwrap();
-    let api = Api {
-        base: central.http.clone(),
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&central);
     let token = register(&central, "mute").await;
     // A connected site that reports one parked call and then never answers.
     let (tx, mut inbound) = raw_stream(central.link, &token, "mute").await.unwrap();
@@ -469,10 +435,7 @@ ops = ["ops@plant.example"]
     for (user, role) in [(DEPLOY, Role::Deployment), (VIEWER, Role::Viewer)] {
         central.db.users().add(user.0, user.1, role).await.unwrap();
     }
-    let api = Api {
-        base: central.http.clone(),
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&central);
     let site = sitelink_commons::SiteName::parse("s1").unwrap();
     central.db.sites().add(&site).await.unwrap();
     let id = sitelink_commons::TrackedOperationId::new();

@@ -18,3 +18,16 @@ pub mod listeners;
 pub use listeners::{
     ConnectionInfo, ConnectionLimits, Established, GuardedListener, GuardedStream,
 };
+
+/// Whether `headers` carry `Authorization: Bearer <expected>` (the scheme
+/// case-insensitive, RFC 9110 §11.1; the token compared without a timing
+/// leak): the one check of the fixed tokens that guard `/metrics` and the
+/// site's admin API.
+pub fn has_bearer(headers: &axum::http::HeaderMap, expected: &str) -> bool {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+        .is_some_and(|(_, t)| sitelink_commons::secret_eq(t.trim().as_bytes(), expected.as_bytes()))
+}

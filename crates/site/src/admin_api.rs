@@ -95,25 +95,17 @@ impl AdminGuard {
                 ));
             }
         }
-        if let Some(token) = &self.token {
-            if req.uri().path() != "/healthz" {
-                let given = headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.split_once(' '))
-                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
-                    .map(|(_, t)| t.trim());
-                if !given
-                    .is_some_and(|g| sitelink_commons::secret_eq(g.as_bytes(), token.as_bytes()))
-                {
-                    return Some(ApiError(
-                        StatusCode::UNAUTHORIZED,
-                        "this admin API wants Authorization: Bearer <[admin] token>".into(),
-                    ));
-                }
+        match &self.token {
+            Some(token)
+                if req.uri().path() != "/healthz" && !sitelink_net::has_bearer(headers, token) =>
+            {
+                Some(ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "this admin API wants Authorization: Bearer <[admin] token>".into(),
+                ))
             }
+            _ => None,
         }
-        None
     }
 
     fn host_allowed(&self, host: &str) -> bool {

@@ -643,13 +643,7 @@ async fn metrics(
 ) -> Result<Response, ApiError> {
     use std::fmt::Write;
     if let Some(expected) = &st.metrics_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
-            .map(|(_, t)| t.trim());
-        if !given.is_some_and(|g| sitelink_commons::secret_eq(g.as_bytes(), expected.as_bytes())) {
+        if !sitelink_net::has_bearer(&headers, expected) {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "/metrics wants Authorization: Bearer <metrics_token>",

@@ -256,3 +256,53 @@ pub async fn cleanup(
         pg.drop_database().await;
     }
 }
+
+/// A REST client for one central.
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(central: &TestCentral) -> Self {
+        Self {
+            base: central.http.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// GET with HTTP Basic: the status and the JSON body (null if none).
+    pub async fn get(&self, path: &str, auth: (&str, &str)) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .basic_auth(auth.0, Some(auth.1));
+        answer(r).await
+    }
+
+    /// POST with HTTP Basic: the status and the JSON body (null if none).
+    pub async fn post(&self, path: &str, auth: (&str, &str)) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .basic_auth(auth.0, Some(auth.1));
+        answer(r).await
+    }
+
+    /// GET with this `Authorization` header (or none): the whole answer.
+    pub async fn raw(&self, path: &str, authorization: Option<&str>) -> reqwest::Response {
+        let mut r = self.http.get(format!("{}{path}", self.base));
+        if let Some(a) = authorization {
+            r = r.header("authorization", a);
+        }
+        r.send().await.unwrap()
+    }
+}
+
+async fn answer(r: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let r = r.send().await.unwrap();
+    (
+        r.status().as_u16(),
+        r.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
