@@ -62,15 +62,16 @@ async fn the_link_runs_over_tls_with_a_self_signed_certificate() {
     self_signed(dir.path(), "central");
     self_signed(dir.path(), "other");
     let cfg = CentralConfig::parse(
-        "[central]\ndatabase_url = \"sqlite://central.db\"\nlink_bind = \"127.0.0.1:0\"\nhttp_bind = \"127.0.0.1:0\"\n[central.tls]\ncert_file = \"central.crt\"\nkey_file = \"central.key\"\n",
+        "[central]\ndatabase_url = \"sqlite://central.db\"\nlink_bind = \"127.0.0.1:0\"\nhttp_bind = \"127.0.0.1:0\"\nsetup_timeout_ms = 200\n[central.tls]\ncert_file = \"central.crt\"\nkey_file = \"central.key\"\n",
         dir.path(),
     )
     .unwrap();
     let central = Central::build(cfg).await.unwrap();
-    let (db, sessions, link) = (
+    let (db, sessions, link, stats) = (
         central.database().clone(),
         central.audit().clone(),
         central.link_addr(),
+        central.link_stats().clone(),
     );
     let cancel = CancellationToken::new();
     tokio::spawn(central.run(cancel.clone()));
@@ -135,6 +136,18 @@ async fn the_link_runs_over_tls_with_a_self_signed_certificate() {
     })
     .await;
     assert_eq!(engine.list(None, None, 10).await.unwrap().len(), ids.len());
+    // The authenticated TLS connection outlives the 200 ms setup deadline
+    // (it was marked established): five deadlines later it is still the
+    // one stream central ever accepted.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(sessions.is_online("s1").await);
+    assert_eq!(
+        stats
+            .streams_opened
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the site had to reconnect"
+    );
     site_cancel.cancel();
     site_task.await.unwrap().unwrap();
     cancel.cancel();

@@ -31,7 +31,7 @@ use sitelink_commons::{
 };
 use sitelink_net::ConnectionInfo;
 use tokio::sync::mpsc;
-use tonic::{transport::server::TlsConnectInfo, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     configuration_database::Database, notification_outbox::Outbox, site_call_audit::SiteCallAudit,
@@ -100,6 +100,9 @@ pub struct LinkStats {
     /// Forwarded notifications stored (or found already stored) and
     /// acknowledged.
     pub notifications_forwarded: AtomicU64,
+    /// Streams accepted (authenticated, Hello checked): a site that keeps
+    /// reconnecting shows here.
+    pub streams_opened: AtomicU64,
 }
 
 /// The tonic service.
@@ -141,18 +144,12 @@ impl SiteLink for LinkService {
         &self,
         request: Request<Streaming<SiteMessage>>,
     ) -> Result<Response<Self::OpenStream>, Status> {
-        // The connection this stream came on (plain or TLS): marked
-        // established once the stream has authenticated, which lifts its
-        // setup deadline (sitelink_net::listeners).
+        // The connection this stream came on (tonic gives its info, over
+        // TLS too): marked established once the stream has authenticated,
+        // which lifts its setup deadline (sitelink_net::listeners).
         let connection = request
             .extensions()
             .get::<ConnectionInfo>()
-            .or_else(|| {
-                request
-                    .extensions()
-                    .get::<TlsConnectInfo<ConnectionInfo>>()
-                    .map(TlsConnectInfo::get_ref)
-            })
             .map(|c| c.established.clone());
         let token = request
             .metadata()
@@ -200,6 +197,9 @@ impl SiteLink for LinkService {
         if let Some(established) = connection {
             established.mark();
         }
+        self.stats
+            .streams_opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(256);
         tracing::info!(%site, high_seq = hello.high_seq, "site connected");
         let session = session::Session {

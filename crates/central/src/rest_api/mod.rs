@@ -674,6 +674,11 @@ async fn metrics(
             &stats.reconcile_rows,
         ),
         (
+            "streams_opened_total",
+            "Site streams accepted (a site that keeps reconnecting shows here).",
+            &stats.streams_opened,
+        ),
+        (
             "notifications_forwarded_total",
             "Forwarded notifications stored and acknowledged.",
             &stats.notifications_forwarded,
