@@ -311,6 +311,25 @@ async fn errors_paging_schemes_and_headers_are_consistent() {
         );
     }
 
+    // Too long a target, too large headers: 414 and 431, as the JSON body.
+    let long = format!("/api/v1/site-calls?site={}", "a".repeat(9000));
+    let r = api.raw(&long, Some(&auth)).await;
+    assert_eq!(r.status(), 414);
+    assert!(r.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .contains("at most"));
+    let r = api
+        .http
+        .get(format!("{}/api/v1/sites", api.base))
+        .header("authorization", &auth)
+        .header("x-padding", "p".repeat(40 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    assert_eq!(r.headers()["content-type"], "application/json");
+
     // /metrics with a token configured: only with it.
     assert_eq!(api.raw("/metrics", None).await.status(), 401);
     assert_eq!(

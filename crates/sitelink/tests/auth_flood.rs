@@ -18,7 +18,7 @@ async fn a_flood_of_wrong_passwords_costs_bounded_memory_and_health_answers() {
     let config = dir.path().join("central.toml");
     std::fs::write(
         &config,
-        "[central]\ndatabase_url = \"sqlite://central.db\"\nlink_bind = \"127.0.0.1:0\"\n\
+        "[central]\ndatabase_url = \"sqlite://central.db\"\nlink_bind = \"0.0.0.0:0\"\n\
          http_bind = \"127.0.0.1:0\"\npassword_checks_at_once = 1\nlogin_free_failures = 1000\n",
     )
     .unwrap();
@@ -100,11 +100,22 @@ async fn a_flood_of_wrong_passwords_costs_bounded_memory_and_health_answers() {
     assert!(!legit.is_empty());
     assert!(legit.iter().all(|(s, _)| *s == Some(200)), "{legit:?}");
     sigterm(central).await;
+    // The link listens beyond loopback without TLS: the log says so, loudly.
+    assert!(
+        log_has(
+            &log,
+            "the site link port listens beyond loopback WITHOUT TLS"
+        ),
+        "no warning about the cleartext link"
+    );
     // The users existed before the start, so the SITELINK_ADMIN_PASSWORD
     // that common::start sets created nothing, and the log says why.
-    let log = std::fs::read_to_string(&log).unwrap();
     assert!(
-        log.contains("SITELINK_ADMIN_PASSWORD ignored: users exist already"),
-        "{log}"
+        log_has(&log, "SITELINK_ADMIN_PASSWORD ignored: users exist already"),
+        "no word about the ignored SITELINK_ADMIN_PASSWORD"
     );
+}
+
+fn log_has(log: &std::path::Path, text: &str) -> bool {
+    std::fs::read_to_string(log).unwrap().contains(text)
 }

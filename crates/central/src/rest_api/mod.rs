@@ -103,7 +103,10 @@ pub fn router(state: ApiState) -> Router {
 /// layer below gave as plain text (an extractor's rejection, say) becomes
 /// the JSON error body, keeping its message.
 async fn answer_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let mut resp = next.run(req).await;
+    let mut resp = match oversized(&req) {
+        Some(refusal) => refusal.into_response(),
+        None => next.run(req).await,
+    };
     let is_json = resp
         .headers()
         .get(header::CONTENT_TYPE)
@@ -222,6 +225,34 @@ fn limit_of(q: &HashMap<String, String>) -> Result<u32, ApiError> {
                 ))
             }),
     }
+}
+
+/// Longest request target (path and query) answered.
+const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most bytes of request headers answered. (The HTTP server refuses heads
+/// over 64 KiB before any handler, with a bare 431.)
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// 414 or 431, as the JSON error body, for a request too large to read on.
+fn oversized(req: &axum::extract::Request) -> Option<ApiError> {
+    let uri = req.uri().to_string().len();
+    if uri > MAX_URI_BYTES {
+        return Some(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            format!("the request target has {uri} bytes; at most {MAX_URI_BYTES}"),
+        ));
+    }
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    (headers > MAX_HEADER_BYTES).then(|| {
+        ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the request headers have {headers} bytes; at most {MAX_HEADER_BYTES}"),
+        )
+    })
 }
 
 /// Only the `allowed` query parameters, and none with a NUL byte (no

@@ -190,6 +190,12 @@ pub enum Errors {
     /// No credentials, or wrong ones (HTTP Basic or a bearer API token).
     #[response(status = 401)]
     Unauthorized(ErrorBody),
+    /// The request target is longer than 8 KiB.
+    #[response(status = 414)]
+    UriTooLong(ErrorBody),
+    /// The request headers are larger than 32 KiB.
+    #[response(status = 431)]
+    HeadersTooLarge(ErrorBody),
     /// Too many failed logins for this user name or address.
     #[response(status = 429, headers(("Retry-After" = u64, description = "seconds to wait")))]
     Throttled(ErrorBody),
