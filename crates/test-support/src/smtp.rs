@@ -345,7 +345,11 @@ async fn session(stream: TcpStream, shared: Arc<Mutex<Shared>>) -> std::io::Resu
                 data.push_str(l);
             }
             let delay = shared.lock().unwrap().accept_delay;
-            tokio::time::sleep(delay).await;
+            // Only when asked for: even a zero sleep waits for the timer's
+            // next tick (a millisecond), which would slow every message.
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let mail = ReceivedMail {
                 from: from.clone(),
                 recipients: std::mem::take(&mut recipients),

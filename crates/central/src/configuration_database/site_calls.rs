@@ -93,14 +93,12 @@ impl<'a> SiteCalls<'a> {
         let mut tx = self.db.pool().begin().await?;
         let mut outs = Vec::with_capacity(jobs.len());
         for j in jobs {
-            // A revoked site's rows are not stored, even those already on
-            // their way when the revocation committed.
-            let revoked: Option<Option<i64>> =
-                sqlx::query_scalar("SELECT revoked_at_ms FROM sites WHERE name = $1")
-                    .bind(j.site.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if !matches!(revoked, Some(None)) {
+            // The first statement writes: it takes SQLite's write lock at
+            // once (a read first, then a write, fails with
+            // SQLITE_BUSY_SNAPSHOT whenever another connection wrote in
+            // between), notes the contact, and finds a revoked site, whose
+            // rows are not stored, even those already on their way.
+            if !super::sites::seen_unless_revoked_in(&mut tx, j.site.as_str(), j.seen_seq).await? {
                 outs.push(IngestOutcome {
                     revoked: true,
                     ..IngestOutcome::default()
@@ -108,9 +106,6 @@ impl<'a> SiteCalls<'a> {
                 continue;
             }
             outs.push(ingest_in(&mut tx, &j.site, j.rows, j.complete_range).await?);
-            if let Some(seq) = j.seen_seq {
-                super::sites::seen_in(&mut tx, j.site.as_str(), seq).await?;
-            }
         }
         tx.commit().await?;
         Ok(outs)

@@ -23,7 +23,7 @@ mod smtp;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use futures::{FutureExt, StreamExt};
+use anyhow::Context as _;
 use sitelink_commons::{RetryPolicy, SiteName, TrackedOperationStatus};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,9 @@ pub use smtp::{classify, message_id, Mailer};
 const BATCH: u32 = 100;
 /// SMTP conversations in flight at once.
 const CONCURRENT_SENDS: usize = 8;
+/// Ended sends wait at most this long for their outcomes' commit (the crash
+/// window of a duplicate mail, with the commit itself).
+pub const COMMIT_EVERY: Duration = Duration::from_millis(25);
 /// How often the dispatcher looks for due retries when nothing wakes it.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -152,28 +155,57 @@ impl Dispatcher {
             attempted: due.len(),
             ..Default::default()
         };
-        // Sends run 8 at a time. As soon as one ends, its outcome is
-        // committed together with every other that has ended meanwhile:
-        // the window in which a crash makes a message go out twice (the
+        // Up to 8 sends at a time, each a task of its own, so that a slow
+        // one holds up no other. The outcomes of sends that have ended are
+        // committed together at most COMMIT_EVERY after the first of them
+        // ended (and at the end of the round), while the other sends go
+        // on. So the window in which a crash mails a message twice (the
         // SMTP server accepted it; its Delivered is not yet committed) is
-        // one such commit, not a whole round (SPEC §6 guarantee 8).
-        let mut sends = futures::stream::iter(due)
-            .map(|n| async move {
-                let outcome = mailer.send(&n).await;
-                (n, outcome)
-            })
-            .buffer_unordered(CONCURRENT_SENDS);
-        while let Some(first) = sends.next().await {
-            let mut ended = vec![first];
-            while let Some(Some(more)) = sends.next().now_or_never() {
-                ended.push(more);
+        // COMMIT_EVERY plus one commit, whatever the slowest send takes;
+        // and commits stay few (a write of the outbox competes with the
+        // forwarded notifications' writes for SQLite's one writer).
+        let mut waiting = due.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        let mut ended = Vec::new();
+        let mut commit_at: Option<tokio::time::Instant> = None;
+        loop {
+            while running.len() < CONCURRENT_SENDS {
+                let Some(n) = waiting.next() else { break };
+                let mailer = mailer.clone();
+                running.spawn(async move {
+                    let outcome = mailer.send(&n).await;
+                    (n, outcome)
+                });
             }
+            if running.is_empty() && ended.is_empty() {
+                break;
+            }
+            let commit_now = match commit_at {
+                _ if running.is_empty() => true,
+                None => {
+                    let done = running.join_next().await.expect("sends are running");
+                    ended.push(done.context("a notification send task")?);
+                    commit_at = Some(tokio::time::Instant::now() + COMMIT_EVERY);
+                    false
+                }
+                Some(at) => tokio::select! {
+                    Some(done) = running.join_next() => {
+                        ended.push(done.context("a notification send task")?);
+                        false
+                    }
+                    () = tokio::time::sleep_until(at) => true,
+                },
+            };
+            if !commit_now {
+                continue;
+            }
+            commit_at = None;
             let statuses = self
                 .db
                 .notifications()
                 .record_attempts(&ended, &self.policy, now_ms())
                 .await?;
-            for ((n, outcome), status) in ended.iter().zip(statuses) {
+            for ((n, outcome), status) in ended.drain(..).zip(statuses) {
                 match status {
                     Some(TrackedOperationStatus::Delivered) => out.delivered += 1,
                     Some(TrackedOperationStatus::Retrying) => out.retrying += 1,

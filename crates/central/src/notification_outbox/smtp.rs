@@ -26,6 +26,8 @@ use crate::{
     configuration_database::{DueNotification, SendOutcome},
 };
 
+/// Cheap to clone: the transport's connection pool is shared.
+#[derive(Clone)]
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
