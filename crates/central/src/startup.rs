@@ -46,8 +46,6 @@ pub struct Central {
     link_addr: SocketAddr,
     http_listener: GuardedListener,
     http_addr: SocketAddr,
-    /// HTTP header-read (and idle) timeout, TLS handshake timeout.
-    setup_timeout: Duration,
     link_keepalive: Duration,
 }
 
@@ -143,7 +141,6 @@ impl Central {
             metrics_token: c.metrics_token.clone(),
             tls,
             http_tls,
-            setup_timeout,
             link_keepalive: Duration::from_millis(c.link_keepalive_ms),
             link_addr: link_listener.local_addr()?,
             link_listener,
@@ -210,14 +207,7 @@ impl Central {
             auth: self.auth,
             metrics_token: self.metrics_token,
         });
-        let http = http_server::serve(
-            self.http_listener,
-            api,
-            self.http_tls,
-            self.setup_timeout,
-            self.setup_timeout,
-            cancel.clone(),
-        );
+        let http = http_server::serve(self.http_listener, api, self.http_tls, cancel.clone());
         let actor = self.actor.run(cancel.clone());
         let dispatcher = self.dispatcher.run(cancel.clone());
         let (link, http, (), ()) = tokio::join!(link, http, actor, dispatcher);

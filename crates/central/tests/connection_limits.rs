@@ -146,3 +146,34 @@ async fn a_thousand_idle_connections_leave_the_site_connected_and_rest_answering
         c.await.unwrap();
     }
 }
+
+/// The setup timeout bounds only what comes before a connection is in use:
+/// a keep-alive connection that keeps sending requests outlives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_keep_alive_connection_outlives_the_setup_timeout() {
+    let central = spawn_central_with("setup_timeout_ms = 300").await;
+    let http = central.http.trim_start_matches("http://").to_owned();
+    let mut conn = TcpStream::connect(&http).await.unwrap();
+    let started = Instant::now();
+    let mut answers = 0;
+    // Bounded: a request every 100 ms for 1.2 s (four setup timeouts).
+    while started.elapsed() < Duration::from_millis(1200) {
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut answer))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "request {answers} after {:?}: {:?}",
+            started.elapsed(),
+            String::from_utf8_lossy(&answer[..n])
+        );
+        answers += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answers >= 8, "{answers}");
+}

@@ -28,15 +28,16 @@ use crate::listeners::GuardedListener;
 /// is answered 431 by hyper.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// Serves `router` on `listener` until `cancel` fires.
+/// Serves `router` on `listener` until `cancel` fires. The listener's
+/// setup timeout bounds the TLS handshake and, as hyper's header-read
+/// timeout, every request's headers and the idle time before them.
 pub async fn serve(
     listener: GuardedListener,
     router: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    header_timeout: Duration,
-    setup_timeout: Duration,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let timeout = listener.limits().setup_timeout;
     let listener = Arc::new(listener);
     loop {
         let stream = tokio::select! {
@@ -47,12 +48,20 @@ pub async fn serve(
         let router = router.clone();
         let tls = tls.clone();
         let cancel = cancel.clone();
+        // From the first request on, hyper's header-read timeout watches
+        // the connection, so the stream's own deadline (which would cut a
+        // busy keep-alive connection) ends once it is usable.
+        let established = stream.info().established.clone();
         tokio::spawn(async move {
             let served = match tls {
-                None => connection(stream, peer, router, header_timeout, cancel).await,
-                Some(tls) => match tokio::time::timeout(setup_timeout, tls.accept(stream)).await {
+                None => {
+                    established.mark();
+                    connection(stream, peer, router, timeout, cancel).await
+                }
+                Some(tls) => match tokio::time::timeout(timeout, tls.accept(stream)).await {
                     Ok(Ok(stream)) => {
-                        connection(stream, peer, router, header_timeout, cancel).await
+                        established.mark();
+                        connection(stream, peer, router, timeout, cancel).await
                     }
                     Ok(Err(e)) => Err(e.into()),
                     Err(_) => Err(anyhow::anyhow!("TLS handshake timed out")),

@@ -14,9 +14,10 @@
 //! a silent socket, a stalled TLS handshake, a partial HTTP/2 preface or a
 //! peer that never authenticates is closed after the timeout; an
 //! authenticated link is then watched by HTTP/2 keepalive pings instead.
-//! The HTTP ports (central's, the site's admin API) use hyper's header-read timeout for the same purpose
-//! (it also bounds the idle time between two requests), and the deadline
-//! here only for its TLS handshake.
+//! The HTTP ports (central's, the site's admin API) mark a connection
+//! established once it is usable (after the TLS handshake, or at once) and
+//! leave the rest to hyper's header-read timeout, which also bounds the idle
+//! time between two requests.
 
 use std::{
     future::Future as _,
@@ -86,6 +87,10 @@ impl GuardedListener {
             what,
             last_warning: Mutex::new(None),
         }
+    }
+
+    pub fn limits(&self) -> ConnectionLimits {
+        self.limits
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {

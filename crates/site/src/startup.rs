@@ -105,16 +105,9 @@ impl Site {
         let app = admin_api::router(self.engine.clone(), self.runtime.clone(), self.admin_guard);
         tracing::info!(admin = %self.admin_addr, site = self.engine.site(), "site running");
         let listener = sitelink_net::GuardedListener::new(self.listener, ADMIN_LIMITS, "admin");
-        let served = sitelink_net::http_server::serve(
-            listener,
-            app,
-            None,
-            ADMIN_LIMITS.setup_timeout,
-            ADMIN_LIMITS.setup_timeout,
-            cancel.clone(),
-        )
-        .await
-        .context("admin API");
+        let served = sitelink_net::http_server::serve(listener, app, None, cancel.clone())
+            .await
+            .context("admin API");
         cancel.cancel();
         while tasks.join_next().await.is_some() {}
         tracing::info!("site stopped");
