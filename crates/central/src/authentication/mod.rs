@@ -127,10 +127,6 @@ impl Authenticator {
         })
     }
 
-    pub fn throttle(&self) -> &LoginThrottle {
-        &self.inner.throttle
-    }
-
     /// The user with this name and password, from `client`.
     pub async fn password(
         &self,

@@ -163,7 +163,11 @@ impl SiteLink for LinkService {
             .sites()
             .authenticate(&token)
             .await
-            .map_err(|e| Status::internal(format!("central database: {e}")))?
+            .map_err(|e| {
+                // The database's words stay in central's log.
+                tracing::error!(error = %e, "authenticating a site stream");
+                Status::internal("central could not check the token; see central's log")
+            })?
             .ok_or_else(|| {
                 tracing::warn!("stream refused: unknown or revoked site token");
                 Status::unauthenticated("unknown or revoked site token")

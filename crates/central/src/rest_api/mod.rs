@@ -199,7 +199,7 @@ impl From<AuthError> for ApiError {
 /// A 500 that carries a short reference, never the error itself: the
 /// database's or a library's message goes to the log only, under the same
 /// reference, so an operator can find it there.
-pub fn internal(e: impl std::fmt::Display) -> ApiError {
+fn internal(e: impl std::fmt::Display) -> ApiError {
     let reference = format!("{:08x}", rand::random::<u32>());
     tracing::error!(error = %e, reference, "REST API internal error");
     ApiError::new(
@@ -327,7 +327,7 @@ async fn sites(
     Ok(Json(SitesPage { items, next }).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/site-calls", tag = "site calls", params(openapi::SiteCallsQuery),
+#[utoipa::path(get, path = "/api/v1/site-calls", tag = "site calls", params(openapi::KindQuery, openapi::ListQuery),
     responses((status = 200, body = SiteCallsPage), Errors, Busy))]
 async fn list_site_calls(
     State(st): State<ApiState>,

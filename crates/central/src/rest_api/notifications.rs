@@ -21,7 +21,7 @@ use crate::{
     configuration_database::{now_ms, NotificationCommand, PageCursor},
 };
 
-#[utoipa::path(get, path = "/api/v1/notifications", tag = "notifications", params(openapi::NotificationsQuery),
+#[utoipa::path(get, path = "/api/v1/notifications", tag = "notifications", params(openapi::ListQuery),
     responses((status = 200, body = openapi::NotificationsPage), Errors, Busy))]
 pub(super) async fn list(
     State(st): State<ApiState>,

@@ -94,37 +94,20 @@ pub enum SiteCallKind {
     DatabaseWrite,
 }
 
-/// `GET /api/v1/site-calls`.
+/// `GET /api/v1/site-calls` (with [`ListQuery`]).
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // documentation: the handler reads its query itself, to name every bad value
-pub struct SiteCallsQuery {
-    /// Only this site.
-    #[param(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
-    site: Option<String>,
+pub struct KindQuery {
     kind: Option<SiteCallKind>,
-    status: Option<TrackedOperationStatus>,
-    /// Created at or after (RFC 3339); not after `to`.
-    #[param(format = DateTime)]
-    from: Option<String>,
-    /// Created before (RFC 3339); not before `from`.
-    #[param(format = DateTime)]
-    to: Option<String>,
-    /// Page size, default 100.
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<u32>,
-    /// The `next` of the previous page.
-    #[param(
-        pattern = r"^[0-9]{1,15}\.[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-    )]
-    after: Option<String>,
 }
 
+/// The filters and paging of `GET /api/v1/site-calls` and
 /// `GET /api/v1/notifications`.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
-pub struct NotificationsQuery {
+pub struct ListQuery {
     /// Only this site.
     #[param(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
     site: Option<String>,
