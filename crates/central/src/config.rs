@@ -136,6 +136,9 @@ pub struct CentralSection {
     pub login_max_delay_seconds: u64,
     /// When set, `/metrics` wants `Authorization: Bearer <metrics_token>`.
     pub metrics_token: Option<String>,
+    /// A web UI session unused this long ends (default 8 hours).
+    #[serde(default = "default_ui_idle_timeout_minutes")]
+    pub ui_idle_timeout_minutes: u64,
 }
 
 fn default_link_bind() -> SocketAddr {
@@ -192,6 +195,9 @@ fn default_login_free_failures() -> u32 {
 fn default_login_max_delay_seconds() -> u64 {
     60
 }
+fn default_ui_idle_timeout_minutes() -> u64 {
+    480
+}
 
 impl CentralConfig {
     /// Every numeric key within its documented range (README), or an
@@ -199,7 +205,7 @@ impl CentralConfig {
     fn check_ranges(&self) -> Result<(), String> {
         let c = &self.central;
         let o = self.notification_outbox.as_ref();
-        let keys: [(&str, Option<i128>, i128, i128); 16] = [
+        let keys: [(&str, Option<i128>, i128, i128); 17] = [
             (
                 "central.http_max_connections",
                 Some(c.http_max_connections as i128),
@@ -277,6 +283,12 @@ impl CentralConfig {
                 Some(c.login_max_delay_seconds.into()),
                 1,
                 3_600,
+            ),
+            (
+                "central.ui_idle_timeout_minutes",
+                Some(c.ui_idle_timeout_minutes.into()),
+                1,
+                10_080,
             ),
             (
                 "notification_outbox.smtp_port",

@@ -27,10 +27,13 @@
 //!   the link and HTTP listeners and serves both.
 //!
 pub mod authentication;
+pub mod central_ui;
 pub mod communication;
 pub mod config;
 pub mod configuration_database;
+pub mod health_monitoring;
 pub mod notification_outbox;
+pub mod operator_actions;
 pub mod rest_api;
 pub mod site_call_audit;
 pub mod startup;

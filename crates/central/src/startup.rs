@@ -12,11 +12,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     authentication::{Authenticator, ThrottleSettings},
+    central_ui::{self, UiState},
     communication::{LinkService, LinkSettings, LinkStats},
     config::CentralConfig,
     configuration_database::{Database, Role},
+    health_monitoring::{HealthMonitor, KpiSettings},
     notification_outbox::{Dispatcher, Outbox},
-    rest_api::{self, ApiState, KpiSettings},
+    operator_actions::OperatorActions,
+    rest_api::{self, ApiState},
     site_call_audit::{AuditSettings, SiteCallAudit, SiteCallAuditActor},
 };
 
@@ -38,6 +41,7 @@ pub struct Central {
     kpis: KpiSettings,
     auth: Authenticator,
     metrics_token: Option<String>,
+    ui_idle_timeout: Duration,
     /// The link's TLS identity, read at build so a bad file fails the start.
     tls: Option<tonic::transport::Identity>,
     /// The HTTP port's TLS, likewise.
@@ -139,6 +143,7 @@ impl Central {
             },
             auth,
             metrics_token: c.metrics_token.clone(),
+            ui_idle_timeout: Duration::from_secs(c.ui_idle_timeout_minutes * 60),
             tls,
             http_tls,
             link_keepalive: Duration::from_millis(c.link_keepalive_ms),
@@ -172,6 +177,48 @@ impl Central {
         &self.audit
     }
 
+    /// The HTTP port's application: the web UI's pages and the REST API
+    /// on one router, every answer with the security headers. (Tests drive
+    /// it in-process; it answers once [`Central::run`] runs, which owns the
+    /// Site Call Audit actor the pages ask who is online.)
+    pub fn http_app(&self) -> axum::Router {
+        let health = HealthMonitor::new(
+            self.db.clone(),
+            self.audit.clone(),
+            self.stats.clone(),
+            self.kpis,
+        );
+        let actions = OperatorActions::new(
+            self.db.clone(),
+            self.audit.clone(),
+            self.outbox.clone(),
+            self.command_timeout,
+        );
+        let pages = central_ui::router(UiState {
+            db: self.db.clone(),
+            health: health.clone(),
+            actions: actions.clone(),
+            auth: self.auth.clone(),
+            tls: self.http_tls.is_some(),
+            idle_timeout: self.ui_idle_timeout,
+            link_port: self.link_addr.port(),
+            link_tls: self.tls.is_some(),
+        });
+        let api = rest_api::router(ApiState {
+            db: self.db.clone(),
+            health,
+            actions,
+            auth: self.auth.clone(),
+            metrics_token: self.metrics_token.clone(),
+        });
+        // The pages and the REST API share the port; the REST router's
+        // fallback answers what neither routes. Every answer gets the
+        // security headers.
+        pages
+            .merge(api)
+            .layer(axum::middleware::from_fn(central_ui::security_headers))
+    }
+
     /// Serves the site link and the HTTP API until `cancel` fires.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let service = SiteLinkServer::new(LinkService::new(
@@ -183,6 +230,7 @@ impl Central {
         ))
         .max_decoding_message_size(MAX_LINK_MESSAGE_BYTES);
         tracing::info!(link = %self.link_addr, http = %self.http_addr, "central running");
+        let app = self.http_app();
         let incoming = self.link_listener.into_stream();
         // Keepalive pings: a silent link (a cut cable, a paused peer) is
         // closed within two keepalive periods, and the site shows offline.
@@ -197,17 +245,7 @@ impl Central {
         let link = builder
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
-        let api = rest_api::router(ApiState {
-            db: self.db.clone(),
-            audit: self.audit.clone(),
-            outbox: self.outbox.clone(),
-            stats: self.stats.clone(),
-            command_timeout: self.command_timeout,
-            kpis: self.kpis,
-            auth: self.auth,
-            metrics_token: self.metrics_token,
-        });
-        let http = http_server::serve(self.http_listener, api, self.http_tls, cancel.clone());
+        let http = http_server::serve(self.http_listener, app, self.http_tls, cancel.clone());
         let actor = self.actor.run(cancel.clone());
         let dispatcher = self.dispatcher.run(cancel.clone());
         let (link, http, (), ()) = tokio::join!(link, http, actor, dispatcher);

@@ -212,6 +212,21 @@ const MIGRATIONS: &[Migration] = &[
         "UPDATE api_tokens SET name = substr(token_hash, 1, 8)",
         "CREATE UNIQUE INDEX api_tokens_by_user_name ON api_tokens (user_name, name)",
     ]),
+    // 8: the web UI (issue 10): server-side sessions (the cookie carries a
+    // random secret, the table its SHA-256, so a database reader cannot
+    // take over a session), and the audit-log entries of one id or subject
+    // for a detail page.
+    both(&[
+        "CREATE TABLE ui_sessions (
+            secret_hash     TEXT PRIMARY KEY,
+            user_name       TEXT NOT NULL REFERENCES users (name),
+            csrf_token      TEXT NOT NULL,
+            created_at_ms   BIGINT NOT NULL,
+            last_seen_at_ms BIGINT NOT NULL
+        )",
+        "CREATE INDEX ui_sessions_by_user ON ui_sessions (user_name)",
+        "CREATE INDEX audit_log_by_target ON audit_log (target_id, id)",
+    ]),
 ];
 
 pub(super) async fn apply(db: &Database) -> anyhow::Result<()> {

@@ -17,6 +17,7 @@ mod migrations;
 mod notifications;
 mod site_calls;
 mod sites;
+mod ui_sessions;
 mod users;
 
 use std::time::Duration;
@@ -29,11 +30,13 @@ pub use notifications::{
     SendOutcome,
 };
 pub use site_calls::{
-    IngestJob, IngestOutcome, Kpis, PageCursor, SiteCallFilter, SiteCalls, ROWS_PER_STATEMENT,
+    IngestJob, IngestOutcome, Kpis, Page, PageCursor, SiteCallFilter, SiteCalls, ROWS_PER_STATEMENT,
 };
-pub use sites::{SiteRecord, SiteToken, Sites};
+pub use sites::{SiteRecord, SiteToken, Sites, SitesError};
+pub use ui_sessions::{random_secret, UiSession, UiSessions};
 pub use users::{
-    rfc3339, AuditEntry, AuditLog, Role, StoredCredentials, TokenInfo, User, Users, UsersError,
+    rfc3339, AuditEntry, AuditLog, Role, StoredCredentials, TokenInfo, User, UserInfo, Users,
+    UsersError,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,6 +199,10 @@ impl Database {
 
     pub fn audit_log(&self) -> AuditLog<'_> {
         AuditLog::new(self)
+    }
+
+    pub fn ui_sessions(&self) -> UiSessions<'_> {
+        UiSessions::new(self)
     }
 }
 

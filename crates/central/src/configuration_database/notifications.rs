@@ -13,7 +13,7 @@ use sitelink_commons::{
 use sqlx::Row;
 
 use super::{
-    site_calls::{self, decode, kpis_with, page_query, purge_terminal},
+    site_calls::{self, decode, kpis_with, page_query, purge_terminal, Page},
     Database, Kpis, PageCursor, SiteCallFilter,
 };
 use TrackedOperationStatus::*;
@@ -297,14 +297,33 @@ impl<'a> Notifications<'a> {
         after: Option<&PageCursor>,
         limit: u32,
     ) -> Result<Vec<NotificationRecord>, sqlx::Error> {
+        let page = after.cloned().map_or(Page::First, Page::After);
+        self.list_page(f, &page, limit).await
+    }
+
+    /// One page, newest first (see [`site_calls::Page`]); the filter's
+    /// target text matches the list name.
+    pub async fn list_page(
+        &self,
+        f: &SiteCallFilter,
+        page: &Page,
+        limit: u32,
+    ) -> Result<Vec<NotificationRecord>, sqlx::Error> {
         let f = SiteCallFilter {
             kind: None,
             ..f.clone()
         };
-        let rows = page_query(SELECT, &f, after, limit)
+        let rows = page_query(SELECT, "list_name", &f, page, limit)
             .fetch_all(self.db.pool())
             .await?;
-        rows.iter().map(|r| record(r, false)).collect()
+        let mut out = rows
+            .iter()
+            .map(|r| record(r, false))
+            .collect::<Result<Vec<_>, _>>()?;
+        if matches!(page, Page::Before(_)) {
+            out.reverse();
+        }
+        Ok(out)
     }
 
     /// KPIs per site in the shape of Site Call Audit's. Open notifications

@@ -303,7 +303,10 @@ pub(super) fn record(r: &sqlx::any::AnyRow) -> Result<TrackingRecord, sqlx::Erro
 pub struct SiteCallFilter {
     pub site: Option<String>,
     pub kind: Option<Kind>,
-    pub status: Option<sitelink_commons::TrackedOperationStatus>,
+    /// Any of these statuses (empty: every status).
+    pub statuses: Vec<sitelink_commons::TrackedOperationStatus>,
+    /// The target summary (a notification's list) contains this text.
+    pub target_contains: Option<String>,
     /// Created at or after (ms since epoch).
     pub from_ms: Option<i64>,
     /// Created before (ms since epoch).
@@ -361,19 +364,50 @@ enum Bind {
     Int(i64),
 }
 
+/// Which page of a newest-first listing (keyset paging, never OFFSET).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Page {
+    /// The newest rows.
+    #[default]
+    First,
+    /// The rows just older than a cursor ("Older").
+    After(PageCursor),
+    /// The rows just newer than a cursor ("Newer"), still shown newest
+    /// first.
+    Before(PageCursor),
+}
+
 /// `select` (a `SELECT … FROM table` whose table has `source_site`, `kind`,
-/// `status`, `created_at_ms` and `id`) filtered by `f`, newest first
-/// (creation time, then id), after `after`, at most `limit` rows. Only the
-/// filters given become SQL conditions, so each query can use the index
-/// that fits it; values are always bound.
+/// `status`, `created_at_ms`, `id` and the column `target`) filtered by
+/// `f`, newest first (creation time, then id), the page `page`, at most
+/// `limit` rows. Only the filters given become SQL conditions, so each
+/// query can use the index that fits it; values are always bound. A
+/// `Before` page is read oldest first from its cursor and must be reversed
+/// by the caller ([`Page::Before`] rows come back in ascending order).
 pub(super) fn page_query(
     select: &str,
+    target: &str,
     f: &SiteCallFilter,
-    after: Option<&PageCursor>,
+    page: &Page,
     limit: u32,
 ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
-    let (sql, binds) = page_sql(select, f, after, limit);
+    let (sql, binds) = page_sql(select, target, f, page, limit);
     bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), binds)
+}
+
+/// `text` as a LIKE pattern that matches it anywhere, its wildcards
+/// escaped (with `ESCAPE '!'`, the same on every backend).
+fn contains_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '!') {
+            p.push('!');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }
 
 fn bind_all(
@@ -392,8 +426,9 @@ fn bind_all(
 /// The text and values of [`page_query`].
 fn page_sql(
     select: &str,
+    target: &str,
     f: &SiteCallFilter,
-    after: Option<&PageCursor>,
+    page: &Page,
     limit: u32,
 ) -> (String, Vec<Bind>) {
     let mut conds: Vec<String> = Vec::new();
@@ -410,15 +445,28 @@ fn page_sql(
         let p = next(Bind::Text(k.as_str().into()), &mut binds);
         conds.push(format!("kind = {p}"));
     }
-    if let Some(s) = f.status {
-        let p = next(Bind::Text(s.as_str().into()), &mut binds);
-        conds.push(format!("status = {p}"));
-        if s != sitelink_commons::TrackedOperationStatus::Delivered {
+    if !f.statuses.is_empty() {
+        let mut statuses = f.statuses.clone();
+        statuses.sort_by_key(|s| s.as_str());
+        statuses.dedup();
+        let ps: Vec<String> = statuses
+            .iter()
+            .map(|s| next(Bind::Text(s.as_str().into()), &mut binds))
+            .collect();
+        conds.push(match ps.as_slice() {
+            [one] => format!("status = {one}"),
+            many => format!("status IN ({})", many.join(", ")),
+        });
+        if !statuses.contains(&sitelink_commons::TrackedOperationStatus::Delivered) {
             // Lets the planner use the status indexes, which leave
             // Delivered rows out (migration 6); Delivered listings walk the
             // creation-time indexes instead.
             conds.push(NOT_DELIVERED_PREDICATE.into());
         }
+    }
+    if let Some(t) = &f.target_contains {
+        let p = next(Bind::Text(contains_pattern(t)), &mut binds);
+        conds.push(format!("{target} LIKE {p} ESCAPE '!'"));
     }
     if let Some(ms) = f.from_ms {
         let p = next(Bind::Int(ms), &mut binds);
@@ -428,13 +476,26 @@ fn page_sql(
         let p = next(Bind::Int(ms), &mut binds);
         conds.push(format!("created_at_ms < {p}"));
     }
-    if let Some(c) = after {
-        let ms = next(Bind::Int(c.created_at_ms), &mut binds);
-        let id = next(Bind::Text(c.id.clone()), &mut binds);
-        conds.push(format!(
-            "(created_at_ms < {ms} OR (created_at_ms = {ms} AND id < {id}))"
-        ));
-    }
+    let order = match page {
+        Page::First => "DESC",
+        Page::After(c) | Page::Before(c) => {
+            let cmp = if matches!(page, Page::After(_)) {
+                "<"
+            } else {
+                ">"
+            };
+            let ms = next(Bind::Int(c.created_at_ms), &mut binds);
+            let id = next(Bind::Text(c.id.clone()), &mut binds);
+            conds.push(format!(
+                "(created_at_ms {cmp} {ms} OR (created_at_ms = {ms} AND id {cmp} {id}))"
+            ));
+            if cmp == "<" {
+                "DESC"
+            } else {
+                "ASC"
+            }
+        }
+    };
     let limit_p = next(Bind::Int(limit as i64), &mut binds);
     let filter = if conds.is_empty() {
         String::new()
@@ -442,7 +503,7 @@ fn page_sql(
         format!(" WHERE {}", conds.join(" AND "))
     };
     (
-        format!("{select}{filter} ORDER BY created_at_ms DESC, id DESC LIMIT {limit_p}"),
+        format!("{select}{filter} ORDER BY created_at_ms {order}, id {order} LIMIT {limit_p}"),
         binds,
     )
 }
@@ -470,10 +531,26 @@ impl SiteCalls<'_> {
         after: Option<&PageCursor>,
         limit: u32,
     ) -> Result<Vec<TrackingRecord>, sqlx::Error> {
-        let rows = page_query(SELECT, f, after, limit)
+        let page = after.cloned().map_or(Page::First, Page::After);
+        self.list_page(f, &page, limit).await
+    }
+
+    /// One page of the newest-first listing (Older and Newer both by
+    /// keyset), newest first.
+    pub async fn list_page(
+        &self,
+        f: &SiteCallFilter,
+        page: &Page,
+        limit: u32,
+    ) -> Result<Vec<TrackingRecord>, sqlx::Error> {
+        let rows = page_query(SELECT, "target_summary", f, page, limit)
             .fetch_all(self.db.pool())
             .await?;
-        rows.iter().map(record).collect()
+        let mut out = rows.iter().map(record).collect::<Result<Vec<_>, _>>()?;
+        if matches!(page, Page::Before(_)) {
+            out.reverse();
+        }
+        Ok(out)
     }
 
     /// Folds the open-call deltas the triggers appended into the counters
@@ -802,14 +879,14 @@ mod tests {
         for (site, status, sqlite, postgres) in cases {
             let filter = SiteCallFilter {
                 site: site.map(str::to_owned),
-                status,
+                statuses: status.into_iter().collect(),
                 ..Default::default()
             };
             let index = match db.backend() {
                 Backend::Sqlite => sqlite,
                 Backend::Postgres => postgres,
             };
-            let (sql, binds) = page_sql(SELECT, &filter, None, 100);
+            let (sql, binds) = page_sql(SELECT, "target_summary", &filter, &Page::First, 100);
             let plan = plan(db, &sql, binds).await;
             assert!(
                 index.split('|').any(|i| uses(&plan, i)),

@@ -34,6 +34,8 @@ impl std::str::FromStr for Role {
 }
 
 impl Role {
+    pub const ALL: [Role; 3] = [Role::Admin, Role::Deployment, Role::Viewer];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "Admin",
@@ -45,6 +47,11 @@ impl Role {
     /// Whether the role may retry or discard parked operations.
     pub fn may_operate(self) -> bool {
         matches!(self, Role::Admin | Role::Deployment)
+    }
+
+    /// Whether the role may manage sites and users.
+    pub fn may_administer(self) -> bool {
+        self == Role::Admin
     }
 }
 
@@ -92,6 +99,15 @@ pub struct TokenInfo {
     pub last_used_at_utc: Option<String>,
 }
 
+/// A user as listed (never the hash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub created_at_ms: i64,
+}
+
 /// A token's last-used time is written at most this often (a write per
 /// request would cost every API call a database write).
 const LAST_USED_GRANULARITY_MS: i64 = 60_000;
@@ -105,6 +121,19 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '@'))
 }
 
+/// Checks a new password's length and hashes it with argon2 on the
+/// blocking pool (administrative actions only: a handful at a time).
+async fn hash_off_runtime(password: &str) -> Result<String, UsersError> {
+    if password.chars().count() < 8 {
+        return Err(UsersError::WeakPassword);
+    }
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || crate::authentication::hash_password(password.as_bytes()))
+        .await
+        .map_err(|e| UsersError::Hashing(e.to_string()))?
+        .map_err(|e| UsersError::Hashing(e.to_string()))
+}
+
 impl<'a> Users<'a> {
     pub(super) fn new(db: &'a Database) -> Self {
         Self { db }
@@ -115,16 +144,7 @@ impl<'a> Users<'a> {
         if !valid_name(name) {
             return Err(UsersError::InvalidName(name.chars().take(80).collect()));
         }
-        if password.chars().count() < 8 {
-            return Err(UsersError::WeakPassword);
-        }
-        let password = password.to_owned();
-        let hash = tokio::task::spawn_blocking(move || {
-            crate::authentication::hash_password(password.as_bytes())
-        })
-        .await
-        .map_err(|e| UsersError::Hashing(e.to_string()))?
-        .map_err(|e| UsersError::Hashing(e.to_string()))?;
+        let hash = hash_off_runtime(password).await?;
         let res = sqlx::query(
             "INSERT INTO users (name, password_hash, role, created_at_ms) VALUES ($1, $2, $3, $4)",
         )
@@ -166,6 +186,7 @@ impl<'a> Users<'a> {
 
     /// Disables (or enables again) a user: a disabled user's passwords and
     /// API tokens are refused from the next request on.
+    /// Their web sessions end too.
     pub async fn set_disabled(&self, name: &str, disabled: bool) -> Result<(), UsersError> {
         let done = sqlx::query("UPDATE users SET disabled_at_ms = $1 WHERE name = $2")
             .bind(disabled.then(now_ms))
@@ -175,7 +196,60 @@ impl<'a> Users<'a> {
         if done.rows_affected() == 0 {
             return Err(UsersError::NotFound(name.into()));
         }
+        if disabled {
+            self.db.ui_sessions().close_all_of(name).await?;
+        }
         Ok(())
+    }
+
+    /// Changes a user's role; it applies from the user's next request (web
+    /// sessions read the role on every request).
+    pub async fn set_role(&self, name: &str, role: Role) -> Result<(), UsersError> {
+        let done = sqlx::query("UPDATE users SET role = $1 WHERE name = $2")
+            .bind(role.as_str())
+            .bind(name)
+            .execute(self.db.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(UsersError::NotFound(name.into()));
+        }
+        Ok(())
+    }
+
+    /// Sets a new password (reset by an admin); the user's web sessions
+    /// end, so whoever knew the old password is logged out.
+    pub async fn set_password(&self, name: &str, password: &str) -> Result<(), UsersError> {
+        let hash = hash_off_runtime(password).await?;
+        let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE name = $2")
+            .bind(hash)
+            .bind(name)
+            .execute(self.db.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(UsersError::NotFound(name.into()));
+        }
+        self.db.ui_sessions().close_all_of(name).await?;
+        Ok(())
+    }
+
+    /// Every user, by name.
+    pub async fn list(&self) -> Result<Vec<UserInfo>, UsersError> {
+        let rows = sqlx::query(
+            "SELECT name, role, disabled_at_ms, created_at_ms FROM users ORDER BY name",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let role: String = r.try_get(1)?;
+                Ok(UserInfo {
+                    name: r.try_get(0)?,
+                    role: role.parse().map_err(UsersError::Hashing)?,
+                    disabled: r.try_get::<Option<i64>, _>(2)?.is_some(),
+                    created_at_ms: r.try_get(3)?,
+                })
+            })
+            .collect()
     }
 
     /// Issues an API token for a user (shown once), named `label` (or a
@@ -299,6 +373,8 @@ pub struct AuditEntry {
     pub at_utc: String,
     pub user: String,
     pub action: String,
+    /// The TrackedOperationId acted on; for an administration action
+    /// (`site …`, `user …`) the site's or user's name instead.
     pub tracked_operation_id: String,
     pub source_site: Option<String>,
     pub outcome: String,
@@ -337,6 +413,23 @@ impl<'a> AuditLog<'a> {
         Ok(())
     }
 
+    /// The newest `limit` entries about one id or subject, newest first.
+    pub async fn for_target(
+        &self,
+        target: &str,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, at_ms, user_name, action, target_id, source_site, outcome FROM audit_log
+             WHERE target_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(target)
+        .bind(limit as i64)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(entry).collect()
+    }
+
     /// Newest first, after the entry id `after` (keyset paging).
     pub async fn list(
         &self,
@@ -351,20 +444,20 @@ impl<'a> AuditLog<'a> {
         .bind(limit as i64)
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    id: r.try_get(0)?,
-                    at_utc: rfc3339(r.try_get(1)?),
-                    user: r.try_get(2)?,
-                    action: r.try_get(3)?,
-                    tracked_operation_id: r.try_get(4)?,
-                    source_site: r.try_get(5)?,
-                    outcome: r.try_get(6)?,
-                })
-            })
-            .collect()
+        rows.iter().map(entry).collect()
     }
+}
+
+fn entry(r: &sqlx::any::AnyRow) -> Result<AuditEntry, sqlx::Error> {
+    Ok(AuditEntry {
+        id: r.try_get(0)?,
+        at_utc: rfc3339(r.try_get(1)?),
+        user: r.try_get(2)?,
+        action: r.try_get(3)?,
+        tracked_operation_id: r.try_get(4)?,
+        source_site: r.try_get(5)?,
+        outcome: r.try_get(6)?,
+    })
 }
 
 /// RFC 3339 UTC text of a Unix-milliseconds time.

@@ -12,7 +12,7 @@ mod auth;
 mod notifications;
 mod openapi;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use axum::{
     extract::{Path, Query, State},
@@ -25,10 +25,10 @@ use sitelink_commons::{Kind, TrackedOperationId, TrackedOperationStatus};
 
 use crate::{
     authentication::{AuthError, Authenticator},
-    communication::{Command, LinkStats, RelayOutcome},
-    configuration_database::{now_ms, rfc3339, Database, Kpis, PageCursor, SiteCallFilter},
-    notification_outbox::Outbox,
-    site_call_audit::SiteCallAudit,
+    communication::RelayOutcome,
+    configuration_database::{rfc3339, Database, PageCursor, SiteCallFilter},
+    health_monitoring::{HealthMonitor, KpiSource},
+    operator_actions::{Action, ActionError, OperatorActions, Subject},
 };
 pub use auth::Authenticated;
 pub use openapi::ApiDoc;
@@ -37,21 +37,15 @@ use openapi::{
     SitesPage,
 };
 
-/// KPI settings (SPEC §5.2 defaults: 1 hour, 10 minutes).
-#[derive(Clone, Copy, Debug)]
-pub struct KpiSettings {
-    pub interval_seconds: i64,
-    pub stuck_threshold_seconds: i64,
-}
+pub use crate::health_monitoring::KpiSettings;
 
 #[derive(Clone)]
 pub struct ApiState {
     pub db: Database,
-    pub audit: SiteCallAudit,
-    pub outbox: Outbox,
-    pub stats: Arc<LinkStats>,
-    pub command_timeout: Duration,
-    pub kpis: KpiSettings,
+    /// Sites' health, KPIs and metrics (the dashboard reads the same).
+    pub health: HealthMonitor,
+    /// Retry/Discard (the web UI calls the same).
+    pub actions: OperatorActions,
     /// Password and token checks (bounded, throttled).
     pub auth: Authenticator,
     /// When set, `/metrics` wants `Authorization: Bearer <this>`.
@@ -304,19 +298,17 @@ async fn sites(
 ) -> Result<Response, ApiError> {
     only(&q, &["limit", "after"])?;
     let limit = limit_of(&q)?;
-    let online = st.audit.online().await;
     let items: Vec<SiteView> = st
-        .db
-        .sites()
-        .page(site_param(&q, "after")?.as_deref(), limit)
+        .health
+        .sites(site_param(&q, "after")?.as_deref(), limit)
         .await
         .map_err(internal)?
         .into_iter()
         .map(|s| SiteView {
-            online: online.contains(&s.name),
+            online: s.online,
             last_seen_utc: s.last_seen_ms.map(rfc3339),
-            cursor: s.reconcile_cursor,
-            reconcile_lag: s.high_seq.saturating_sub(s.reconcile_cursor),
+            cursor: s.cursor,
+            reconcile_lag: s.reconcile_lag,
             revoked: s.revoked,
             name: s.name,
         })
@@ -371,11 +363,14 @@ fn list_params(
     let filter = SiteCallFilter {
         site: site_param(q, "site")?,
         kind: None,
-        status: q
+        statuses: q
             .get("status")
             .map(|s| s.parse::<TrackedOperationStatus>())
             .transpose()
-            .map_err(|e| bad(e.to_string()))?,
+            .map_err(|e| bad(e.to_string()))?
+            .into_iter()
+            .collect(),
+        target_contains: None,
         from_ms: time_param(q, "from")?,
         to_ms: time_param(q, "to")?,
     };
@@ -448,73 +443,41 @@ async fn discard(
     relay(st, user, id, false).await
 }
 
-/// Relays Retry/Discard to the owning site (central never edits the row)
-/// and writes the action to the audit log.
+/// Retry/Discard through [`OperatorActions`] (the role check, the relay to
+/// the owning site, the audit log), answered as SPEC §7 says.
 async fn relay(
     State(st): State<ApiState>,
     Authenticated(user): Authenticated,
     Path(id): Path<String>,
     retry: bool,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    let action = if retry { "retry" } else { "discard" };
-    may_operate(&st, &user, action, id).await?;
-    let row = st.db.site_calls().get(id).await.map_err(internal)?;
-    let (outcome, site) = match &row {
-        None => (RelayOutcome::NotFound, None),
-        Some(r) => {
-            let command = if retry {
-                Command::Retry(id)
-            } else {
-                Command::Discard(id)
-            };
-            (
-                st.audit
-                    .relay(&user.name, &r.source_site, command, st.command_timeout)
-                    .await,
-                Some(r.source_site.clone()),
-            )
-        }
-    };
-    audited_answer(&st, &user, action, id, site.as_deref(), outcome).await
+    act(&st, &user, Subject::SiteCall, retry, &id).await
 }
 
-/// 403 unless the user's role may retry or discard; a denial is written
-/// to the audit log too (outcome `Forbidden`), since it is an attempt.
-async fn may_operate(
+/// One operator action, answered: 200 Applied, 404 NotFound, 409
+/// NotParked, 503 SiteUnreachable, 504 Timeout, 502 Error, 403 for a role
+/// that may not.
+async fn act(
     st: &ApiState,
     user: &crate::configuration_database::User,
-    action: &str,
-    id: TrackedOperationId,
-) -> Result<(), ApiError> {
-    if user.role.may_operate() {
-        return Ok(());
-    }
-    st.db
-        .audit_log()
-        .record(&user.name, action, &id.to_string(), None, "Forbidden")
-        .await
-        .map_err(internal)?;
-    tracing::warn!(user = %user.name, action, %id, "operator action refused: role");
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        format!("role {} may not retry or discard", user.role.as_str()),
-    ))
-}
-
-/// Writes an operator action to the audit log and answers it (SPEC §7:
-/// 200 Applied, 404 NotFound, 409 NotParked, 503 SiteUnreachable, 504
-/// Timeout).
-async fn audited_answer(
-    st: &ApiState,
-    user: &crate::configuration_database::User,
-    action: &str,
-    id: TrackedOperationId,
-    site: Option<&str>,
-    outcome: RelayOutcome,
+    subject: Subject,
+    retry: bool,
+    id: &str,
 ) -> Result<Response, ApiError> {
-    let name = outcome.name();
-    let status = match &outcome {
+    let id = parse_id(id)?;
+    let action = if retry {
+        Action::Retry
+    } else {
+        Action::Discard
+    };
+    let done = match st.actions.act(user, subject, action, id).await {
+        Ok(done) => done,
+        Err(e @ ActionError::Forbidden(_)) => {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, e.to_string()))
+        }
+        Err(ActionError::Internal(e)) => return Err(internal(e)),
+    };
+    let status = match &done.outcome {
         RelayOutcome::Applied => StatusCode::OK,
         RelayOutcome::NotFound => StatusCode::NOT_FOUND,
         RelayOutcome::NotParked => StatusCode::CONFLICT,
@@ -522,24 +485,18 @@ async fn audited_answer(
         RelayOutcome::Timeout => StatusCode::GATEWAY_TIMEOUT,
         RelayOutcome::Error(_) => StatusCode::BAD_GATEWAY,
     };
-    st.db
-        .audit_log()
-        .record(&user.name, action, &id.to_string(), site, name)
-        .await
-        .map_err(internal)?;
-    tracing::info!(user = %user.name, action, %id, outcome = name, "operator action");
-    let error = match &outcome {
+    let error = match &done.outcome {
         RelayOutcome::Error(e) => Some(e.clone()),
         RelayOutcome::SiteUnreachable => Some(format!(
             "site {} is unreachable: it has no live stream to central",
-            site.unwrap_or_default()
+            done.site.as_deref().unwrap_or_default()
         )),
         _ => None,
     };
     Ok((
         status,
         Json(CommandAnswer {
-            outcome: name.to_owned(),
+            outcome: done.outcome.name().to_owned(),
             error,
         }),
     )
@@ -554,45 +511,29 @@ async fn kpis(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     only(&q, &["site"])?;
-    let k = st.kpis;
-    let per_site = st
-        .db
-        .site_calls()
-        .kpis_per_site(now_ms(), k.interval_seconds, k.stuck_threshold_seconds)
-        .await
-        .map_err(internal)?;
-    kpis_answer(&st, per_site, site_param(&q, "site")?.as_ref()).await
+    kpis_answer(&st, KpiSource::SiteCalls, site_param(&q, "site")?.as_ref()).await
 }
 
 /// Global KPIs with `per_site`, or one site's with `?site=` (404 for a site
 /// central does not know; zeros for a known site with no rows).
 async fn kpis_answer(
     st: &ApiState,
-    per_site: std::collections::BTreeMap<String, Kpis>,
+    source: KpiSource,
     site: Option<&String>,
 ) -> Result<Response, ApiError> {
-    let k = st.kpis;
     if let Some(site) = site {
-        if let Some(one) = per_site.get(site) {
-            return Ok(Json(one.clone()).into_response());
-        }
-        if st.db.sites().get(site).await.map_err(internal)?.is_none() {
-            return Err(ApiError::new(
+        return match st.health.site_kpis(source, site).await.map_err(internal)? {
+            Some(one) => Ok(Json(one).into_response()),
+            None => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("no site {site:?}"),
-            ));
-        }
-        return Ok(Json(Kpis {
-            interval_seconds: k.interval_seconds,
-            stuck_threshold_seconds: k.stuck_threshold_seconds,
-            ..Default::default()
-        })
-        .into_response());
+            )),
+        };
     }
-    let total = Kpis::total(&per_site, k.interval_seconds, k.stuck_threshold_seconds);
+    let view = st.health.kpis(source).await.map_err(internal)?;
     Ok(Json(GlobalKpis {
-        total,
-        per_site: Some(per_site),
+        total: view.total,
+        per_site: Some(view.per_site),
     })
     .into_response())
 }
@@ -631,48 +572,11 @@ async fn audit_log(
     Ok(Json(AuditPage { items, next }).into_response())
 }
 
-/// One gauge per KPI and site, `sitelink_<prefix>_<kpi>{site="…"}`.
-fn kpi_gauges(
-    out: &mut String,
-    prefix: &str,
-    what: &str,
-    per_site: &std::collections::BTreeMap<String, Kpis>,
-) {
-    use std::fmt::Write;
-    for (name, help) in [
-        ("buffered", "Pending or Retrying."),
-        ("parked", "Parked."),
-        ("failed_last_interval", "Failed in the KPI interval."),
-        ("delivered_last_interval", "Delivered in the KPI interval."),
-        (
-            "stuck",
-            "Pending or Retrying longer than the stuck threshold.",
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP sitelink_{prefix}_{name} {what} {help}\n# TYPE sitelink_{prefix}_{name} gauge"
-        );
-        for (site, kp) in per_site {
-            let v = match name {
-                "buffered" => kp.buffered,
-                "parked" => kp.parked,
-                "failed_last_interval" => kp.failed_last_interval,
-                "delivered_last_interval" => kp.delivered_last_interval,
-                _ => kp.stuck,
-            };
-            let _ = writeln!(out, "sitelink_{prefix}_{name}{{site=\"{site}\"}} {v}");
-        }
-    }
-}
-
-/// Prometheus text exposition, written by hand: a handful of gauges does
-/// not need a metrics registry.
+/// Prometheus metrics ([`HealthMonitor::metrics`]).
 async fn metrics(
     State(st): State<ApiState>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    use std::fmt::Write;
     if let Some(expected) = &st.metrics_token {
         if !sitelink_net::has_bearer(&headers, expected) {
             return Err(ApiError::new(
@@ -681,57 +585,6 @@ async fn metrics(
             ));
         }
     }
-    let k = st.kpis;
-    let per_site = st
-        .db
-        .site_calls()
-        .kpis_per_site(now_ms(), k.interval_seconds, k.stuck_threshold_seconds)
-        .await
-        .map_err(internal)?;
-    let mut out = String::new();
-    let online = st.audit.online().await;
-    let _ = writeln!(out, "# HELP sitelink_connected_sites Sites with a live stream.\n# TYPE sitelink_connected_sites gauge");
-    let _ = writeln!(out, "sitelink_connected_sites {}", online.len());
-    let stats = &st.stats;
-    for (name, help, v) in [
-        (
-            "telemetry_rows_total",
-            "Rows received in telemetry batches.",
-            &stats.telemetry_rows,
-        ),
-        (
-            "reconcile_rows_total",
-            "Rows received in reconcile pages.",
-            &stats.reconcile_rows,
-        ),
-        (
-            "streams_opened_total",
-            "Site streams accepted (a site that keeps reconnecting shows here).",
-            &stats.streams_opened,
-        ),
-        (
-            "notifications_forwarded_total",
-            "Forwarded notifications stored and acknowledged.",
-            &stats.notifications_forwarded,
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP sitelink_link_{name} {help}\n# TYPE sitelink_link_{name} counter"
-        );
-        let _ = writeln!(
-            out,
-            "sitelink_link_{name} {}",
-            v.load(std::sync::atomic::Ordering::Relaxed)
-        );
-    }
-    let notifications = st
-        .db
-        .notifications()
-        .kpis_per_site(now_ms(), k.interval_seconds, k.stuck_threshold_seconds)
-        .await
-        .map_err(internal)?;
-    kpi_gauges(&mut out, "site_calls", "Site calls", &per_site);
-    kpi_gauges(&mut out, "notifications", "Notifications", &notifications);
+    let out = st.health.metrics().await.map_err(internal)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

@@ -13,12 +13,11 @@ use axum::{
 
 use super::openapi::{Busy, Errors, NotFound};
 use super::{
-    audited_answer, found, internal, kpis_answer, list_params, may_operate, only, openapi,
-    parse_id, ApiError, ApiState, Authenticated,
+    act, found, internal, kpis_answer, list_params, only, openapi, parse_id, ApiError, ApiState,
+    Authenticated,
 };
 use crate::{
-    communication::RelayOutcome,
-    configuration_database::{now_ms, NotificationCommand, PageCursor},
+    configuration_database::PageCursor, health_monitoring::KpiSource, operator_actions::Subject,
 };
 
 #[utoipa::path(get, path = "/api/v1/notifications", tag = "notifications", params(openapi::ListQuery),
@@ -84,28 +83,7 @@ async fn operate(
     Path(id): Path<String>,
     retry: bool,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    let action = if retry {
-        "notification retry"
-    } else {
-        "notification discard"
-    };
-    may_operate(&st, &user, action, id).await?;
-    let (command, site) = st
-        .db
-        .notifications()
-        .operator(id, retry, now_ms())
-        .await
-        .map_err(internal)?;
-    let outcome = match command {
-        NotificationCommand::Applied => RelayOutcome::Applied,
-        NotificationCommand::NotFound => RelayOutcome::NotFound,
-        NotificationCommand::NotParked => RelayOutcome::NotParked,
-    };
-    if outcome == RelayOutcome::Applied && retry {
-        st.outbox.wake();
-    }
-    audited_answer(&st, &user, action, id, site.as_deref(), outcome).await
+    act(&st, &user, Subject::Notification, retry, &id).await
 }
 
 #[utoipa::path(get, path = "/api/v1/kpis/notifications", tag = "KPIs", params(openapi::KpisQuery),
@@ -116,12 +94,10 @@ pub(super) async fn kpis(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     only(&q, &["site"])?;
-    let k = st.kpis;
-    let per_site = st
-        .db
-        .notifications()
-        .kpis_per_site(now_ms(), k.interval_seconds, k.stuck_threshold_seconds)
-        .await
-        .map_err(internal)?;
-    kpis_answer(&st, per_site, super::site_param(&q, "site")?.as_ref()).await
+    kpis_answer(
+        &st,
+        KpiSource::Notifications,
+        super::site_param(&q, "site")?.as_ref(),
+    )
+    .await
 }

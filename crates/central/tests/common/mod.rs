@@ -20,6 +20,8 @@ pub struct TestCentral {
     pub stats: Arc<sitelink_central::communication::LinkStats>,
     pub link: std::net::SocketAddr,
     pub http: String,
+    /// The HTTP port's router, for in-process requests.
+    pub app: axum::Router,
     pub cancel: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -52,6 +54,7 @@ pub async fn spawn_central_on(url: &str, extra: &str) -> TestCentral {
         stats: central.link_stats().clone(),
         link: central.link_addr(),
         http: format!("http://{}", central.http_addr()),
+        app: central.http_app(),
         central: Some(central),
         cancel: cancel.clone(),
         _dir: dir,
@@ -305,4 +308,156 @@ async fn answer(r: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
         r.status().as_u16(),
         r.json().await.unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// One answer of the web UI.
+pub struct Answer {
+    pub status: u16,
+    pub headers: axum::http::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn location(&self) -> &str {
+        self.headers
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// A browser in miniature for in-process page tests: requests go through
+/// the central router with `oneshot` (no socket), carrying the cookies it
+/// was given, a Host header and, for POSTs, this origin.
+pub struct Pages {
+    app: axum::Router,
+    pub host: String,
+    pub cookies: std::collections::BTreeMap<String, String>,
+    /// The session's CSRF token, read from the last page that had one.
+    pub csrf: String,
+}
+
+impl Pages {
+    pub fn new(c: &TestCentral) -> Self {
+        Self {
+            app: c.app.clone(),
+            host: c.http.trim_start_matches("http://").to_owned(),
+            cookies: Default::default(),
+            csrf: String::new(),
+        }
+    }
+
+    async fn send(&mut self, req: axum::http::request::Builder, body: String) -> Answer {
+        use tower::ServiceExt;
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut req = req.header("host", &self.host);
+        if !cookie.is_empty() {
+            req = req.header("cookie", cookie);
+        }
+        let mut req = req.body(axum::body::Body::from(body)).unwrap();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(
+            "127.0.0.1:40000".parse::<std::net::SocketAddr>().unwrap(),
+        ));
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        for c in headers.get_all("set-cookie") {
+            let c = c.to_str().unwrap();
+            let (pair, attrs) = c.split_once(';').unwrap_or((c, ""));
+            let (k, v) = pair.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let body = axum::body::to_bytes(resp.into_body(), 16 << 20)
+            .await
+            .unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        if let Some(t) = body
+            .split_once("data-csrf=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(t, _)| t.to_owned())
+        {
+            self.csrf = t;
+        }
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Answer {
+        self.send(axum::http::Request::get(path), String::new())
+            .await
+    }
+
+    /// A form POST from a page of this origin.
+    pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Answer {
+        let origin = format!("http://{}", self.host);
+        self.post_from(path, form, Some(&origin)).await
+    }
+
+    /// A form POST with this Origin header (or none).
+    pub async fn post_from(
+        &mut self,
+        path: &str,
+        form: &[(&str, &str)],
+        origin: Option<&str>,
+    ) -> Answer {
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", url_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut req = axum::http::Request::post(path)
+            .header("content-type", "application/x-www-form-urlencoded");
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        self.send(req, body).await
+    }
+
+    /// Logs in through the login form; the answer of the POST.
+    pub async fn login(&mut self, name: &str, password: &str) -> Answer {
+        let form = self.get("/login").await;
+        let csrf = field(&form.body, "csrf");
+        self.post(
+            "/login",
+            &[
+                ("name", name),
+                ("password", password),
+                ("csrf", &csrf),
+                ("next", "/dashboard"),
+            ],
+        )
+        .await
+    }
+}
+
+/// The value of a hidden form field in a page.
+pub fn field(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    html.split_once(&marker)
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(v, _)| v.to_owned())
+        .unwrap_or_default()
+}
+
+pub fn url_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -81,14 +81,14 @@ pub async fn run(db: Db, rows: usize, quick: bool) -> anyhow::Result<()> {
             "site+status=Parked",
             SiteCallFilter {
                 site: Some("site-07".into()),
-                status: Some(Parked),
+                statuses: vec![Parked],
                 ..Default::default()
             },
         ),
         (
             "status=Failed",
             SiteCallFilter {
-                status: Some(Failed),
+                statuses: vec![Failed],
                 ..Default::default()
             },
         ),
@@ -98,7 +98,7 @@ pub async fn run(db: Db, rows: usize, quick: bool) -> anyhow::Result<()> {
             "site+status=Delivered",
             SiteCallFilter {
                 site: Some("site-11".into()),
-                status: Some(Delivered),
+                statuses: vec![Delivered],
                 ..Default::default()
             },
         ),

@@ -1,0 +1,325 @@
+//! Every page handler (one file per area: [`dashboard`], [`records`] for
+//! Site Calls and the Notification Outbox, [`admin`] for sites and users;
+//! login and logout here), the page error type and the navigation bar.
+
+pub mod admin;
+pub mod dashboard;
+pub mod records;
+
+use std::net::SocketAddr;
+
+use askama::Template;
+use axum::{
+    extract::{ConnectInfo, Query, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{Html, IntoResponse, Redirect, Response},
+    Form,
+};
+use serde::Deserialize;
+
+use super::{
+    asset_url,
+    session::{self, Operator},
+    UiState,
+};
+use crate::authentication::AuthError;
+
+/// What the layout's navigation bar shows.
+pub struct Nav {
+    pub user: String,
+    pub role: &'static str,
+    pub admin: bool,
+    pub csrf: String,
+    /// Which entry is the current page.
+    pub active: &'static str,
+    pub css: Vec<String>,
+    pub js: Vec<String>,
+}
+
+impl Nav {
+    pub fn of(op: &Operator, active: &'static str) -> Self {
+        Self {
+            user: op.user.name.clone(),
+            role: op.user.role.as_str(),
+            admin: op.user.role.may_administer(),
+            csrf: op.csrf.clone(),
+            active,
+            ..Self::anonymous()
+        }
+    }
+
+    /// The bar of a page shown before login (no entries).
+    pub fn anonymous() -> Self {
+        Self {
+            user: String::new(),
+            role: "",
+            admin: false,
+            csrf: String::new(),
+            active: "",
+            css: vec![asset_url("bootstrap.css"), asset_url("sitelink.css")],
+            js: vec![asset_url("htmx.js"), asset_url("sitelink.js")],
+        }
+    }
+}
+
+/// Why a page could not be shown; rendered as a page with the message
+/// (escaped) and the fitting status.
+#[derive(Debug)]
+pub enum UiError {
+    /// No live session: to the login page, then back here.
+    LoginNeeded {
+        next: String,
+        htmx: bool,
+    },
+    BadRequest(String),
+    Forbidden(String),
+    NotFound(String),
+    /// A 500: the page shows a reference, the log the error.
+    Internal(String),
+}
+
+impl UiError {
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        let reference = format!("{:08x}", rand::random::<u32>());
+        tracing::error!(error = %e, reference, "web UI internal error");
+        UiError::Internal(reference)
+    }
+}
+
+impl From<anyhow::Error> for UiError {
+    fn from(e: anyhow::Error) -> Self {
+        UiError::internal(format!("{e:#}"))
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    nav: Nav,
+    title: &'static str,
+    message: String,
+}
+
+impl IntoResponse for UiError {
+    fn into_response(self) -> Response {
+        let (status, title, message) = match self {
+            UiError::LoginNeeded { next, htmx } => {
+                let to = format!("/login?next={}", encode(&next));
+                if htmx {
+                    return (StatusCode::UNAUTHORIZED, [("hx-redirect", to)]).into_response();
+                }
+                return Redirect::to(&to).into_response();
+            }
+            UiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "Bad request", m),
+            UiError::Forbidden(m) => (StatusCode::FORBIDDEN, "Not allowed", m),
+            UiError::NotFound(m) => (StatusCode::NOT_FOUND, "Not found", m),
+            UiError::Internal(reference) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error",
+                format!("Something went wrong (reference {reference}; the central log has the details)."),
+            ),
+        };
+        let page = ErrorPage {
+            nav: Nav::anonymous(),
+            title,
+            message,
+        };
+        (status, render(&page)).into_response()
+    }
+}
+
+/// A page as HTML (a template that cannot render is a 500).
+pub fn render(t: &impl Template) -> Response {
+    match t.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => UiError::internal(e).into_response(),
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn encode(v: &str) -> String {
+    url::form_urlencoded::byte_serialize(v.as_bytes()).collect()
+}
+
+/// `/` → the dashboard (or the login page first).
+pub async fn home() -> Redirect {
+    Redirect::to("/dashboard")
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    nav: Nav,
+    csrf: String,
+    next: String,
+    name: String,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+/// Where to go after login: a path on this site, else the dashboard (never
+/// another origin: `//host` and `/\host` are refused).
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.starts_with("/\\")
+                && n.len() <= 2048
+                && !n.starts_with("/login") =>
+        {
+            n.to_owned()
+        }
+        _ => "/dashboard".into(),
+    }
+}
+
+/// The login form, with a fresh login CSRF token in a cookie and a field.
+pub async fn login_form(State(st): State<UiState>, Query(q): Query<NextQuery>) -> Response {
+    login_page(
+        &st,
+        safe_next(q.next.as_deref()),
+        String::new(),
+        None,
+        StatusCode::OK,
+    )
+}
+
+fn login_page(
+    st: &UiState,
+    next: String,
+    name: String,
+    error: Option<String>,
+    status: StatusCode,
+) -> Response {
+    let csrf = crate::configuration_database::random_secret();
+    let page = LoginPage {
+        nav: Nav::anonymous(),
+        csrf: csrf.clone(),
+        next,
+        name,
+        error,
+    };
+    let mut resp = (status, render(&page)).into_response();
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        session::set_cookie(session::login_cookie(st.tls), &csrf, st.tls, Some(600)),
+    );
+    resp
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    csrf: String,
+    next: Option<String>,
+}
+
+/// Checks the password with the REST API's authenticator (the same
+/// bounded hashing and the same throttle per user name and per address),
+/// opens a session and sets its cookie.
+pub async fn login(
+    State(st): State<UiState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let next = safe_next(f.next.as_deref());
+    if let Err(e) = session::same_origin(&headers, st.tls) {
+        return e.into_response();
+    }
+    let expected = session::cookie(&headers, session::login_cookie(st.tls)).unwrap_or_default();
+    if expected.is_empty() || !session::same_secret(expected, &f.csrf) {
+        return login_page(
+            &st,
+            next,
+            f.name,
+            Some("The login form had expired; please log in again.".into()),
+            StatusCode::FORBIDDEN,
+        );
+    }
+    let user = match st
+        .auth
+        .password(&f.name, &f.password, Some(client.ip()))
+        .await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            let (status, message) = match &e {
+                AuthError::Rejected | AuthError::Malformed(_) => (
+                    StatusCode::UNAUTHORIZED,
+                    "Wrong user name or password.".to_owned(),
+                ),
+                AuthError::Throttled(wait) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "Too many failed logins for this user or from this address; try again in {} s.",
+                        wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+                    ),
+                ),
+                AuthError::Busy(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Central is busy checking passwords; try again in a few seconds.".to_owned(),
+                ),
+                AuthError::Internal(e) => return UiError::internal(e).into_response(),
+            };
+            return login_page(&st, next, f.name, Some(message), status);
+        }
+    };
+    let idle = st.idle_timeout.as_millis() as i64;
+    if let Err(e) = st.db.ui_sessions().purge_idle(idle).await {
+        tracing::warn!(error = %e, "purging idle web sessions");
+    }
+    let (secret, _csrf) = match st.db.ui_sessions().open(&user.name).await {
+        Ok(s) => s,
+        Err(e) => return UiError::internal(e).into_response(),
+    };
+    tracing::info!(user = %user.name, "web login");
+    let mut resp = Redirect::to(&next).into_response();
+    let h = resp.headers_mut();
+    h.append(
+        header::SET_COOKIE,
+        session::set_cookie(session::session_cookie(st.tls), &secret, st.tls, None),
+    );
+    h.append(
+        header::SET_COOKIE,
+        session::set_cookie(session::login_cookie(st.tls), "", st.tls, Some(0)),
+    );
+    resp
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Ends the session (its row goes: the cookie is useless from now on).
+pub async fn logout(
+    State(st): State<UiState>,
+    op: Operator,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, UiError> {
+    op.check_post(&headers, st.tls, Some(&f.csrf))?;
+    st.db
+        .ui_sessions()
+        .close(&op.secret)
+        .await
+        .map_err(UiError::internal)?;
+    tracing::info!(user = %op.user.name, "web logout");
+    let mut resp = Redirect::to("/login").into_response();
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        session::set_cookie(session::session_cookie(st.tls), "", st.tls, Some(0)),
+    );
+    Ok(resp)
+}
