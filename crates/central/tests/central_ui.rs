@@ -770,3 +770,168 @@ async fn static_files_are_served_long_lived_and_pages_are_not_cached() {
     assert_eq!(api.status, 401);
     assert_security_headers(&api);
 }
+
+/// Sessions on every backend: open, find (role read from `users`), idle
+/// expiry, logout, a disabled user's and a reset password's sessions end.
+#[tokio::test]
+async fn sessions_on_every_backend() {
+    for (label, db, pg, _dir) in databases().await {
+        db.users().add("ops", PASSWORD, Role::Viewer).await.unwrap();
+        let idle = 8 * 3_600_000;
+        let (secret, csrf) = db.ui_sessions().open("ops").await.unwrap();
+        let s = db
+            .ui_sessions()
+            .find(&secret, idle)
+            .await
+            .unwrap()
+            .expect(label);
+        assert_eq!(
+            (s.user.name.as_str(), s.user.role, s.csrf_token.as_str()),
+            ("ops", Role::Viewer, csrf.as_str()),
+            "{label}"
+        );
+        db.users().set_role("ops", Role::Deployment).await.unwrap();
+        let s = db.ui_sessions().find(&secret, idle).await.unwrap().unwrap();
+        assert_eq!(
+            s.user.role,
+            Role::Deployment,
+            "{label}: the role is read on every request"
+        );
+        assert!(
+            db.ui_sessions()
+                .find(&"f".repeat(64), idle)
+                .await
+                .unwrap()
+                .is_none(),
+            "{label}"
+        );
+        // Unused for longer than the idle timeout: refused, then purged.
+        sqlx::query("UPDATE ui_sessions SET last_seen_at_ms = last_seen_at_ms - $1")
+            .bind(idle + 1000)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        assert!(
+            db.ui_sessions()
+                .find(&secret, idle)
+                .await
+                .unwrap()
+                .is_none(),
+            "{label}"
+        );
+        assert_eq!(
+            db.ui_sessions().purge_idle(idle).await.unwrap(),
+            1,
+            "{label}"
+        );
+        // Logout.
+        let (secret, _) = db.ui_sessions().open("ops").await.unwrap();
+        db.ui_sessions().close(&secret).await.unwrap();
+        assert!(
+            db.ui_sessions()
+                .find(&secret, idle)
+                .await
+                .unwrap()
+                .is_none(),
+            "{label}"
+        );
+        // Disabled, and a reset password.
+        let (secret, _) = db.ui_sessions().open("ops").await.unwrap();
+        db.users().set_disabled("ops", true).await.unwrap();
+        assert!(
+            db.ui_sessions()
+                .find(&secret, idle)
+                .await
+                .unwrap()
+                .is_none(),
+            "{label}"
+        );
+        db.users().set_disabled("ops", false).await.unwrap();
+        assert!(
+            db.ui_sessions()
+                .find(&secret, idle)
+                .await
+                .unwrap()
+                .is_none(),
+            "{label}: disabling deleted it"
+        );
+        let (secret, _) = db.ui_sessions().open("ops").await.unwrap();
+        db.users()
+            .set_password("ops", "another long password")
+            .await
+            .unwrap();
+        assert!(
+            db.ui_sessions()
+                .find(&secret, idle)
+                .await
+                .unwrap()
+                .is_none(),
+            "{label}"
+        );
+        cleanup(pg, db).await;
+    }
+}
+
+/// The pages on a PostgreSQL central: login, several statuses at once, the
+/// target filter (LIKE with escaped wildcards), both paging directions.
+#[tokio::test]
+async fn the_pages_on_postgresql() {
+    let Some(pg) = sitelink_test_support::fresh_database("SITELINK_TEST_POSTGRES_URL").await else {
+        eprintln!("skipped: SITELINK_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let c = spawn_central_on(&pg.url, "").await;
+    c.db.users()
+        .add("dev", PASSWORD, Role::Deployment)
+        .await
+        .unwrap();
+    register(&c, "plant-north").await;
+    let mut rows: Vec<TrackingRecord> = (0..60)
+        .map(|i| {
+            call(
+                "plant-north",
+                i,
+                [Parked, Failed, Delivered][i as usize % 3],
+                Some("boom"),
+            )
+        })
+        .collect();
+    rows[7].target_summary = "historian 100%_done".into();
+    ingest(&c, "plant-north", &rows).await;
+    let mut p = Pages::new(&c);
+    assert_eq!(p.login("dev", PASSWORD).await.status, 303);
+    let both = p
+        .get("/site-calls?site=plant-north&status=Parked&status=Failed")
+        .await;
+    assert_eq!(both.status, 200, "{}", both.body);
+    assert_eq!(both.body.matches("<tr data-id=").count(), 40);
+    let like = p
+        .get(&format!("/site-calls?target={}", url_encode("100%_")))
+        .await;
+    assert_eq!(
+        like.body.matches("<tr data-id=").count(),
+        1,
+        "% and _ are literal"
+    );
+    let first = p.get("/site-calls").await;
+    assert_eq!(first.body.matches("<tr data-id=").count(), 50);
+    let older = first
+        .body
+        .split("id=\"older\"")
+        .next()
+        .unwrap()
+        .rsplit("href=\"")
+        .next()
+        .unwrap();
+    let second = p
+        .get(&older.split('"').next().unwrap().replace("&#38;", "&"))
+        .await;
+    assert_eq!(second.body.matches("<tr data-id=").count(), 10);
+    assert!(p
+        .get("/dashboard")
+        .await
+        .body
+        .contains("data-site=\"plant-north\""));
+    c.cancel.cancel();
+    pg.drop_database().await;
+}

@@ -170,6 +170,7 @@ async fn the_http_port_serves_tls() {
     .unwrap();
     let central = Central::build(cfg).await.unwrap();
     let port = central.http_addr().port();
+    let db = central.database().clone();
     let cancel = CancellationToken::new();
     tokio::spawn(central.run(cancel.clone()));
 
@@ -210,5 +211,79 @@ async fn the_http_port_serves_tls() {
     .await
     .expect("closed within the setup timeout");
     assert!(matches!(read, Ok(0) | Err(_)));
+
+    // The web UI over TLS: its cookies are Secure and `__Host-` prefixed,
+    // and the Origin it accepts is the https one.
+    db.users()
+        .add(
+            "ops",
+            "correct horse battery",
+            sitelink_central::configuration_database::Role::Viewer,
+        )
+        .await
+        .unwrap();
+    let no_redirects = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("http.crt")).unwrap())
+                .unwrap(),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{port}");
+    let form = no_redirects
+        .get(format!("{base}/login"))
+        .send()
+        .await
+        .unwrap();
+    let login_cookie = form.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        login_cookie.starts_with("__Host-sitelink_login="),
+        "{login_cookie}"
+    );
+    assert!(
+        login_cookie.contains("; Secure") && login_cookie.contains("HttpOnly"),
+        "{login_cookie}"
+    );
+    let csrf = login_cookie
+        .split_once('=')
+        .unwrap()
+        .1
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let login = |origin: String| {
+        no_redirects
+            .post(format!("{base}/login"))
+            .header("origin", origin)
+            .header("cookie", format!("__Host-sitelink_login={csrf}"))
+            .form(&[
+                ("name", "ops"),
+                ("password", "correct horse battery"),
+                ("csrf", csrf.as_str()),
+            ])
+            .send()
+    };
+    assert_eq!(
+        login(format!("http://localhost:{port}"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let ok = login(base.clone()).await.unwrap();
+    assert_eq!(ok.status(), 303);
+    let session = ok
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("__Host-sitelink_session="))
+        .expect("a session cookie");
+    assert!(
+        session.contains("; Secure") && session.contains("SameSite=Strict"),
+        "{session}"
+    );
     cancel.cancel();
 }

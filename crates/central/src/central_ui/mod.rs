@@ -27,6 +27,9 @@ mod format;
 pub mod session;
 mod views;
 
+pub use views::records::PAGE_ROWS;
+use views::records::{self, NotificationPages, SiteCallPages};
+
 use std::{sync::LazyLock, time::Duration};
 
 use axum::{
@@ -68,25 +71,28 @@ pub fn router(state: UiState) -> Router {
         .route("/logout", post(views::logout))
         .route("/dashboard", get(views::dashboard::page))
         .route("/dashboard/live", get(views::dashboard::live))
-        .route("/site-calls", get(views::records::site_calls))
-        .route("/site-calls/{id}", get(views::records::site_call))
+        .route("/site-calls", get(records::list::<SiteCallPages>))
+        .route("/site-calls/{id}", get(records::detail::<SiteCallPages>))
         .route(
             "/site-calls/{id}/record",
-            get(views::records::site_call_partial),
+            get(records::partial::<SiteCallPages>),
         )
         .route(
             "/site-calls/{id}/{action}",
-            get(views::records::confirm_site_call).post(views::records::act_site_call),
+            get(records::confirm::<SiteCallPages>).post(records::act::<SiteCallPages>),
         )
-        .route("/notifications", get(views::records::notifications))
-        .route("/notifications/{id}", get(views::records::notification))
+        .route("/notifications", get(records::list::<NotificationPages>))
+        .route(
+            "/notifications/{id}",
+            get(records::detail::<NotificationPages>),
+        )
         .route(
             "/notifications/{id}/record",
-            get(views::records::notification_partial),
+            get(records::partial::<NotificationPages>),
         )
         .route(
             "/notifications/{id}/{action}",
-            get(views::records::confirm_notification).post(views::records::act_notification),
+            get(records::confirm::<NotificationPages>).post(records::act::<NotificationPages>),
         )
         .route(
             "/sites",

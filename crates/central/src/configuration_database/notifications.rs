@@ -13,7 +13,7 @@ use sitelink_commons::{
 use sqlx::Row;
 
 use super::{
-    site_calls::{self, decode, kpis_with, page_query, purge_terminal, Page},
+    site_calls::{self, decode, kpis_with, page_rows, purge_terminal, Page},
     Database, Kpis, PageCursor, SiteCallFilter,
 };
 use TrackedOperationStatus::*;
@@ -313,17 +313,10 @@ impl<'a> Notifications<'a> {
             kind: None,
             ..f.clone()
         };
-        let rows = page_query(SELECT, "list_name", &f, page, limit)
-            .fetch_all(self.db.pool())
-            .await?;
-        let mut out = rows
-            .iter()
-            .map(|r| record(r, false))
-            .collect::<Result<Vec<_>, _>>()?;
-        if matches!(page, Page::Before(_)) {
-            out.reverse();
-        }
-        Ok(out)
+        page_rows(self.db, SELECT, "list_name", &f, page, limit, |r| {
+            record(r, false)
+        })
+        .await
     }
 
     /// KPIs per site in the shape of Site Call Audit's. Open notifications

@@ -395,6 +395,27 @@ pub(super) fn page_query(
     bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), binds)
 }
 
+/// [`page_query`] run and its rows decoded by `decode`, newest first
+/// whichever way the page was read.
+pub(super) async fn page_rows<T>(
+    db: &Database,
+    select: &str,
+    target: &str,
+    f: &SiteCallFilter,
+    page: &Page,
+    limit: u32,
+    decode: impl Fn(&sqlx::any::AnyRow) -> Result<T, sqlx::Error>,
+) -> Result<Vec<T>, sqlx::Error> {
+    let rows = page_query(select, target, f, page, limit)
+        .fetch_all(db.pool())
+        .await?;
+    let mut out = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+    if matches!(page, Page::Before(_)) {
+        out.reverse();
+    }
+    Ok(out)
+}
+
 /// `text` as a LIKE pattern that matches it anywhere, its wildcards
 /// escaped (with `ESCAPE '!'`, the same on every backend).
 fn contains_pattern(text: &str) -> String {
@@ -543,14 +564,7 @@ impl SiteCalls<'_> {
         page: &Page,
         limit: u32,
     ) -> Result<Vec<TrackingRecord>, sqlx::Error> {
-        let rows = page_query(SELECT, "target_summary", f, page, limit)
-            .fetch_all(self.db.pool())
-            .await?;
-        let mut out = rows.iter().map(record).collect::<Result<Vec<_>, _>>()?;
-        if matches!(page, Page::Before(_)) {
-            out.reverse();
-        }
-        Ok(out)
+        page_rows(self.db, SELECT, "target_summary", f, page, limit, record).await
     }
 
     /// Folds the open-call deltas the triggers appended into the counters

@@ -146,13 +146,23 @@ impl HealthMonitor {
 
     /// Sites by name after `after`, at most `limit`, with their health.
     pub async fn sites(&self, after: Option<&str>, limit: u32) -> anyhow::Result<Vec<SiteHealth>> {
+        let kpis = self.kpis(KpiSource::SiteCalls).await?;
+        self.sites_with(&kpis, after, limit).await
+    }
+
+    /// [`HealthMonitor::sites`] with the site-call KPIs already at hand.
+    async fn sites_with(
+        &self,
+        kpis: &KpiView,
+        after: Option<&str>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<SiteHealth>> {
         let online = self.audit.online().await;
-        let kpis = self.kpis(KpiSource::SiteCalls).await?.per_site;
         let sites = self.db.sites().page(after, limit).await?;
         Ok(sites
             .into_iter()
             .map(|s| {
-                let k = kpis.get(&s.name);
+                let k = kpis.per_site.get(&s.name);
                 SiteHealth {
                     online: online.contains(&s.name),
                     revoked: s.revoked,
@@ -168,24 +178,24 @@ impl HealthMonitor {
     }
 
     /// The dashboard: the sites table and both sets of tiles, global or of
-    /// one site (`None` for a site central does not know).
+    /// one site (`None` for a site central does not know). One KPI query
+    /// per source.
     pub async fn dashboard(&self, site: Option<&str>) -> anyhow::Result<Option<Dashboard>> {
-        let mut sites = self.sites(None, DASHBOARD_SITES + 1).await?;
+        let calls = self.kpis(KpiSource::SiteCalls).await?;
+        let notifications = self.kpis(KpiSource::Notifications).await?;
+        let mut sites = self.sites_with(&calls, None, DASHBOARD_SITES + 1).await?;
         let more_sites = sites.len() > DASHBOARD_SITES as usize;
         sites.truncate(DASHBOARD_SITES as usize);
         let (site_calls, notifications) = match site {
-            None => (
-                self.kpis(KpiSource::SiteCalls).await?.total,
-                self.kpis(KpiSource::Notifications).await?.total,
-            ),
+            None => (calls.total, notifications.total),
             Some(s) => {
-                let (Some(c), Some(n)) = (
-                    self.site_kpis(KpiSource::SiteCalls, s).await?,
-                    self.site_kpis(KpiSource::Notifications, s).await?,
-                ) else {
+                let known =
+                    sites.iter().any(|x| x.name == s) || self.db.sites().get(s).await?.is_some();
+                if !known {
                     return Ok(None);
-                };
-                (c, n)
+                }
+                let one = |v: &KpiView| v.per_site.get(s).cloned().unwrap_or_else(|| self.empty());
+                (one(&calls), one(&notifications))
             }
         };
         Ok(Some(Dashboard {

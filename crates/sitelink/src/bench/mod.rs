@@ -10,6 +10,7 @@ mod ingest;
 mod notifications;
 mod queries;
 mod reconcile;
+mod ui;
 
 use clap::Subcommand;
 
@@ -56,6 +57,15 @@ pub enum BenchName {
         #[arg(long)]
         quick: bool,
     },
+    /// Server time of the web UI's Site Calls page (unfiltered, site +
+    /// Parked) and dashboard on `--rows` site calls (SQLite), against the
+    /// REST listing of the same query.
+    Ui {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        #[arg(long)]
+        quick: bool,
+    },
     /// KPI query and first pages of filtered Site Calls listings on a table
     /// of `--rows` rows (p50/p99 against 50 ms and 100 ms).
     Queries {
@@ -75,6 +85,7 @@ pub async fn run(name: BenchName) -> anyhow::Result<()> {
         BenchName::Ingest { db, quick } => ingest::run(db, quick).await,
         BenchName::Queries { db, rows, quick } => queries::run(db, rows, quick).await,
         BenchName::Notifications { quick } => notifications::run(quick).await,
+        BenchName::Ui { rows, quick } => ui::run(rows, quick).await,
         BenchName::Reconcile {
             db,
             rows,

@@ -20,7 +20,7 @@ use super::{
     median, quantile_ms,
 };
 
-const SITES: usize = 20;
+pub(super) const SITES: usize = 20;
 
 pub async fn run(db: Db, rows: usize, quick: bool) -> anyhow::Result<()> {
     let repeats = if quick { 30 } else { 100 };
@@ -183,7 +183,7 @@ pub async fn run(db: Db, rows: usize, quick: bool) -> anyhow::Result<()> {
 }
 
 /// Bulk insert: multi-row statements in large transactions.
-async fn fill(db: &Database, rows: usize) -> anyhow::Result<()> {
+pub(super) async fn fill(db: &Database, rows: usize) -> anyhow::Result<()> {
     let now = sitelink_central::configuration_database::now_ms();
     // 50 rows per statement: far faster than large statements through sqlx `Any`.
     let per_statement = 50;

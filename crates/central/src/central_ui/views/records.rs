@@ -29,6 +29,23 @@ pub const PAGE_ROWS: u32 = 50;
 /// Characters of `last_error` (or a subject) shown in a list row.
 const SHORT_TEXT: usize = 120;
 
+/// Which rows a handler serves: the Site Calls pages or the Notification
+/// Outbox pages (one code path, two route sets).
+pub trait Pages: Send + Sync + 'static {
+    const SUBJECT: Subject;
+}
+
+pub struct SiteCallPages;
+pub struct NotificationPages;
+
+impl Pages for SiteCallPages {
+    const SUBJECT: Subject = Subject::SiteCall;
+}
+
+impl Pages for NotificationPages {
+    const SUBJECT: Subject = Subject::Notification;
+}
+
 fn base(subject: Subject) -> &'static str {
     match subject {
         Subject::SiteCall => "/site-calls",
@@ -285,12 +302,13 @@ async fn fetch(
     Ok(rows.into_iter().unzip())
 }
 
-async fn list(
-    st: UiState,
+/// `GET /site-calls`, `GET /notifications`.
+pub async fn list<S: Pages>(
+    State(st): State<UiState>,
     op: Operator,
-    subject: Subject,
-    q: Vec<(String, String)>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, UiError> {
+    let subject = S::SUBJECT;
     let site_names: Vec<String> = st
         .db
         .sites()
@@ -381,22 +399,6 @@ async fn list(
     page.rows = rows;
     page.filters = req.filters;
     Ok(render(&page))
-}
-
-pub async fn site_calls(
-    State(st): State<UiState>,
-    op: Operator,
-    Query(q): Query<Vec<(String, String)>>,
-) -> Result<Response, UiError> {
-    list(st, op, Subject::SiteCall, q).await
-}
-
-pub async fn notifications(
-    State(st): State<UiState>,
-    op: Operator,
-    Query(q): Query<Vec<(String, String)>>,
-) -> Result<Response, UiError> {
-    list(st, op, Subject::Notification, q).await
 }
 
 /// A field of a detail page.
@@ -601,13 +603,14 @@ fn outcome_message(
     })
 }
 
-async fn detail(
-    st: UiState,
+/// `GET /site-calls/{id}`, `GET /notifications/{id}`.
+pub async fn detail<S: Pages>(
+    State(st): State<UiState>,
     op: Operator,
-    subject: Subject,
-    id: String,
-    q: DetailQuery,
+    Path(id): Path<String>,
+    Query(q): Query<DetailQuery>,
 ) -> Result<Response, UiError> {
+    let subject = S::SUBJECT;
     let id = parse_id(subject, &id)?;
     let record = record(&st, &op, subject, id).await?;
     let site = record
@@ -639,48 +642,15 @@ async fn detail(
     }))
 }
 
-pub async fn site_call(
+/// `GET …/{id}/record`: the part of a detail page htmx refreshes.
+pub async fn partial<S: Pages>(
     State(st): State<UiState>,
     op: Operator,
     Path(id): Path<String>,
-    Query(q): Query<DetailQuery>,
 ) -> Result<Response, UiError> {
-    detail(st, op, Subject::SiteCall, id, q).await
-}
-
-pub async fn notification(
-    State(st): State<UiState>,
-    op: Operator,
-    Path(id): Path<String>,
-    Query(q): Query<DetailQuery>,
-) -> Result<Response, UiError> {
-    detail(st, op, Subject::Notification, id, q).await
-}
-
-async fn partial(
-    st: UiState,
-    op: Operator,
-    subject: Subject,
-    id: String,
-) -> Result<Response, UiError> {
+    let subject = S::SUBJECT;
     let id = parse_id(subject, &id)?;
     Ok(render(&record(&st, &op, subject, id).await?))
-}
-
-pub async fn site_call_partial(
-    State(st): State<UiState>,
-    op: Operator,
-    Path(id): Path<String>,
-) -> Result<Response, UiError> {
-    partial(st, op, Subject::SiteCall, id).await
-}
-
-pub async fn notification_partial(
-    State(st): State<UiState>,
-    op: Operator,
-    Path(id): Path<String>,
-) -> Result<Response, UiError> {
-    partial(st, op, Subject::Notification, id).await
 }
 
 fn action_of(a: &str) -> Result<Action, UiError> {
@@ -705,13 +675,13 @@ pub struct ConfirmPage {
     pub cancel: String,
 }
 
-async fn confirm(
-    st: UiState,
+/// `GET …/{id}/retry|discard`: the confirmation page.
+pub async fn confirm<S: Pages>(
+    State(st): State<UiState>,
     op: Operator,
-    subject: Subject,
-    id: String,
-    action: String,
+    Path((id, action)): Path<(String, String)>,
 ) -> Result<Response, UiError> {
+    let subject = S::SUBJECT;
     let act = action_of(&action)?;
     let id = parse_id(subject, &id)?;
     if !op.user.role.may_operate() {
@@ -769,31 +739,16 @@ async fn confirm(
     }))
 }
 
-pub async fn confirm_site_call(
+/// `POST …/{id}/retry|discard`: the action, then its outcome on the
+/// detail page.
+pub async fn act<S: Pages>(
     State(st): State<UiState>,
-    op: Operator,
-    Path((id, action)): Path<(String, String)>,
-) -> Result<Response, UiError> {
-    confirm(st, op, Subject::SiteCall, id, action).await
-}
-
-pub async fn confirm_notification(
-    State(st): State<UiState>,
-    op: Operator,
-    Path((id, action)): Path<(String, String)>,
-) -> Result<Response, UiError> {
-    confirm(st, op, Subject::Notification, id, action).await
-}
-
-async fn act(
-    st: UiState,
     op: Operator,
     headers: HeaderMap,
-    subject: Subject,
-    id: String,
-    action: String,
-    form: CsrfForm,
+    Path((id, action)): Path<(String, String)>,
+    Form(form): Form<CsrfForm>,
 ) -> Result<Response, UiError> {
+    let subject = S::SUBJECT;
     op.check_post(&headers, st.tls, Some(&form.csrf))?;
     let act = action_of(&action)?;
     let id = parse_id(subject, &id)?;
@@ -811,24 +766,4 @@ async fn act(
         done.outcome.name()
     ))
     .into_response())
-}
-
-pub async fn act_site_call(
-    State(st): State<UiState>,
-    op: Operator,
-    headers: HeaderMap,
-    Path((id, action)): Path<(String, String)>,
-    Form(f): Form<CsrfForm>,
-) -> Result<Response, UiError> {
-    act(st, op, headers, Subject::SiteCall, id, action, f).await
-}
-
-pub async fn act_notification(
-    State(st): State<UiState>,
-    op: Operator,
-    headers: HeaderMap,
-    Path((id, action)): Path<(String, String)>,
-    Form(f): Form<CsrfForm>,
-) -> Result<Response, UiError> {
-    act(st, op, headers, Subject::Notification, id, action, f).await
 }
