@@ -1,5 +1,8 @@
 //! The site's local admin HTTP API (bound to 127.0.0.1 by default): the
-//! tracking records, operator Retry/Discard, and running scripts on demand.
+//! tracking records, operator Retry/Discard, the scripts (with a changed
+//! file's compile error) and running them on demand. `GET /` answers an
+//! index of the site and these routes, for a person who opens the address
+//! in a browser.
 //!
 //! Who may call it (the [`AdminGuard`] layer, on every request):
 //! - the `Host` header must be an IP address, `localhost`, or a name in
@@ -127,8 +130,10 @@ impl AdminGuard {
 pub fn router(engine: Engine, runtime: Arc<ScriptRuntime>, guard: AdminGuard) -> Router {
     let guard = Arc::new(guard);
     Router::new()
+        .route("/", get(index))
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/v1/status", get(site_status))
+        .route("/api/v1/scripts", get(list_scripts))
         .route("/api/v1/operations", get(list_operations))
         .route("/api/v1/operations/{id}", get(get_operation))
         .route("/api/v1/operations/{id}/retry", post(retry_operation))
@@ -289,6 +294,33 @@ async fn run_script(State(st): State<AppState>, Path(name): Path<String>) -> Res
         )
             .into_response(),
     }
+}
+
+/// `GET /`: what this is and where to look (JSON, readable in a browser).
+async fn index(State(st): State<AppState>) -> Response {
+    Json(json!({
+        "service": "sitelink site admin API",
+        "site": st.engine.site(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "routes": {
+            "GET /api/v1/status": "counts by status, buffer, change sequence, scripts",
+            "GET /api/v1/scripts": "the scripts, their files, and why a changed file is not running",
+            "GET /api/v1/operations?status=&limit=&after=": "this site's tracked operations, newest first",
+            "GET /api/v1/operations/{id}": "one tracked operation",
+            "POST /api/v1/operations/{id}/retry": "retry a parked operation (Content-Type: application/json)",
+            "POST /api/v1/operations/{id}/discard": "discard a parked operation (Content-Type: application/json)",
+            "POST /api/v1/scripts/{name}/run": "run a script now (Content-Type: application/json)",
+            "GET /healthz": "ok"
+        },
+        "scripts": st.runtime.scripts(),
+    }))
+    .into_response()
+}
+
+/// `GET /api/v1/scripts`: each script, its file, when the running version
+/// was compiled, and the compile error of a newer file that is not running.
+async fn list_scripts(State(st): State<AppState>) -> Response {
+    Json(json!({ "items": st.runtime.scripts() })).into_response()
 }
 
 async fn site_status(State(st): State<AppState>) -> Result<Response, ApiError> {

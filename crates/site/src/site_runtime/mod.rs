@@ -7,11 +7,18 @@
 //! owns the interval triggers), [`ScriptRun`] (what a run returns: its
 //! result and every TrackedOperationId it made), [`ScriptError`].
 //!
-//! Invariants: a script never takes the site down: syntax errors are
-//! reported when the script is run (the site starts anyway), runaway
-//! scripts are stopped by the limits of [`ScriptLimits`] with an error that
-//! names the limit; every row a script makes carries the provenance
+//! Invariants: a script never takes the site down: a script that does not
+//! compile at start stops the start (naming it), runaway scripts are
+//! stopped by the limits of [`ScriptLimits`] with an error that names the
+//! limit; every row a script makes carries the provenance
 //! `instance/script`.
+//!
+//! Reload: before each run (and when the admin API lists the scripts) the
+//! script's file is checked (modification time and size); a changed file
+//! is compiled and, if it compiles, runs from then on. One that does not
+//! compile leaves the previous version running, and its error is logged
+//! once and shown by [`ScriptRuntime::scripts`] until the file changes
+//! again.
 
 mod api;
 
@@ -95,7 +102,37 @@ pub struct ScriptRun {
 
 struct Script {
     config: ScriptConfig,
+    loaded: std::sync::Mutex<Loaded>,
+}
+
+/// The version of a script that runs, and what the last look at its file
+/// found.
+struct Loaded {
     ast: Arc<rhai::AST>,
+    /// The file's (modification time, size) that `ast` was compiled from.
+    stamp: Option<(std::time::SystemTime, u64)>,
+    /// The stamp of a newer file that did not compile, and why.
+    failed: Option<((std::time::SystemTime, u64), String)>,
+    /// When `ast` was compiled (ms since the epoch).
+    loaded_at_ms: i64,
+}
+
+/// A script as the admin API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScriptInfo {
+    pub name: String,
+    pub file: PathBuf,
+    pub instance: String,
+    pub interval_ms: Option<u64>,
+    /// When the running version was compiled (UTC, RFC 3339).
+    pub loaded_at_utc: String,
+    /// Why the file's newer content is not running (it does not compile).
+    pub reload_error: Option<String>,
+}
+
+fn stamp_of(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 pub struct ScriptRuntime {
@@ -122,6 +159,7 @@ impl ScriptRuntime {
                     script: c.name.clone(),
                     message: format!("{}: {message}", c.file.display()),
                 };
+                let stamp = stamp_of(&c.file);
                 let source = std::fs::read_to_string(&c.file)
                     .map_err(|e| compile_error(format!("cannot read it: {e}")))?;
                 let ast = compiler
@@ -131,7 +169,12 @@ impl ScriptRuntime {
                     c.name.clone(),
                     Script {
                         config: c.clone(),
-                        ast: Arc::new(ast),
+                        loaded: std::sync::Mutex::new(Loaded {
+                            ast: Arc::new(ast),
+                            stamp,
+                            failed: None,
+                            loaded_at_ms: sitelink_commons::now_unix_ms(),
+                        }),
                     },
                 ))
             })
@@ -146,6 +189,70 @@ impl ScriptRuntime {
 
     pub fn script_names(&self) -> impl Iterator<Item = &str> {
         self.scripts.keys().map(String::as_str)
+    }
+
+    /// The running version of a script, recompiled first if its file
+    /// changed (see the module's doc: a version that does not compile is
+    /// reported and the previous one kept).
+    fn current(&self, name: &str, script: &Script) -> Arc<rhai::AST> {
+        let now = stamp_of(&script.config.file);
+        let mut loaded = script.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = now.is_some()
+            && now != loaded.stamp
+            && loaded.failed.as_ref().map(|(s, _)| Some(*s)) != Some(now);
+        if changed {
+            let compiled = std::fs::read_to_string(&script.config.file)
+                .map_err(|e| format!("cannot read it: {e}"))
+                .and_then(|source| {
+                    api::sandboxed_engine(&self.limits)
+                        .compile(source)
+                        .map_err(|e| e.to_string())
+                });
+            match compiled {
+                Ok(ast) => {
+                    loaded.ast = Arc::new(ast);
+                    loaded.stamp = now;
+                    loaded.failed = None;
+                    loaded.loaded_at_ms = sitelink_commons::now_unix_ms();
+                    tracing::info!(script = %name, file = %script.config.file.display(), "script reloaded");
+                }
+                Err(message) => {
+                    tracing::warn!(
+                        script = %name,
+                        file = %script.config.file.display(),
+                        error = %message,
+                        "the changed script does not compile; the previous version keeps running"
+                    );
+                    loaded.failed = now.map(|s| (s, message));
+                }
+            }
+        }
+        loaded.ast.clone()
+    }
+
+    /// Every configured script with the state of its file (reloading the
+    /// changed ones), by name.
+    pub fn scripts(&self) -> Vec<ScriptInfo> {
+        let mut out: Vec<ScriptInfo> = self
+            .scripts
+            .iter()
+            .map(|(name, script)| {
+                self.current(name, script);
+                let loaded = script.loaded.lock().unwrap_or_else(|p| p.into_inner());
+                ScriptInfo {
+                    name: name.clone(),
+                    file: script.config.file.clone(),
+                    instance: script.config.instance.clone(),
+                    interval_ms: script.config.interval_ms,
+                    loaded_at_utc: sitelink_commons::unix_ms_to_utc(loaded.loaded_at_ms)
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    reload_error: loaded.failed.as_ref().map(|(_, e)| e.clone()),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// Compiles and runs source text that is not in the config (tests,
@@ -171,8 +278,8 @@ impl ScriptRuntime {
             .scripts
             .get(name)
             .ok_or_else(|| ScriptError::UnknownScript(name.into()))?;
-        self.execute(name, &script.config.instance, script.ast.clone())
-            .await
+        let ast = self.current(name, script);
+        self.execute(name, &script.config.instance, ast).await
     }
 
     async fn execute(
