@@ -1,9 +1,11 @@
 //! `sitelink`: the one binary of SPEC §2 component 13 (Host). Thin: parse
 //! the command line, start tracing, build the role (`site` or `central`),
 //! run it until SIGTERM or SIGINT; `central site add|list|revoke` manage
-//! the sites; `bench` runs benchmarks.
+//! the sites; `demo` runs a whole system in one process; `bench` runs
+//! benchmarks.
 
 mod bench;
+mod demo;
 
 use std::path::PathBuf;
 
@@ -42,6 +44,10 @@ enum Command {
         #[command(subcommand)]
         command: Option<CentralCommand>,
     },
+    /// A living system in one command: a central node, two sites, a
+    /// simulated ERP, plant databases and an SMTP sink, on SQLite in a data
+    /// directory (a second run resumes).
+    Demo(demo::DemoArgs),
     /// Run a benchmark; the last line printed is one JSON object.
     Bench {
         #[command(subcommand)]
@@ -150,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 command: Some(CentralCommand::User { action }),
             } => manage_users(config, action).await,
             Command::Bench { name } => bench::run(name).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     })
 }
@@ -253,7 +260,7 @@ async fn manage_users(config: PathBuf, action: UserAction) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn stop_on_signal(cancel: CancellationToken) {
+pub(crate) async fn stop_on_signal(cancel: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
     tokio::select! {
