@@ -15,7 +15,7 @@ pub enum ConfigError {
     Parse { path: String, message: String },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CentralConfig {
     pub central: CentralSection,
@@ -28,7 +28,7 @@ pub struct CentralConfig {
 }
 
 /// `[notification_outbox]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxSection {
     pub smtp_host: String,
@@ -59,7 +59,7 @@ pub struct OutboxSection {
     pub retry: sitelink_commons::RetryPolicy,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SmtpTls {
     #[default]
@@ -74,7 +74,7 @@ fn default_smtp_timeout_ms() -> u64 {
     10_000
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CentralSection {
     /// `sqlite://PATH` (relative to this file) or `postgres://…`.
@@ -146,7 +146,7 @@ fn default_link_bind() -> SocketAddr {
 }
 /// `[central.tls]` and `[central.http_tls]`: PEM files, relative to the
 /// config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     pub cert_file: std::path::PathBuf,

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 /// How a target's buffered operations are retried. Configured per external
 /// system and per database connection (`[...retry]` in site.toml).
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
     /// Delay before the first retry, in milliseconds.

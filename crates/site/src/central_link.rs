@@ -49,7 +49,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 const TELEMETRY_BATCH: u32 = 500;
 
 /// `[central]` in site.toml; without it the site runs alone.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CentralConfig {
     /// Central's link addresses (`http://host:port`), tried in turn.

@@ -36,7 +36,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
     pub site: SiteSection,
@@ -56,7 +56,7 @@ pub struct SiteConfig {
     pub databases: BTreeMap<String, DatabaseConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteSection {
     pub name: SiteName,
@@ -64,7 +64,7 @@ pub struct SiteSection {
     pub data_dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     /// Local admin API address. Loopback by default: the site opens no other

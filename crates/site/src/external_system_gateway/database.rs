@@ -23,7 +23,7 @@ use super::{ErrorClass, GatewayError};
 use crate::store_and_forward::RetryPolicy;
 
 /// `[databases.NAME]` in site.toml.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `sqlite://path`, `postgres://...` or `mysql://...` (MariaDB too).

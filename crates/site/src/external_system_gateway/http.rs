@@ -15,7 +15,7 @@ use super::{ErrorClass, GatewayError};
 use crate::store_and_forward::RetryPolicy;
 
 /// `[external_systems.NAME]` in site.toml.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExternalSystemConfig {
     pub base_url: String,
@@ -39,7 +39,7 @@ fn default_max_response_bytes() -> usize {
     1024 * 1024
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
 pub enum Auth {
     #[default]
@@ -58,7 +58,7 @@ pub enum Auth {
 }
 
 /// `[external_systems.NAME.methods.METHOD]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MethodConfig {
     /// GET, POST, PUT, PATCH or DELETE.
@@ -71,7 +71,7 @@ pub struct MethodConfig {
     pub params: Option<ParamsIn>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ParamsIn {
     Query,

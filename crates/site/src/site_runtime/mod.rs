@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{external_system_gateway::Gateway, notification_service::NotificationService};
 
 /// `[[script]]` in site.toml.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptConfig {
     pub name: String,
@@ -50,7 +50,7 @@ fn default_instance() -> String {
 }
 
 /// `[limits]` in site.toml: the sandbox of every script run.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScriptLimits {
     pub max_operations: u64,

@@ -162,7 +162,7 @@ pub enum EngineError {
 }
 
 /// Tunables of the engine (from `[store_and_forward]` in site.toml).
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSettings {
     /// Terminal rows older than this, and acknowledged by central, are purged.
