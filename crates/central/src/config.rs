@@ -84,7 +84,7 @@ pub struct CentralSection {
     pub link_bind: SocketAddr,
     /// TLS on the site link (rustls); without it the link is plain HTTP/2.
     pub tls: Option<TlsFiles>,
-    /// The REST API (and later the UI).
+    /// The web UI and the REST API.
     #[serde(default = "default_http_bind")]
     pub http_bind: SocketAddr,
     /// TLS on the HTTP port (rustls); without it HTTP is plain.

@@ -7,12 +7,19 @@
 //!   `site_calls`).
 //!
 //! - [`authentication`]: operator password and token checks shared by the
-//!   REST API (and the UI next): argon2 off the runtime and bounded, a
+//!   REST API and the web UI's login: argon2 off the runtime and bounded, a
 //!   throttle on failures, a short cache of verified credentials.
 //!
 //! - [`communication`]: Central–Site Communication, central half: the
 //!   gRPC service sites stream to (authentication, telemetry, reconcile,
 //!   command relay).
+//!
+//! - [`health_monitoring`]: Health Monitoring: sites' connectivity, the KPI
+//!   tiles global and per site, the dashboard's data, `/metrics`.
+//! - [`central_ui`]: Central UI: the web pages (askama, htmx), sessions,
+//!   CSRF and the security headers of every HTTP answer.
+//! - [`operator_actions`]: Retry/Discard with the role check and the audit
+//!   log, one function for the REST API and the pages.
 //!
 //! - [`notification_outbox`]: Notification Outbox: accepts forwarded
 //!   notifications and delivers them over SMTP (lettre), with retries,
