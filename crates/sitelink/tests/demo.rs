@@ -199,3 +199,37 @@ async fn the_demo_shows_every_status_retries_stops_and_resumes() {
     let (status, _) = demo.interrupt().await;
     assert!(status.success());
 }
+
+/// A taken port stops the demo at once with a message naming the port, the
+/// part, and the flag that moves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_is_named_with_the_flag_that_moves_it() {
+    let (base, http) = free_ports();
+    for (taken, part, flag) in [
+        (base + 3, "the simulated ERP", "--ports"),
+        (http, "the web UI", "--http"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let _holder = TcpListener::bind((Ipv4Addr::LOCALHOST, taken)).unwrap();
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sitelink"))
+            .args(["demo", "--admin-password", PASSWORD])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args([
+                "--ports",
+                &base.to_string(),
+                "--http",
+                &format!("127.0.0.1:{http}"),
+            ])
+            .env("RUST_LOG", "off")
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&taken.to_string()) && stderr.contains(part) && stderr.contains(flag),
+            "{stderr}"
+        );
+    }
+}
