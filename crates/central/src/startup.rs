@@ -51,11 +51,15 @@ pub struct Central {
     http_listener: GuardedListener,
     http_addr: SocketAddr,
     link_keepalive: Duration,
+    /// With SQLite: the lock that makes this the only node on the file,
+    /// held until the node stops.
+    node_lock: Option<std::fs::File>,
 }
 
 impl Central {
     pub async fn build(config: CentralConfig) -> anyhow::Result<Self> {
         let c = &config.central;
+        let node_lock = sqlite_node_lock(&c.database_url)?;
         let db = Database::connect(&c.database_url).await?;
         // The first admin, for automation: only while there is no user.
         if let Ok(password) = std::env::var("SITELINK_ADMIN_PASSWORD") {
@@ -147,6 +151,7 @@ impl Central {
             tls,
             http_tls,
             link_keepalive: Duration::from_millis(c.link_keepalive_ms),
+            node_lock,
             link_addr: link_listener.local_addr()?,
             link_listener,
             http_addr: http_listener.local_addr()?,
@@ -249,10 +254,48 @@ impl Central {
         let actor = self.actor.run(cancel.clone());
         let dispatcher = self.dispatcher.run(cancel.clone());
         let (link, http, (), ()) = tokio::join!(link, http, actor, dispatcher);
+        drop(self.node_lock);
         link.context("site link server")?;
         http.context("HTTP API")?;
         tracing::info!("central stopped");
         Ok(())
+    }
+}
+
+/// With SQLite, one central node per database file: an exclusive lock on
+/// `<file>.node-lock`, held while the node runs, so a second node on the
+/// same file is refused at start instead of becoming a second writer of
+/// the singletons' data. (The CLI's `central site …`/`user …` do not take
+/// it: SQLite itself serializes their few writes.) PostgreSQL needs none.
+fn sqlite_node_lock(database_url: &str) -> anyhow::Result<Option<std::fs::File>> {
+    let Some(path) = database_url.strip_prefix("sqlite://") else {
+        return Ok(None);
+    };
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path == ":memory:" {
+        return Ok(None);
+    }
+    let lock_path = format!("{path}.node-lock");
+    if let Some(dir) = std::path::Path::new(&lock_path).parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening the node lock {lock_path}"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another central node is running on the SQLite database {path} (it holds {lock_path}): \
+             with SQLite one node runs at a time; two nodes need PostgreSQL (README: two central nodes)"
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {lock_path}"))
+        }
     }
 }
 
