@@ -25,6 +25,40 @@ pub struct CentralConfig {
     /// Notification lists: name → email addresses.
     #[serde(default)]
     pub notification_lists: std::collections::BTreeMap<String, Vec<String>>,
+    /// The leader lease of an active/standby pair (PostgreSQL only).
+    #[serde(default)]
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: with PostgreSQL, several nodes share the database and one
+/// is active (Cluster Infrastructure). Ignored with SQLite.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// This node's name in the lease and on the cluster page (default: the
+    /// host name and the link port).
+    pub node_name: Option<String>,
+    /// How long a lease lasts without renewal.
+    pub lease_ttl_ms: u64,
+    /// How often the active node renews it.
+    pub renew_every_ms: u64,
+    /// The active node stops its singletons when no renewal has succeeded
+    /// for this long (its own clock); shorter than the TTL.
+    pub step_down_after_ms: u64,
+    /// How often a standby tries to acquire (besides at once on a release).
+    pub standby_poll_ms: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            node_name: None,
+            lease_ttl_ms: 10_000,
+            renew_every_ms: 2_000,
+            step_down_after_ms: 6_000,
+            standby_poll_ms: 1_000,
+        }
+    }
 }
 
 /// `[notification_outbox]`.
@@ -205,7 +239,7 @@ impl CentralConfig {
     fn check_ranges(&self) -> Result<(), String> {
         let c = &self.central;
         let o = self.notification_outbox.as_ref();
-        let keys: [(&str, Option<i128>, i128, i128); 17] = [
+        let keys: [(&str, Option<i128>, i128, i128); 21] = [
             (
                 "central.http_max_connections",
                 Some(c.http_max_connections as i128),
@@ -285,6 +319,30 @@ impl CentralConfig {
                 3_600,
             ),
             (
+                "cluster.lease_ttl_ms",
+                Some(self.cluster.lease_ttl_ms.into()),
+                1_000,
+                600_000,
+            ),
+            (
+                "cluster.renew_every_ms",
+                Some(self.cluster.renew_every_ms.into()),
+                100,
+                60_000,
+            ),
+            (
+                "cluster.step_down_after_ms",
+                Some(self.cluster.step_down_after_ms.into()),
+                200,
+                600_000,
+            ),
+            (
+                "cluster.standby_poll_ms",
+                Some(self.cluster.standby_poll_ms.into()),
+                100,
+                60_000,
+            ),
+            (
                 "central.ui_idle_timeout_minutes",
                 Some(c.ui_idle_timeout_minutes.into()),
                 1,
@@ -313,6 +371,14 @@ impl CentralConfig {
             if let Some(v) = value {
                 sitelink_commons::in_range(key, v, lo, hi)?;
             }
+        }
+        let k = &self.cluster;
+        if !(k.renew_every_ms < k.step_down_after_ms && k.step_down_after_ms < k.lease_ttl_ms) {
+            return Err(format!(
+                "cluster: renew_every_ms ({}) < step_down_after_ms ({}) < lease_ttl_ms ({}) must hold, \
+                 so that an active node that cannot renew stops before its lease expires",
+                k.renew_every_ms, k.step_down_after_ms, k.lease_ttl_ms
+            ));
         }
         Ok(())
     }

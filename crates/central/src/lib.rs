@@ -35,6 +35,7 @@
 //!
 pub mod authentication;
 pub mod central_ui;
+pub mod cluster;
 pub mod communication;
 pub mod config;
 pub mod configuration_database;

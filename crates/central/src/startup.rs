@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     authentication::{Authenticator, ThrottleSettings},
     central_ui::{self, UiState},
+    cluster::{ClusterSettings, Elector, Leadership, Term},
     communication::{LinkService, LinkSettings, LinkStats},
     config::CentralConfig,
     configuration_database::{Database, Role},
@@ -28,10 +29,12 @@ pub const MAX_LINK_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct Central {
     db: Database,
-    /// The Site Call Audit actor, run by [`Central::run`]; its handle.
-    actor: SiteCallAuditActor,
+    /// The Site Call Audit actor's handle; [`Central::run`] starts an actor
+    /// behind it for each term this node is active.
     audit: SiteCallAudit,
-    /// The Notification Outbox's dispatcher, run by [`Central::run`]; its
+    audit_settings: AuditSettings,
+    /// The Notification Outbox's dispatcher, run by [`Central::run`] while
+    /// this node is active; its
     /// handle.
     dispatcher: Dispatcher,
     outbox: Outbox,
@@ -51,6 +54,9 @@ pub struct Central {
     http_listener: GuardedListener,
     http_addr: SocketAddr,
     link_keepalive: Duration,
+    /// With PostgreSQL: this node's lease settings (an active/standby pair).
+    cluster: Option<ClusterSettings>,
+    database_url: String,
     /// With SQLite: the lock that makes this the only node on the file,
     /// held until the node stops.
     node_lock: Option<std::fs::File>,
@@ -112,14 +118,12 @@ impl Central {
             },
             "http",
         );
-        let (actor, audit) = SiteCallAuditActor::new(
-            db.clone(),
-            AuditSettings {
-                reconcile_interval: Duration::from_secs(c.reconcile_interval_seconds.max(1)),
-                retention_days: c.retention_days,
-                ..AuditSettings::default()
-            },
-        );
+        let audit_settings = AuditSettings {
+            reconcile_interval: Duration::from_secs(c.reconcile_interval_seconds.max(1)),
+            retention_days: c.retention_days,
+            ..AuditSettings::default()
+        };
+        let (_, audit) = SiteCallAuditActor::new(db.clone(), audit_settings);
         let (dispatcher, outbox) =
             Dispatcher::new(db.clone(), &config).context("the Notification Outbox")?;
         let auth = Authenticator::new(
@@ -132,8 +136,8 @@ impl Central {
         )
         .await?;
         Ok(Self {
-            actor,
             audit,
+            audit_settings,
             dispatcher,
             outbox,
             stats: Arc::default(),
@@ -152,6 +156,22 @@ impl Central {
             http_tls,
             link_keepalive: Duration::from_millis(c.link_keepalive_ms),
             node_lock,
+            cluster: (db.backend() == crate::configuration_database::Backend::Postgres).then(
+                || {
+                    let k = &config.cluster;
+                    ClusterSettings {
+                        node: k
+                            .node_name
+                            .clone()
+                            .unwrap_or_else(|| default_node_name(c.link_bind)),
+                        ttl: Duration::from_millis(k.lease_ttl_ms),
+                        renew_every: Duration::from_millis(k.renew_every_ms),
+                        step_down_after: Duration::from_millis(k.step_down_after_ms),
+                        standby_poll: Duration::from_millis(k.standby_poll_ms),
+                    }
+                },
+            ),
+            database_url: c.database_url.clone(),
             link_addr: link_listener.local_addr()?,
             link_listener,
             http_addr: http_listener.local_addr()?,
@@ -226,12 +246,29 @@ impl Central {
 
     /// Serves the site link and the HTTP API until `cancel` fires.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        // Who is active: with PostgreSQL the elector decides; otherwise this
+        // node, always (the sender lives as long as the node runs).
+        let (elector, leadership, _always_active) = match &self.cluster {
+            Some(settings) => {
+                let (elector, rx) =
+                    Elector::new(self.db.clone(), &self.database_url, settings.clone());
+                (Some(elector), rx, None)
+            }
+            None => {
+                let (tx, rx) = tokio::sync::watch::channel(Leadership::Active(Term {
+                    holder: "single node".into(),
+                    epoch: 0,
+                }));
+                (None, rx, Some(tx))
+            }
+        };
         let service = SiteLinkServer::new(LinkService::new(
             self.db.clone(),
             self.audit.clone(),
             self.outbox.clone(),
             self.stats.clone(),
             self.settings,
+            leadership.clone(),
         ))
         .max_decoding_message_size(MAX_LINK_MESSAGE_BYTES);
         tracing::info!(link = %self.link_addr, http = %self.http_addr, "central running");
@@ -251,15 +288,97 @@ impl Central {
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
         let http = http_server::serve(self.http_listener, app, self.http_tls, cancel.clone());
-        let actor = self.actor.run(cancel.clone());
-        let dispatcher = self.dispatcher.run(cancel.clone());
-        let (link, http, (), ()) = tokio::join!(link, http, actor, dispatcher);
+        let singletons = run_singletons(
+            leadership,
+            self.db.clone(),
+            self.audit.clone(),
+            self.audit_settings,
+            self.dispatcher.clone(),
+            self.cluster.is_some(),
+            cancel.clone(),
+        );
+        let elector = async {
+            if let Some(e) = elector {
+                e.run(cancel.clone()).await;
+            }
+        };
+        let (link, http, (), ()) = tokio::join!(link, http, singletons, elector);
         drop(self.node_lock);
         link.context("site link server")?;
         http.context("HTTP API")?;
         tracing::info!("central stopped");
         Ok(())
     }
+}
+
+/// Runs the singletons — the Site Call Audit actor and the outbox
+/// dispatcher (each with its purge) — for every term this node is active:
+/// a fresh actor behind the shared handle and the dispatcher on a database
+/// handle fenced to the term; when the term ends (step-down, stop), both
+/// stop before the next term can start here.
+async fn run_singletons(
+    mut leadership: tokio::sync::watch::Receiver<Leadership>,
+    db: Database,
+    audit: SiteCallAudit,
+    audit_settings: AuditSettings,
+    dispatcher: Dispatcher,
+    fenced: bool,
+    cancel: CancellationToken,
+) {
+    loop {
+        let term = loop {
+            if let Leadership::Active(term) = leadership.borrow_and_update().clone() {
+                break term;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = leadership.changed() => if changed.is_err() { return },
+            }
+        };
+        let db = if fenced {
+            db.fenced(term.clone())
+        } else {
+            db.clone()
+        };
+        let term_cancel = cancel.child_token();
+        let actor = SiteCallAuditActor::new_for(&audit, db.clone(), audit_settings);
+        let dispatcher = dispatcher.with_database(db);
+        let watch_term = async {
+            loop {
+                tokio::select! {
+                    _ = term_cancel.cancelled() => return,
+                    changed = leadership.changed() => {
+                        if changed.is_err() || !matches!(&*leadership.borrow(), Leadership::Active(t) if *t == term) {
+                            term_cancel.cancel();
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::join!(
+            actor.run(term_cancel.clone()),
+            dispatcher.run(term_cancel.clone()),
+            watch_term
+        );
+        if cancel.is_cancelled() {
+            return;
+        }
+        tracing::info!(
+            epoch = term.epoch,
+            "singletons stopped: this node is standby"
+        );
+    }
+}
+
+/// A node's default name: the host's name and the link port.
+fn default_node_name(link: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "central".into());
+    format!("{host}:{}", link.port())
 }
 
 /// With SQLite, one central node per database file: an exclusive lock on

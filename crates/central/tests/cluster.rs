@@ -1,6 +1,18 @@
-//! Cluster Infrastructure: with SQLite one node per database file.
+//! Cluster Infrastructure: with SQLite one node per database file; with
+//! PostgreSQL a leader lease (on the database's clock, renewed only by its
+//! holder, fenced) decides which of several nodes is active.
 
-use sitelink_central::{Central, CentralConfig};
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use sitelink_central::{
+    cluster::lease::{self, Term},
+    configuration_database::Database,
+    Central, CentralConfig,
+};
+use sitelink_test_support::{eventually, FakeHttp, Mode};
 
 fn config(dir: &std::path::Path) -> CentralConfig {
     CentralConfig::parse(
@@ -27,4 +39,172 @@ async fn a_second_node_on_the_same_sqlite_file_is_refused() {
     // The lock goes with the first node; then a node may start.
     drop(first);
     Central::build(config(dir.path())).await.unwrap();
+}
+
+/// A refused singleton write: a purge through a handle fenced to `term`.
+async fn fenced_write(db: &Database, term: &Term) -> Result<u64, sqlx::Error> {
+    db.fenced(term.clone()).site_calls().purge(0).await
+}
+
+#[tokio::test]
+async fn the_lease_has_one_holder_renewed_by_it_alone_and_stale_writes_are_fenced() {
+    let Some(pg) = sitelink_test_support::fresh_database("SITELINK_TEST_POSTGRES_URL").await else {
+        eprintln!("skipped: SITELINK_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let db = Database::connect(&pg.url).await.unwrap();
+    let pool = db.pool();
+    let a = lease::try_acquire(pool, "a", 60_000)
+        .await
+        .unwrap()
+        .expect("a free lease is taken");
+    assert!(
+        lease::try_acquire(pool, "b", 60_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "held: not taken"
+    );
+    assert!(lease::renew(pool, &a, 60_000).await.unwrap());
+    let impostor = Term {
+        holder: "b".into(),
+        epoch: a.epoch,
+    };
+    assert!(
+        !lease::renew(pool, &impostor, 60_000).await.unwrap(),
+        "only the holder renews"
+    );
+    fenced_write(&db, &a).await.expect("the holder writes");
+    let e = fenced_write(&db, &impostor).await.unwrap_err();
+    assert!(lease::is_fenced(&e), "{e}");
+
+    // A release hands over at once.
+    lease::release(pool, &a).await.unwrap();
+    let b = lease::try_acquire(pool, "b", 300)
+        .await
+        .unwrap()
+        .expect("released: taken");
+    assert_eq!(b.epoch, a.epoch + 1);
+    assert!(
+        !lease::renew(pool, &a, 60_000).await.unwrap(),
+        "an old term never renews"
+    );
+    let e = fenced_write(&db, &a).await.unwrap_err();
+    assert!(
+        lease::is_fenced(&e),
+        "the old holder's writes are refused: {e}"
+    );
+
+    // An expired lease (300 ms on the database's clock) is taken over.
+    let a2 = eventually(Duration::from_secs(5), "b's lease expires", || async {
+        lease::try_acquire(pool, "a", 60_000).await.unwrap()
+    })
+    .await;
+    assert_eq!(a2.epoch, b.epoch + 1);
+    let e = fenced_write(&db, &b).await.unwrap_err();
+    assert!(lease::is_fenced(&e), "{e}");
+    db.pool().close().await;
+    pg.drop_database().await;
+}
+
+fn node(name: &str) -> String {
+    format!(
+        "reconcile_interval_seconds = 1\n[cluster]\nnode_name = \"{name}\"\nlease_ttl_ms = 3000\nrenew_every_ms = 300\nstep_down_after_ms = 1500\nstandby_poll_ms = 200"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_one_active_a_graceful_stop_hands_over_and_nothing_is_lost() {
+    let Some(pg) = sitelink_test_support::fresh_database("SITELINK_TEST_POSTGRES_URL").await else {
+        eprintln!("skipped: SITELINK_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let a = spawn_central_on(&pg.url, &node("a")).await;
+    let b = spawn_central_on(&pg.url, &node("b")).await;
+    let pool = a.db.pool().clone();
+    let holder = || async {
+        let s = lease::state(&pool).await.unwrap();
+        (s.expires_at_ms > s.now_ms)
+            .then_some(s)
+            .and_then(|s| s.holder.map(|h| (h, s.epoch)))
+    };
+    let (first, epoch) = eventually(Duration::from_secs(10), "one node active", holder).await;
+    let (active, standby) = if first == "a" { (&a, &b) } else { (&b, &a) };
+
+    // A site that knows both nodes ends up streaming to the active one only.
+    let erp = FakeHttp::start(Mode::Unavailable).await;
+    let token = register(&a, "plant-1").await;
+    let site = spawn_site_at(
+        "plant-1",
+        &token,
+        &[standby.link, active.link],
+        &erp.url(),
+        1,
+        "",
+    )
+    .await;
+    site.runtime
+        .run_source("burst", "line1", BURST)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "the site streams to the active node",
+        || async {
+            active
+                .audit
+                .online()
+                .await
+                .contains(&"plant-1".to_owned())
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        standby.audit.online().await.is_empty(),
+        "the standby runs no actor"
+    );
+    converged(active, &site, "plant-1").await;
+
+    // A graceful stop: the standby is active within 2 s, the site follows.
+    let stopped = Instant::now();
+    active.cancel.cancel();
+    let (second, epoch2) = eventually(Duration::from_secs(5), "the standby takes over", || async {
+        holder().await.filter(|(h, _)| *h != first)
+    })
+    .await;
+    let handover = stopped.elapsed();
+    assert!(
+        handover < Duration::from_secs(2),
+        "handover took {handover:?}"
+    );
+    assert!(epoch2 > epoch);
+    eventually(
+        Duration::from_secs(15),
+        "the site streams to the new active node",
+        || async {
+            standby
+                .audit
+                .online()
+                .await
+                .contains(&"plant-1".to_owned())
+                .then_some(())
+        },
+    )
+    .await;
+    site.runtime
+        .run_source("burst", "line1", BURST)
+        .await
+        .unwrap();
+    converged(standby, &site, "plant-1").await;
+    // The old term's writes are refused.
+    let old = Term {
+        holder: first.clone(),
+        epoch,
+    };
+    let e = fenced_write(&standby.db, &old).await.unwrap_err();
+    assert!(lease::is_fenced(&e), "{e}");
+    eprintln!("graceful handover {first} -> {second} in {handover:?}");
+    standby.cancel.cancel();
+    pg.drop_database().await;
 }

@@ -114,6 +114,9 @@ pub struct LinkService {
     audit: SiteCallAudit,
     /// Where forwarded notifications go.
     outbox: Outbox,
+    /// Only an active node accepts streams; a stream ends when its node
+    /// steps down (Cluster Infrastructure).
+    leadership: tokio::sync::watch::Receiver<crate::cluster::Leadership>,
 }
 
 impl LinkService {
@@ -123,6 +126,7 @@ impl LinkService {
         outbox: Outbox,
         stats: Arc<LinkStats>,
         settings: LinkSettings,
+        leadership: tokio::sync::watch::Receiver<crate::cluster::Leadership>,
     ) -> Self {
         Self {
             db,
@@ -130,6 +134,7 @@ impl LinkService {
             stats,
             audit,
             outbox,
+            leadership,
         }
     }
 }
@@ -144,6 +149,11 @@ impl SiteLink for LinkService {
         &self,
         request: Request<Streaming<SiteMessage>>,
     ) -> Result<Response<Self::OpenStream>, Status> {
+        if !self.leadership.borrow().is_active() {
+            return Err(Status::unavailable(
+                "this central node is the standby: try the next address",
+            ));
+        }
         // The connection this stream came on (tonic gives its info, over
         // TLS too): marked established once the stream has authenticated,
         // which lifts its setup deadline (sitelink_net::listeners).
@@ -217,8 +227,22 @@ impl SiteLink for LinkService {
             commands: Default::default(),
             outbox: self.outbox.clone(),
         };
+        let mut leadership = self.leadership.clone();
         tokio::spawn(async move {
-            match session.run(inbound, hello.high_seq).await {
+            // The stream ends when this node stops being active: the site
+            // then tries its next address.
+            let stepped_down = async move {
+                while leadership.borrow_and_update().is_active() {
+                    if leadership.changed().await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let ended = tokio::select! {
+                r = session.run(inbound, hello.high_seq) => r,
+                () = stepped_down => Err("this central node stepped down to standby".into()),
+            };
+            match ended {
                 Err(reason) => tracing::warn!(%site, %reason, "site stream closed"),
                 Ok(()) => tracing::info!(%site, "site disconnected"),
             }

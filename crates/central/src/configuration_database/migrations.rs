@@ -227,6 +227,22 @@ const MIGRATIONS: &[Migration] = &[
         "CREATE INDEX ui_sessions_by_user ON ui_sessions (user_name)",
         "CREATE INDEX audit_log_by_target ON audit_log (target_id, id)",
     ]),
+    // 9: the leader lease of the active/standby pair (issue 12; PostgreSQL
+    // only: with SQLite one node runs, without a lease). Times are the
+    // database's clock in ms.
+    Migration {
+        both: &[],
+        sqlite: &[],
+        postgres: &[
+            "CREATE TABLE leader_lease (
+                name          TEXT PRIMARY KEY,
+                holder        TEXT,
+                epoch         BIGINT NOT NULL,
+                expires_at_ms BIGINT NOT NULL
+            )",
+            "INSERT INTO leader_lease (name, holder, epoch, expires_at_ms) VALUES ('central', NULL, 0, 0)",
+        ],
+    },
 ];
 
 pub(super) async fn apply(db: &Database) -> anyhow::Result<()> {

@@ -50,6 +50,9 @@ pub enum Backend {
 pub struct Database {
     pool: AnyPool,
     backend: Backend,
+    /// The leader term a singleton's handle writes under (Cluster
+    /// Infrastructure): its write transactions pass the fence first.
+    term: Option<std::sync::Arc<crate::cluster::lease::Term>>,
 }
 
 impl Database {
@@ -96,9 +99,42 @@ impl Database {
             // The error's own text only: its source repeats it word for word.
             Err(e) => anyhow::bail!("connecting to the central database {}: {e}", redact(&url)),
         };
-        let db = Self { pool, backend };
+        let db = Self {
+            pool,
+            backend,
+            term: None,
+        };
         migrations::apply(&db).await?;
         Ok(db)
+    }
+
+    /// This handle, for a singleton of leader term `term`: its write
+    /// transactions are refused once the term is over.
+    pub fn fenced(&self, term: crate::cluster::lease::Term) -> Self {
+        Self {
+            term: Some(std::sync::Arc::new(term)),
+            ..self.clone()
+        }
+    }
+
+    /// The fence at the start of a singleton's write transaction (nothing
+    /// without a term: one node, or not a singleton).
+    pub(crate) async fn fence(&self, conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+        match &self.term {
+            Some(term) => crate::cluster::lease::check(conn, term).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The fence checked now, outside a write (before a singleton starts
+    /// work that is not a database write, such as an SMTP send).
+    pub async fn fence_now(&self) -> Result<(), sqlx::Error> {
+        if self.term.is_none() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        self.fence(&mut tx).await?;
+        tx.commit().await
     }
 
     pub fn backend(&self) -> Backend {

@@ -187,6 +187,7 @@ impl<'a> Notifications<'a> {
         now_ms: i64,
     ) -> Result<Vec<Option<TrackedOperationStatus>>, sqlx::Error> {
         let mut tx = self.db.pool().begin().await?;
+        self.db.fence(&mut tx).await?;
         let mut out = Vec::with_capacity(attempts.len());
         for (n, outcome) in attempts {
             // The attempt just made was retry number `retries_done` (0: the

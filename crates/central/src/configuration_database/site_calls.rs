@@ -91,6 +91,7 @@ impl<'a> SiteCalls<'a> {
         jobs: Vec<IngestJob>,
     ) -> Result<Vec<IngestOutcome>, sqlx::Error> {
         let mut tx = self.db.pool().begin().await?;
+        self.db.fence(&mut tx).await?;
         let mut outs = Vec::with_capacity(jobs.len());
         for j in jobs {
             // The first statement writes: it takes SQLite's write lock at
@@ -675,14 +676,17 @@ pub(super) async fn purge_terminal(
     table: &str,
     before_ms: i64,
 ) -> Result<u64, sqlx::Error> {
+    let mut tx = db.pool().begin().await?;
+    db.fence(&mut tx).await?;
     let done = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM {table}
          WHERE terminal_at_ms IS NOT NULL AND terminal_at_ms < $1
            AND status IN ('Delivered', 'Failed', 'Discarded')"
     )))
     .bind(before_ms)
-    .execute(db.pool())
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(done.rows_affected())
 }
 

@@ -111,6 +111,7 @@ pub struct DispatchOutcome {
 }
 
 /// The singleton that delivers.
+#[derive(Clone)]
 pub struct Dispatcher {
     db: Database,
     /// None: no `[notification_outbox]` configured; notifications wait.
@@ -145,11 +146,19 @@ impl Dispatcher {
         ))
     }
 
+    /// The same dispatcher writing through `db` (a new leader term's fenced
+    /// handle).
+    pub fn with_database(&self, db: Database) -> Self {
+        Self { db, ..self.clone() }
+    }
+
     /// Sends what is due now (up to one batch) and records each outcome.
     pub async fn run_once(&self) -> anyhow::Result<DispatchOutcome> {
         let Some(mailer) = &self.mailer else {
             return Ok(DispatchOutcome::default());
         };
+        // A node whose leader term is over starts no send.
+        self.db.fence_now().await?;
         let due = self.db.notifications().due(now_ms(), BATCH).await?;
         let mut out = DispatchOutcome {
             attempted: due.len(),

@@ -27,6 +27,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -140,7 +141,9 @@ enum Msg {
 /// error or `SiteUnreachable`) once the actor has stopped.
 #[derive(Clone)]
 pub struct SiteCallAudit {
-    tx: mpsc::Sender<Msg>,
+    /// The running actor's mailbox. Swapped when a new actor starts (a new
+    /// leader term, Cluster Infrastructure); while none runs, sends fail.
+    tx: Arc<std::sync::RwLock<mpsc::Sender<Msg>>>,
 }
 
 const STOPPED: &str = "the Site Call Audit actor has stopped";
@@ -286,7 +289,8 @@ impl SiteCallAudit {
     }
 
     async fn send(&self, msg: Msg) -> Result<(), String> {
-        self.tx.send(msg).await.map_err(|_| STOPPED.to_owned())
+        let tx = self.tx.read().unwrap_or_else(|p| p.into_inner()).clone();
+        tx.send(msg).await.map_err(|_| STOPPED.to_owned())
     }
 }
 
@@ -365,12 +369,27 @@ impl SiteCallAuditActor {
     /// The actor and its handle; run the actor with [`Self::run`].
     pub fn new(db: Database, settings: AuditSettings) -> (Self, SiteCallAudit) {
         let (tx, rx) = mpsc::channel(1024);
+        let handle = SiteCallAudit {
+            tx: Arc::new(std::sync::RwLock::new(tx)),
+        };
+        (Self::with_mailbox(db, settings, rx), handle)
+    }
+
+    /// A new actor behind an existing handle (a new leader term): the
+    /// handle's messages go to it from now on.
+    pub fn new_for(handle: &SiteCallAudit, db: Database, settings: AuditSettings) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        *handle.tx.write().unwrap_or_else(|p| p.into_inner()) = tx;
+        Self::with_mailbox(db, settings, rx)
+    }
+
+    fn with_mailbox(db: Database, settings: AuditSettings, rx: mpsc::Receiver<Msg>) -> Self {
         let max_commits_in_flight = if db.backend() == Backend::Sqlite {
             1
         } else {
             2
         };
-        let actor = Self {
+        Self {
             db,
             settings,
             rx,
@@ -384,8 +403,7 @@ impl SiteCallAuditActor {
             fold: None,
             checking_revocations: false,
             children: JoinSet::new(),
-        };
-        (actor, SiteCallAudit { tx })
+        }
     }
 
     /// Runs until `cancel` fires, then lets in-flight commits finish so

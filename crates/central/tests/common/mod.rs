@@ -91,6 +91,23 @@ pub async fn spawn_site_with(
     max_retries: u32,
     extra: &str,
 ) -> TestSite {
+    spawn_site_at(name, token, &[central], erp, max_retries, extra).await
+}
+
+/// A site that tries these central link addresses in turn.
+pub async fn spawn_site_at(
+    name: &str,
+    token: &str,
+    centrals: &[std::net::SocketAddr],
+    erp: &str,
+    max_retries: u32,
+    extra: &str,
+) -> TestSite {
+    let addresses = centrals
+        .iter()
+        .map(|a| format!("\"http://{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let dir = tempfile::tempdir().unwrap();
     let cfg = SiteConfig::parse(
         &format!(
@@ -101,7 +118,7 @@ data_dir = "data"
 [admin]
 bind = "127.0.0.1:0"
 [central]
-addresses = ["http://{central}"]
+addresses = [{addresses}]
 token = "{token}"
 reconnect_max_ms = 200
 {extra}

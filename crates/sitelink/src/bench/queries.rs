@@ -214,7 +214,7 @@ pub(super) async fn fill(db: &Database, rows: usize) -> anyhow::Result<()> {
                 };
                 let created = now - ((rng >> 20) % (30 * 86_400_000)) as i64;
                 let terminal = status.is_terminal().then_some(created + 1500);
-                let kind = if (rng >> 10) % 3 == 0 {
+                let kind = if (rng >> 10).is_multiple_of(3) {
                     Kind::DatabaseWrite
                 } else {
                     Kind::ExternalCall

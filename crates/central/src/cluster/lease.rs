@@ -1,0 +1,150 @@
+//! The leader lease in PostgreSQL, and the fence every singleton write
+//! passes.
+//!
+//! One row, `leader_lease` `'central'`: `holder`, `epoch`, `expires_at_ms`.
+//! Every time in it is the database's clock ([`DB_NOW_MS`]), never a node's,
+//! so nodes whose clocks drift still agree on who holds it.
+//! - acquire: `epoch + 1` and a fresh expiry, only where the lease has
+//!   expired — so at most one node holds an unexpired lease;
+//! - renew: a fresh expiry only `WHERE holder = me AND epoch = my_epoch` —
+//!   a node that lost the lease (a higher epoch exists) can never renew it;
+//! - release: expire it now and `NOTIFY sitelink_lease`, so a standby that
+//!   listens takes over in about a second;
+//! - fence: a singleton's write transaction first reads the row `FOR
+//!   SHARE` and goes on only while `holder = me AND epoch = my_epoch AND
+//!   expires_at_ms > now`: a takeover (an UPDATE of that row) waits for the
+//!   transaction, and a stale leader's write is refused.
+
+use sqlx::Row;
+
+/// The database's clock, in ms since the epoch.
+pub const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// The channel a release is announced on.
+pub const RELEASE_CHANNEL: &str = "sitelink_lease";
+
+/// A node's claim: who, and which term.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Term {
+    pub holder: String,
+    pub epoch: i64,
+}
+
+/// The lease row as it is now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseState {
+    pub holder: Option<String>,
+    pub epoch: i64,
+    pub expires_at_ms: i64,
+    /// The database's clock when read.
+    pub now_ms: i64,
+}
+
+/// Takes the lease for `holder` for `ttl_ms` if it has expired; the new
+/// term, or `None` while another node holds it.
+pub async fn try_acquire(
+    pool: &sqlx::AnyPool,
+    holder: &str,
+    ttl_ms: i64,
+) -> Result<Option<Term>, sqlx::Error> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE leader_lease SET holder = $1, epoch = epoch + 1, expires_at_ms = {DB_NOW_MS} + $2
+         WHERE name = 'central' AND expires_at_ms <= {DB_NOW_MS} RETURNING epoch"
+    )))
+    .bind(holder)
+    .bind(ttl_ms)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row
+        .map(|r| r.try_get::<i64, _>(0))
+        .transpose()?
+        .map(|epoch| Term {
+            holder: holder.to_owned(),
+            epoch,
+        }))
+}
+
+/// Extends `term`'s lease by `ttl_ms` from now; false when the term is over
+/// (another node acquired since).
+pub async fn renew(pool: &sqlx::AnyPool, term: &Term, ttl_ms: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE leader_lease SET expires_at_ms = {DB_NOW_MS} + $3
+         WHERE name = 'central' AND holder = $1 AND epoch = $2"
+    )))
+    .bind(&term.holder)
+    .bind(term.epoch)
+    .bind(ttl_ms)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Ends `term` now (a graceful stop) and tells the listening standby.
+pub async fn release(pool: &sqlx::AnyPool, term: &Term) -> Result<(), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE leader_lease SET expires_at_ms = {DB_NOW_MS}
+         WHERE name = 'central' AND holder = $1 AND epoch = $2"
+    )))
+    .bind(&term.holder)
+    .bind(term.epoch)
+    .execute(pool)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(RELEASE_CHANNEL)
+        .bind(term.epoch.to_string())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The lease row now.
+pub async fn state(pool: &sqlx::AnyPool) -> Result<LeaseState, sqlx::Error> {
+    let r = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT holder, epoch, expires_at_ms, {DB_NOW_MS} FROM leader_lease WHERE name = 'central'"
+    )))
+    .fetch_one(pool)
+    .await?;
+    Ok(LeaseState {
+        holder: r.try_get(0)?,
+        epoch: r.try_get(1)?,
+        expires_at_ms: r.try_get(2)?,
+        now_ms: r.try_get(3)?,
+    })
+}
+
+/// Why a singleton's write was refused: this node's term is over.
+#[derive(Debug, thiserror::Error)]
+#[error("fenced: this node's leader term (epoch {epoch}) is over; another node is active")]
+pub struct Fenced {
+    pub epoch: i64,
+}
+
+/// The fence check at the start of a singleton's write transaction (see
+/// the module's doc). Refused as an I/O error carrying [`Fenced`], which
+/// [`is_fenced`] recognizes by type.
+pub async fn check(conn: &mut sqlx::AnyConnection, term: &Term) -> Result<(), sqlx::Error> {
+    let held = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT epoch FROM leader_lease
+         WHERE name = 'central' AND holder = $1 AND epoch = $2 AND expires_at_ms > {DB_NOW_MS}
+         FOR SHARE"
+    )))
+    .bind(&term.holder)
+    .bind(term.epoch)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            Fenced { epoch: term.epoch },
+        ))),
+    }
+}
+
+/// Whether `e` is a fence refusal (by type, not by text).
+pub fn is_fenced(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(io) => io.get_ref().is_some_and(|inner| inner.is::<Fenced>()),
+        _ => false,
+    }
+}
