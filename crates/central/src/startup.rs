@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     authentication::{Authenticator, ThrottleSettings},
     central_ui::{self, UiState},
-    cluster::{ClusterSettings, Elector, Leadership, Term},
+    cluster::{ClusterHandle, ClusterSettings, Elector, Leadership, Term},
     communication::{LinkService, LinkSettings, LinkStats},
     config::CentralConfig,
     configuration_database::{Database, Role},
@@ -56,6 +56,11 @@ pub struct Central {
     link_keepalive: Duration,
     /// With PostgreSQL: this node's lease settings (an active/standby pair).
     cluster: Option<ClusterSettings>,
+    /// Whether this node is active, and its sender (the elector's).
+    leadership: (
+        tokio::sync::watch::Sender<Leadership>,
+        tokio::sync::watch::Receiver<Leadership>,
+    ),
     database_url: String,
     /// With SQLite: the lock that makes this the only node on the file,
     /// held until the node stops.
@@ -135,6 +140,29 @@ impl Central {
             },
         )
         .await?;
+        let cluster =
+            (db.backend() == crate::configuration_database::Backend::Postgres).then(|| {
+                let k = &config.cluster;
+                ClusterSettings {
+                    node: k
+                        .node_name
+                        .clone()
+                        .unwrap_or_else(|| default_node_name(c.link_bind)),
+                    ttl: Duration::from_millis(k.lease_ttl_ms),
+                    renew_every: Duration::from_millis(k.renew_every_ms),
+                    step_down_after: Duration::from_millis(k.step_down_after_ms),
+                    standby_poll: Duration::from_millis(k.standby_poll_ms),
+                }
+            });
+        // Who is active: with PostgreSQL the elector decides (Standby until
+        // it acquires); otherwise this node, always.
+        let leadership = tokio::sync::watch::channel(match &cluster {
+            Some(_) => Leadership::Standby,
+            None => Leadership::Active(Term {
+                holder: "single node".into(),
+                epoch: 0,
+            }),
+        });
         Ok(Self {
             audit,
             audit_settings,
@@ -156,21 +184,8 @@ impl Central {
             http_tls,
             link_keepalive: Duration::from_millis(c.link_keepalive_ms),
             node_lock,
-            cluster: (db.backend() == crate::configuration_database::Backend::Postgres).then(
-                || {
-                    let k = &config.cluster;
-                    ClusterSettings {
-                        node: k
-                            .node_name
-                            .clone()
-                            .unwrap_or_else(|| default_node_name(c.link_bind)),
-                        ttl: Duration::from_millis(k.lease_ttl_ms),
-                        renew_every: Duration::from_millis(k.renew_every_ms),
-                        step_down_after: Duration::from_millis(k.step_down_after_ms),
-                        standby_poll: Duration::from_millis(k.standby_poll_ms),
-                    }
-                },
-            ),
+            cluster,
+            leadership,
             database_url: c.database_url.clone(),
             link_addr: link_listener.local_addr()?,
             link_listener,
@@ -202,6 +217,19 @@ impl Central {
         &self.audit
     }
 
+    /// This node's view of the cluster (who is active, the lease).
+    pub fn cluster_handle(&self) -> ClusterHandle {
+        ClusterHandle::new(
+            self.db.clone(),
+            self.cluster
+                .as_ref()
+                .map_or_else(|| default_node_name(self.link_addr), |c| c.node.clone()),
+            self.http_addr.to_string(),
+            self.cluster.is_some(),
+            self.leadership.1.clone(),
+        )
+    }
+
     /// The HTTP port's application: the web UI's pages and the REST API
     /// on one router, every answer with the security headers. (Tests drive
     /// it in-process; it answers once [`Central::run`] runs, which owns the
@@ -212,6 +240,7 @@ impl Central {
             self.audit.clone(),
             self.stats.clone(),
             self.kpis,
+            self.cluster_handle(),
         );
         let actions = OperatorActions::new(
             self.db.clone(),
@@ -246,22 +275,16 @@ impl Central {
 
     /// Serves the site link and the HTTP API until `cancel` fires.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        // Who is active: with PostgreSQL the elector decides; otherwise this
-        // node, always (the sender lives as long as the node runs).
-        let (elector, leadership, _always_active) = match &self.cluster {
-            Some(settings) => {
-                let (elector, rx) =
-                    Elector::new(self.db.clone(), &self.database_url, settings.clone());
-                (Some(elector), rx, None)
-            }
-            None => {
-                let (tx, rx) = tokio::sync::watch::channel(Leadership::Active(Term {
-                    holder: "single node".into(),
-                    epoch: 0,
-                }));
-                (None, rx, Some(tx))
-            }
-        };
+        let (leadership_tx, leadership) = self.leadership.clone();
+        let elector = self.cluster.as_ref().map(|settings| {
+            Elector::new(
+                self.db.clone(),
+                &self.database_url,
+                settings.clone(),
+                self.http_addr.to_string(),
+                leadership_tx.clone(),
+            )
+        });
         let service = SiteLinkServer::new(LinkService::new(
             self.db.clone(),
             self.audit.clone(),

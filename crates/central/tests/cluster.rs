@@ -130,6 +130,46 @@ async fn two_nodes_one_active_a_graceful_stop_hands_over_and_nothing_is_lost() {
     };
     let (first, epoch) = eventually(Duration::from_secs(10), "one node active", holder).await;
     let (active, standby) = if first == "a" { (&a, &b) } else { (&b, &a) };
+    a.db.users()
+        .add(
+            "ops",
+            "correct horse battery",
+            sitelink_central::configuration_database::Role::Viewer,
+        )
+        .await
+        .unwrap();
+    let api = Api::new(standby);
+    let ops = ("ops", "correct horse battery");
+    // Either node shows the cluster: both nodes, who is active, the lease.
+    let view = eventually(Duration::from_secs(10), "both nodes reported", || async {
+        let (status, v) = api.get("/api/v1/cluster", ops).await;
+        assert_eq!(status, 200, "{v}");
+        (v["nodes"].as_array()?.len() == 2).then_some(v)
+    })
+    .await;
+    assert_eq!(view["mode"], "active-standby");
+    assert_eq!(view["this_node_active"], false);
+    assert_eq!(view["lease"]["holder"], first.as_str());
+    let roles: Vec<(String, String)> = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_owned(),
+                n["role"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        roles.contains(&(first.clone(), "active".to_owned())),
+        "{roles:?}"
+    );
+    let metrics = api.raw("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains("sitelink_cluster_active{node=") && metrics.contains("} 0"),
+        "{metrics}"
+    );
 
     // A site that knows both nodes ends up streaming to the active one only.
     let erp = FakeHttp::start(Mode::Unavailable).await;
@@ -197,6 +237,12 @@ async fn two_nodes_one_active_a_graceful_stop_hands_over_and_nothing_is_lost() {
         .await
         .unwrap();
     converged(standby, &site, "plant-1").await;
+    let (_, view) = api.get("/api/v1/cluster", ops).await;
+    assert_eq!(view["this_node_active"], true);
+    let gap = view["lease"]["last_failover_ms"]
+        .as_i64()
+        .expect("a handover was recorded");
+    assert!((0..2000).contains(&gap), "{view}");
     // The old term's writes are refused.
     let old = Term {
         holder: first.clone(),

@@ -38,6 +38,11 @@ pub struct LeaseState {
     pub expires_at_ms: i64,
     /// The database's clock when read.
     pub now_ms: i64,
+    /// When the holder acquired it.
+    pub acquired_at_ms: i64,
+    /// At the latest change of holder: from the old holder's last renewal
+    /// (or release) to the acquisition.
+    pub last_gap_ms: Option<i64>,
 }
 
 /// Takes the lease for `holder` for `ttl_ms` if it has expired; the new
@@ -48,7 +53,9 @@ pub async fn try_acquire(
     ttl_ms: i64,
 ) -> Result<Option<Term>, sqlx::Error> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE leader_lease SET holder = $1, epoch = epoch + 1, expires_at_ms = {DB_NOW_MS} + $2
+        "UPDATE leader_lease SET holder = $1, epoch = epoch + 1, expires_at_ms = {DB_NOW_MS} + $2,
+             last_gap_ms = CASE WHEN holder IS NULL THEN NULL ELSE {DB_NOW_MS} - renewed_at_ms END,
+             acquired_at_ms = {DB_NOW_MS}, renewed_at_ms = {DB_NOW_MS}
          WHERE name = 'central' AND expires_at_ms <= {DB_NOW_MS} RETURNING epoch"
     )))
     .bind(holder)
@@ -68,7 +75,7 @@ pub async fn try_acquire(
 /// (another node acquired since).
 pub async fn renew(pool: &sqlx::AnyPool, term: &Term, ttl_ms: i64) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE leader_lease SET expires_at_ms = {DB_NOW_MS} + $3
+        "UPDATE leader_lease SET expires_at_ms = {DB_NOW_MS} + $3, renewed_at_ms = {DB_NOW_MS}
          WHERE name = 'central' AND holder = $1 AND epoch = $2"
     )))
     .bind(&term.holder)
@@ -82,7 +89,7 @@ pub async fn renew(pool: &sqlx::AnyPool, term: &Term, ttl_ms: i64) -> Result<boo
 /// Ends `term` now (a graceful stop) and tells the listening standby.
 pub async fn release(pool: &sqlx::AnyPool, term: &Term) -> Result<(), sqlx::Error> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE leader_lease SET expires_at_ms = {DB_NOW_MS}
+        "UPDATE leader_lease SET expires_at_ms = {DB_NOW_MS}, renewed_at_ms = {DB_NOW_MS}
          WHERE name = 'central' AND holder = $1 AND epoch = $2"
     )))
     .bind(&term.holder)
@@ -100,7 +107,8 @@ pub async fn release(pool: &sqlx::AnyPool, term: &Term) -> Result<(), sqlx::Erro
 /// The lease row now.
 pub async fn state(pool: &sqlx::AnyPool) -> Result<LeaseState, sqlx::Error> {
     let r = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT holder, epoch, expires_at_ms, {DB_NOW_MS} FROM leader_lease WHERE name = 'central'"
+        "SELECT holder, epoch, expires_at_ms, {DB_NOW_MS}, acquired_at_ms, last_gap_ms
+         FROM leader_lease WHERE name = 'central'"
     )))
     .fetch_one(pool)
     .await?;
@@ -109,7 +117,63 @@ pub async fn state(pool: &sqlx::AnyPool) -> Result<LeaseState, sqlx::Error> {
         epoch: r.try_get(1)?,
         expires_at_ms: r.try_get(2)?,
         now_ms: r.try_get(3)?,
+        acquired_at_ms: r.try_get(4)?,
+        last_gap_ms: r.try_get(5)?,
     })
+}
+
+/// Records how this node sees itself (`role`: active or standby), for the
+/// cluster page; `since_ms` changes only with the role.
+pub async fn report_node(
+    pool: &sqlx::AnyPool,
+    name: &str,
+    http_address: &str,
+    role: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO cluster_nodes (name, http_address, role, since_ms, seen_ms)
+         VALUES ($1, $2, $3, {DB_NOW_MS}, {DB_NOW_MS})
+         ON CONFLICT (name) DO UPDATE SET http_address = EXCLUDED.http_address,
+             since_ms = CASE WHEN cluster_nodes.role = EXCLUDED.role THEN cluster_nodes.since_ms
+                             ELSE EXCLUDED.since_ms END,
+             role = EXCLUDED.role, seen_ms = EXCLUDED.seen_ms"
+    )))
+    .bind(name)
+    .bind(http_address)
+    .bind(role)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A node as it last reported itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeRow {
+    pub name: String,
+    pub http_address: String,
+    pub role: String,
+    pub since_ms: i64,
+    pub seen_ms: i64,
+}
+
+/// Every node that ever reported, by name.
+pub async fn nodes(pool: &sqlx::AnyPool) -> Result<Vec<NodeRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT name, http_address, role, since_ms, seen_ms FROM cluster_nodes ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(NodeRow {
+                name: r.try_get(0)?,
+                http_address: r.try_get(1)?,
+                role: r.try_get(2)?,
+                since_ms: r.try_get(3)?,
+                seen_ms: r.try_get(4)?,
+            })
+        })
+        .collect()
 }
 
 /// Why a singleton's write was refused: this node's term is over.

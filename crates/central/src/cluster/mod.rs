@@ -63,27 +63,65 @@ pub struct Elector {
     db: Database,
     url: String,
     settings: ClusterSettings,
+    /// Where this node's HTTP port is (for the cluster page).
+    http_address: String,
     tx: watch::Sender<Leadership>,
 }
 
 impl Elector {
-    /// The elector of a node on PostgreSQL at `url`, and the channel its
-    /// leadership is published on (Standby until it acquires).
+    /// The elector of a node on PostgreSQL at `url`, publishing on `tx`
+    /// (which starts as Standby).
     pub fn new(
         db: Database,
         url: &str,
         settings: ClusterSettings,
-    ) -> (Self, watch::Receiver<Leadership>) {
-        let (tx, rx) = watch::channel(Leadership::Standby);
-        (
-            Self {
-                db,
-                url: url.to_owned(),
-                settings,
-                tx,
-            },
-            rx,
+        http_address: String,
+        tx: watch::Sender<Leadership>,
+    ) -> Self {
+        Self {
+            db,
+            url: url.to_owned(),
+            settings,
+            http_address,
+            tx,
+        }
+    }
+
+    /// Two active nodes cannot happen (one unexpired lease); if another
+    /// node reported itself active within a lease's time anyway, say so
+    /// loudly.
+    async fn no_other_active(&self, epoch: i64) {
+        let Ok(nodes) = lease::nodes(self.db.pool()).await else {
+            return;
+        };
+        let Ok(acquired) = lease::state(self.db.pool()).await.map(|s| s.acquired_at_ms) else {
+            return;
+        };
+        // A node that reported "active" after this term began (the old
+        // holder's last report is older).
+        for n in nodes {
+            if n.name != self.settings.node && n.role == "active" && n.seen_ms > acquired {
+                tracing::error!(
+                    node = %self.settings.node,
+                    other = %n.name,
+                    epoch,
+                    "another central node reported itself active while this one holds the lease"
+                );
+            }
+        }
+    }
+
+    async fn report(&self, role: &str) {
+        if let Err(e) = lease::report_node(
+            self.db.pool(),
+            &self.settings.node,
+            &self.http_address,
+            role,
         )
+        .await
+        {
+            tracing::debug!(error = %e, "reporting this node for the cluster page");
+        }
     }
 
     /// Standby and active in turn until `cancel` fires; an active node
@@ -108,6 +146,7 @@ impl Elector {
         loop {
             // Standby: try now, then every poll period or at a release.
             let term = loop {
+                self.report("standby").await;
                 match lease::try_acquire(self.db.pool(), &s.node, ttl_ms).await {
                     Ok(Some(term)) => break term,
                     Ok(None) => {}
@@ -132,6 +171,7 @@ impl Elector {
             };
             tracing::info!(node = %s.node, epoch = term.epoch, "this central node is active");
             let _ = self.tx.send(Leadership::Active(term.clone()));
+            self.report("active").await;
             let mut renewed = Instant::now();
             let stopping = loop {
                 tokio::select! {
@@ -144,7 +184,11 @@ impl Elector {
                 )
                 .await
                 {
-                    Ok(Ok(true)) => renewed = Instant::now(),
+                    Ok(Ok(true)) => {
+                        renewed = Instant::now();
+                        self.report("active").await;
+                        self.no_other_active(term.epoch).await;
+                    }
                     Ok(Ok(false)) => {
                         tracing::error!(node = %s.node, epoch = term.epoch, "the leader lease was taken by another node: stepping down");
                         break false;
@@ -163,6 +207,8 @@ impl Elector {
                 }
             };
             let _ = self.tx.send(Leadership::Standby);
+            self.report(if stopping { "stopped" } else { "standby" })
+                .await;
             if stopping {
                 if let Err(e) = lease::release(self.db.pool(), &term).await {
                     tracing::warn!(error = %e, "releasing the leader lease (the standby waits for its expiry)");
@@ -171,5 +217,122 @@ impl Elector {
                 return;
             }
         }
+    }
+}
+
+/// What the cluster page and `/api/v1/cluster` show.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ClusterView {
+    /// `single` (SQLite: one node, no lease) or `active-standby`.
+    pub mode: String,
+    /// The node that answered.
+    pub this_node: String,
+    /// Whether the node that answered is active.
+    pub this_node_active: bool,
+    pub nodes: Vec<NodeView>,
+    /// The lease (active-standby only).
+    pub lease: Option<LeaseView>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct NodeView {
+    pub name: String,
+    pub http_address: String,
+    /// `active`, `standby` or `stopped`, as the node last reported.
+    pub role: String,
+    pub since_utc: String,
+    pub last_seen_utc: String,
+}
+
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct LeaseView {
+    pub holder: Option<String>,
+    /// Terms so far: each acquisition adds one.
+    pub epoch: i64,
+    pub expires_at_utc: String,
+    pub acquired_at_utc: String,
+    /// At the latest change of holder: from the old holder's last renewal
+    /// or release to the new holder's acquisition, in ms.
+    pub last_failover_ms: Option<i64>,
+}
+
+/// This node's view of the cluster, for pages, the REST API and metrics.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    db: Database,
+    node: String,
+    http_address: String,
+    clustered: bool,
+    leadership: watch::Receiver<Leadership>,
+}
+
+impl ClusterHandle {
+    pub fn new(
+        db: Database,
+        node: String,
+        http_address: String,
+        clustered: bool,
+        leadership: watch::Receiver<Leadership>,
+    ) -> Self {
+        Self {
+            db,
+            node,
+            http_address,
+            clustered,
+            leadership,
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.leadership.borrow().is_active()
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The nodes and the lease as the database has them now.
+    pub async fn view(&self) -> anyhow::Result<ClusterView> {
+        let utc = crate::configuration_database::rfc3339;
+        if !self.clustered {
+            return Ok(ClusterView {
+                mode: "single".into(),
+                this_node: self.node.clone(),
+                this_node_active: true,
+                nodes: vec![NodeView {
+                    name: self.node.clone(),
+                    http_address: self.http_address.clone(),
+                    role: "active".into(),
+                    since_utc: String::new(),
+                    last_seen_utc: utc(crate::configuration_database::now_ms()),
+                }],
+                lease: None,
+            });
+        }
+        let pool = self.db.pool();
+        let l = lease::state(pool).await?;
+        let nodes = lease::nodes(pool).await?;
+        Ok(ClusterView {
+            mode: "active-standby".into(),
+            this_node: self.node.clone(),
+            this_node_active: self.is_active(),
+            nodes: nodes
+                .into_iter()
+                .map(|n| NodeView {
+                    name: n.name,
+                    http_address: n.http_address,
+                    role: n.role,
+                    since_utc: utc(n.since_ms),
+                    last_seen_utc: utc(n.seen_ms),
+                })
+                .collect(),
+            lease: Some(LeaseView {
+                holder: l.holder.filter(|_| l.expires_at_ms > l.now_ms),
+                epoch: l.epoch,
+                expires_at_utc: utc(l.expires_at_ms),
+                acquired_at_utc: utc(l.acquired_at_ms),
+                last_failover_ms: l.last_gap_ms,
+            }),
+        })
     }
 }

@@ -234,13 +234,29 @@ const MIGRATIONS: &[Migration] = &[
         both: &[],
         sqlite: &[],
         postgres: &[
+            // acquired_at_ms / renewed_at_ms: when the holder took it and
+            // last renewed (or released) it; last_gap_ms: at the latest
+            // change of holder, the time from the old holder's last renewal
+            // to the new holder's acquisition (the failover's duration).
             "CREATE TABLE leader_lease (
-                name          TEXT PRIMARY KEY,
-                holder        TEXT,
-                epoch         BIGINT NOT NULL,
-                expires_at_ms BIGINT NOT NULL
+                name           TEXT PRIMARY KEY,
+                holder         TEXT,
+                epoch          BIGINT NOT NULL,
+                expires_at_ms  BIGINT NOT NULL,
+                acquired_at_ms BIGINT NOT NULL,
+                renewed_at_ms  BIGINT NOT NULL,
+                last_gap_ms    BIGINT
             )",
-            "INSERT INTO leader_lease (name, holder, epoch, expires_at_ms) VALUES ('central', NULL, 0, 0)",
+            "INSERT INTO leader_lease (name, holder, epoch, expires_at_ms, acquired_at_ms, renewed_at_ms)
+             VALUES ('central', NULL, 0, 0, 0, 0)",
+            // Every node of the cluster as it last reported itself.
+            "CREATE TABLE cluster_nodes (
+                name         TEXT PRIMARY KEY,
+                http_address TEXT NOT NULL,
+                role         TEXT NOT NULL,
+                since_ms     BIGINT NOT NULL,
+                seen_ms      BIGINT NOT NULL
+            )",
         ],
     },
 ];

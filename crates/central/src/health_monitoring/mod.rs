@@ -15,6 +15,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
 
 use crate::{
+    cluster::{ClusterHandle, ClusterView},
     communication::LinkStats,
     configuration_database::{now_ms, Database, Kpis},
     site_call_audit::SiteCallAudit,
@@ -70,6 +71,7 @@ pub struct Dashboard {
     pub site_calls: Kpis,
     pub notifications: Kpis,
     pub settings: KpiSettings,
+    pub cluster: ClusterView,
 }
 
 /// Most sites the dashboard's table shows (the Sites page lists them all).
@@ -81,6 +83,7 @@ pub struct HealthMonitor {
     audit: SiteCallAudit,
     stats: Arc<LinkStats>,
     settings: KpiSettings,
+    cluster: ClusterHandle,
 }
 
 impl HealthMonitor {
@@ -89,13 +92,20 @@ impl HealthMonitor {
         audit: SiteCallAudit,
         stats: Arc<LinkStats>,
         settings: KpiSettings,
+        cluster: ClusterHandle,
     ) -> Self {
         Self {
             db,
             audit,
             stats,
             settings,
+            cluster,
         }
+    }
+
+    /// The cluster: this node, the others, the lease.
+    pub async fn cluster(&self) -> anyhow::Result<ClusterView> {
+        self.cluster.view().await
     }
 
     pub fn settings(&self) -> KpiSettings {
@@ -204,6 +214,7 @@ impl HealthMonitor {
             site_calls,
             notifications,
             settings: self.settings,
+            cluster: self.cluster.view().await?,
         }))
     }
 
@@ -246,6 +257,24 @@ impl HealthMonitor {
                 "sitelink_link_{name} {}",
                 v.load(std::sync::atomic::Ordering::Relaxed)
             );
+        }
+        let cluster = self.cluster.view().await?;
+        let node = &cluster.this_node;
+        let _ = writeln!(
+            out,
+            "# HELP sitelink_cluster_active 1 on the active central node.\n# TYPE sitelink_cluster_active gauge"
+        );
+        let _ = writeln!(
+            out,
+            "sitelink_cluster_active{{node=\"{node}\"}} {}",
+            u8::from(cluster.this_node_active)
+        );
+        if let Some(lease) = &cluster.lease {
+            let _ = writeln!(
+                out,
+                "# HELP sitelink_cluster_leader_changes_total Times the leader lease changed hands (its epoch).\n# TYPE sitelink_cluster_leader_changes_total counter"
+            );
+            let _ = writeln!(out, "sitelink_cluster_leader_changes_total {}", lease.epoch);
         }
         let calls = self.kpis(KpiSource::SiteCalls).await?.per_site;
         let notifications = self.kpis(KpiSource::Notifications).await?.per_site;

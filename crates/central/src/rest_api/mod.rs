@@ -60,6 +60,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/api/v1/sites", get(sites))
+        .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/site-calls", get(list_site_calls))
         .route("/api/v1/site-calls/{id}", get(get_site_call))
         .route("/api/v1/site-calls/{id}/retry", post(retry))
@@ -287,6 +288,17 @@ fn time_param(q: &HashMap<String, String>, key: &str) -> Result<Option<i64>, Api
                 })
         })
         .transpose()
+}
+
+#[utoipa::path(get, path = "/api/v1/cluster", tag = "cluster",
+    responses((status = 200, description = "the central nodes and the leader lease", body = crate::cluster::ClusterView), Errors, Busy))]
+async fn cluster(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    only(&q, &[])?;
+    Ok(Json(st.health.cluster().await.map_err(internal)?).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/sites", tag = "sites", params(openapi::SitesQuery),

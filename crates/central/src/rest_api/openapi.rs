@@ -243,6 +243,7 @@ impl Modify for Security {
     info(title = "sitelink central", description = "Sites, site calls, Retry/Discard relay, the Notification Outbox, KPIs and the operator audit log."),
     paths(
         super::sites,
+        super::cluster,
         super::list_site_calls,
         super::get_site_call,
         super::retry,
@@ -255,7 +256,7 @@ impl Modify for Security {
         super::notifications::discard,
         super::notifications::kpis,
     ),
-    components(schemas(SiteCallKind, SiteView, SitesPage, SiteCallsPage, NotificationsPage, AuditPage, CommandAnswer, Outcome, GlobalKpis, ErrorBody, UnavailableAnswer, TrackingRecord, NotificationRecord, Kpis, AuditEntry)),
+    components(schemas(SiteCallKind, SiteView, SitesPage, SiteCallsPage, NotificationsPage, AuditPage, CommandAnswer, Outcome, GlobalKpis, ErrorBody, UnavailableAnswer, TrackingRecord, NotificationRecord, Kpis, AuditEntry, crate::cluster::ClusterView, crate::cluster::NodeView, crate::cluster::LeaseView)),
     modifiers(&Security),
     security(("basic" = []), ("bearer" = []))
 )]

@@ -50,6 +50,17 @@ pub struct Live {
     pub notification_tiles: Vec<Tile>,
     pub updated: String,
     pub live_url: String,
+    /// The central nodes (shown with two or more).
+    pub nodes: Vec<NodeRow>,
+    pub lease: String,
+}
+
+/// One central node of an active/standby pair.
+pub struct NodeRow {
+    pub name: String,
+    pub role: String,
+    pub since: String,
+    pub this: bool,
 }
 
 #[derive(Template)]
@@ -189,6 +200,7 @@ async fn live_view(st: &UiState, site: Option<String>) -> Result<(Live, Vec<Stri
         more_sites,
         site_calls,
         notifications,
+        cluster,
         ..
     }) = st.health.dashboard(site.as_deref()).await?
     else {
@@ -205,6 +217,33 @@ async fn live_view(st: &UiState, site: Option<String>) -> Result<(Live, Vec<Stri
         sites: sites.into_iter().map(|s| site_row(s, now)).collect(),
         more_sites,
         updated: format::utc(now),
+        nodes: if cluster.mode == "single" {
+            Vec::new()
+        } else {
+            cluster
+                .nodes
+                .iter()
+                .map(|n| NodeRow {
+                    this: n.name == cluster.this_node,
+                    name: n.name.clone(),
+                    role: n.role.clone(),
+                    since: n.since_utc.replace('T', " ").replace('Z', " UTC"),
+                })
+                .collect()
+        },
+        lease: cluster
+            .lease
+            .as_ref()
+            .map(|l| {
+                format!(
+                    "lease epoch {}{}",
+                    l.epoch,
+                    l.last_failover_ms
+                        .map(|g| format!(", last handover took {:.1} s", g as f64 / 1000.0))
+                        .unwrap_or_default()
+                )
+            })
+            .unwrap_or_default(),
         live_url: match &site {
             Some(s) => format!("/dashboard/live?site={}", encode(s)),
             None => "/dashboard/live".into(),
