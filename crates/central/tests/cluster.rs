@@ -254,3 +254,66 @@ async fn two_nodes_one_active_a_graceful_stop_hands_over_and_nothing_is_lost() {
     standby.cancel.cancel();
     pg.drop_database().await;
 }
+
+/// The active node loses its database (a fault-injecting proxy between it
+/// and PostgreSQL cuts every connection and refuses new ones): it steps
+/// down within its step-down time, and the standby takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_node_that_loses_its_database_steps_down_and_the_standby_takes_over() {
+    let Some(pg) = sitelink_test_support::fresh_database("SITELINK_TEST_POSTGRES_URL").await else {
+        eprintln!("skipped: SITELINK_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    // Node "a" reaches PostgreSQL through the proxy; "b" directly.
+    let url: url::Url = pg.url.parse().unwrap();
+    let upstream: std::net::SocketAddr = format!(
+        "{}:{}",
+        url.host_str().unwrap().replace("localhost", "127.0.0.1"),
+        url.port().unwrap_or(5432)
+    )
+    .parse()
+    .unwrap();
+    let proxy = sitelink_test_support::TcpProxy::start(upstream).await;
+    let mut via_proxy = url.clone();
+    via_proxy.set_host(Some("127.0.0.1")).unwrap();
+    via_proxy.set_port(Some(proxy.addr().port())).unwrap();
+    let a = spawn_central_on(via_proxy.as_str(), &node("a")).await;
+    let pool = Database::connect(&pg.url).await.unwrap().pool().clone();
+    let holder = || async {
+        let s = lease::state(&pool).await.unwrap();
+        (s.expires_at_ms > s.now_ms).then_some(s.holder).flatten()
+    };
+    eventually(Duration::from_secs(10), "a is active", || async {
+        (holder().await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+    let b = spawn_central_on(&pg.url, &node("b")).await;
+    let cut = Instant::now();
+    proxy.cut();
+    // a cannot renew: after step_down_after (1.5 s) it stops its
+    // singletons — before its lease (3 s) expires and b can acquire.
+    eventually(Duration::from_secs(5), "a steps down", || async {
+        (!a.cluster.is_active()).then_some(())
+    })
+    .await;
+    let stepped_down = cut.elapsed();
+    assert!(
+        holder().await.as_deref() != Some("b"),
+        "a stopped before b could start"
+    );
+    eventually(Duration::from_secs(10), "b takes over", || async {
+        (holder().await.as_deref() == Some("b")).then_some(())
+    })
+    .await;
+    let took_over = cut.elapsed();
+    assert!(
+        stepped_down < Duration::from_millis(3000),
+        "{stepped_down:?}"
+    );
+    assert!(took_over < Duration::from_secs(6), "{took_over:?}");
+    eprintln!("database cut: a stepped down after {stepped_down:?}, b active after {took_over:?}");
+    proxy.heal();
+    b.cancel.cancel();
+    a.cancel.cancel();
+    pg.drop_database().await;
+}

@@ -263,6 +263,29 @@ async fn failover_under_load_loses_nothing() {
         "the resumed node took nothing back"
     );
 
+    // A graceful stop (SIGTERM) of the active node: the standby is active
+    // within 2 s (the lease is released and the standby hears of it).
+    let holder = active().await.expect("an active node");
+    let k = nodes.iter().position(|n| n.name == holder).unwrap();
+    let other = 1 - k;
+    let stopping = Instant::now();
+    nodes[k].signal("-TERM");
+    eventually(
+        Duration::from_secs(5),
+        "the standby after a graceful stop",
+        || async { (active().await.as_deref() == Some(nodes[other].name)).then_some(()) },
+    )
+    .await;
+    let planned = stopping.elapsed();
+    assert!(
+        planned < Duration::from_secs(2),
+        "graceful switch took {planned:?}"
+    );
+    report.push(format!("graceful stop: active after {planned:.2?}"));
+    let status = nodes[k].child.take().unwrap().wait().await.unwrap();
+    assert!(status.success(), "{status}");
+    faults += 1;
+
     // Stop the load; let everything settle; compare.
     for (_, child, _) in &mut sites {
         child.start_kill().unwrap();

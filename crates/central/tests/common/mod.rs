@@ -22,6 +22,8 @@ pub struct TestCentral {
     pub http: String,
     /// The HTTP port's router, for in-process requests.
     pub app: axum::Router,
+    /// Whether this node is active (without asking the database).
+    pub cluster: sitelink_central::cluster::ClusterHandle,
     pub cancel: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -55,6 +57,7 @@ pub async fn spawn_central_on(url: &str, extra: &str) -> TestCentral {
         link: central.link_addr(),
         http: format!("http://{}", central.http_addr()),
         app: central.http_app(),
+        cluster: central.cluster_handle(),
         central: Some(central),
         cancel: cancel.clone(),
         _dir: dir,
