@@ -3,7 +3,9 @@
 //! the role check, the action itself, and the audit-log entry.
 //!
 //! - A site call's command is relayed to its owning site; central never
-//!   edits the row, it waits for the site's telemetry.
+//!   edits the row, it waits for the site's telemetry. On a standby node
+//!   (Cluster Infrastructure) the active node relays it
+//!   ([`crate::cluster::relay`]), with the same outcomes.
 //! - A notification's command acts on central's own row (central is the
 //!   deliverer); a Retry wakes the dispatcher.
 //!
@@ -15,6 +17,7 @@ use std::time::Duration;
 use sitelink_commons::TrackedOperationId;
 
 use crate::{
+    cluster::ClusterHandle,
     communication::{Command, RelayOutcome},
     configuration_database::{now_ms, Database, NotificationCommand, Role, User},
     notification_outbox::Outbox,
@@ -69,6 +72,8 @@ pub struct OperatorActions {
     audit: SiteCallAudit,
     outbox: Outbox,
     command_timeout: Duration,
+    /// On a standby, site-call commands go to the active node.
+    cluster: ClusterHandle,
 }
 
 impl OperatorActions {
@@ -77,12 +82,14 @@ impl OperatorActions {
         audit: SiteCallAudit,
         outbox: Outbox,
         command_timeout: Duration,
+        cluster: ClusterHandle,
     ) -> Self {
         Self {
             db,
             audit,
             outbox,
             command_timeout,
+            cluster,
         }
     }
 
@@ -140,10 +147,21 @@ impl OperatorActions {
             Action::Retry => Command::Retry(id),
             Action::Discard => Command::Discard(id),
         };
-        let outcome = self
-            .audit
-            .relay(&user.name, &row.source_site, command, self.command_timeout)
-            .await;
+        let outcome = if self.cluster.clustered() && !self.cluster.is_active() {
+            // A standby holds no site stream: the active node relays it.
+            crate::cluster::relay::forward(
+                &self.db,
+                &user.name,
+                &row.source_site,
+                command,
+                self.command_timeout,
+            )
+            .await?
+        } else {
+            self.audit
+                .relay(&user.name, &row.source_site, command, self.command_timeout)
+                .await
+        };
         Ok(ActionOutcome {
             outcome,
             site: Some(row.source_site),

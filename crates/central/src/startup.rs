@@ -247,6 +247,7 @@ impl Central {
             self.audit.clone(),
             self.outbox.clone(),
             self.command_timeout,
+            self.cluster_handle(),
         );
         let pages = central_ui::router(UiState {
             db: self.db.clone(),
@@ -313,11 +314,17 @@ impl Central {
         let http = http_server::serve(self.http_listener, app, self.http_tls, cancel.clone());
         let singletons = run_singletons(
             leadership,
-            self.db.clone(),
-            self.audit.clone(),
-            self.audit_settings,
-            self.dispatcher.clone(),
-            self.cluster.is_some(),
+            Singletons {
+                db: self.db.clone(),
+                audit: self.audit.clone(),
+                audit_settings: self.audit_settings,
+                dispatcher: self.dispatcher.clone(),
+                cluster: self
+                    .cluster
+                    .as_ref()
+                    .map(|c| (self.database_url.clone(), c.node.clone())),
+                command_timeout: self.command_timeout,
+            },
             cancel.clone(),
         );
         let elector = async {
@@ -339,15 +346,31 @@ impl Central {
 /// a fresh actor behind the shared handle and the dispatcher on a database
 /// handle fenced to the term; when the term ends (step-down, stop), both
 /// stop before the next term can start here.
-async fn run_singletons(
-    mut leadership: tokio::sync::watch::Receiver<Leadership>,
+/// What [`run_singletons`] starts for each term.
+struct Singletons {
     db: Database,
     audit: SiteCallAudit,
     audit_settings: AuditSettings,
     dispatcher: Dispatcher,
-    fenced: bool,
+    /// With a lease: the database URL (to LISTEN) and this node's name.
+    cluster: Option<(String, String)>,
+    command_timeout: Duration,
+}
+
+async fn run_singletons(
+    mut leadership: tokio::sync::watch::Receiver<Leadership>,
+    s: Singletons,
     cancel: CancellationToken,
 ) {
+    let Singletons {
+        db,
+        audit,
+        audit_settings,
+        dispatcher,
+        cluster,
+        command_timeout,
+    } = s;
+    let fenced = cluster.is_some();
     loop {
         let term = loop {
             if let Leadership::Active(term) = leadership.borrow_and_update().clone() {
@@ -365,7 +388,7 @@ async fn run_singletons(
         };
         let term_cancel = cancel.child_token();
         let actor = SiteCallAuditActor::new_for(&audit, db.clone(), audit_settings);
-        let dispatcher = dispatcher.with_database(db);
+        let dispatcher = dispatcher.with_database(db.clone());
         let watch_term = async {
             loop {
                 tokio::select! {
@@ -379,10 +402,25 @@ async fn run_singletons(
                 }
             }
         };
+        // Forwarded Retry/Discard from standby nodes.
+        let forwarded = async {
+            if let Some((url, node)) = &cluster {
+                crate::cluster::relay::serve(
+                    db.clone(),
+                    url.clone(),
+                    node.clone(),
+                    audit.clone(),
+                    command_timeout,
+                    term_cancel.clone(),
+                )
+                .await;
+            }
+        };
         tokio::join!(
             actor.run(term_cancel.clone()),
             dispatcher.run(term_cancel.clone()),
-            watch_term
+            watch_term,
+            forwarded
         );
         if cancel.is_cancelled() {
             return;

@@ -206,6 +206,46 @@ async fn two_nodes_one_active_a_graceful_stop_hands_over_and_nothing_is_lost() {
     );
     converged(active, &site, "plant-1").await;
 
+    // A Retry asked of the standby is carried out by the active node, with
+    // the same outcome, and written to the audit log once per request.
+    standby
+        .db
+        .users()
+        .add(
+            "dev",
+            "correct horse battery",
+            sitelink_central::configuration_database::Role::Deployment,
+        )
+        .await
+        .unwrap();
+    let parked = eventually(Duration::from_secs(15), "a parked call", || async {
+        let rows = site.rows().await;
+        rows.into_iter()
+            .find(|r| r.status == sitelink_commons::TrackedOperationStatus::Parked)
+    })
+    .await;
+    let id = parked.tracked_operation_id;
+    let dev = ("dev", "correct horse battery");
+    let (status, answer) = api
+        .post(&format!("/api/v1/site-calls/{id}/retry"), dev)
+        .await;
+    assert_eq!(
+        (status, answer["outcome"].as_str()),
+        (200, Some("Applied")),
+        "{answer}"
+    );
+    let log = standby
+        .db
+        .audit_log()
+        .for_target(&id.to_string(), 10)
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 1, "one entry per request: {log:?}");
+    assert_eq!(
+        (log[0].user.as_str(), log[0].outcome.as_str()),
+        ("dev", "Applied")
+    );
+
     // A graceful stop: the standby is active within 2 s, the site follows.
     let stopped = Instant::now();
     active.cancel.cancel();

@@ -23,6 +23,7 @@
 //!   active, without a lease.
 
 pub mod lease;
+pub mod relay;
 
 use std::time::{Duration, Instant};
 
@@ -289,6 +290,11 @@ impl ClusterHandle {
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Several nodes share the database (PostgreSQL), so a standby exists.
+    pub fn clustered(&self) -> bool {
+        self.clustered
     }
 
     /// The nodes and the lease as the database has them now.

@@ -249,6 +249,20 @@ const MIGRATIONS: &[Migration] = &[
             )",
             "INSERT INTO leader_lease (name, holder, epoch, expires_at_ms, acquired_at_ms, renewed_at_ms)
              VALUES ('central', NULL, 0, 0, 0, 0)",
+            // Retry/Discard received by a standby, carried out by the
+            // active node (which holds the site's stream).
+            "CREATE TABLE relay_requests (
+                id            TEXT PRIMARY KEY,
+                by_user       TEXT NOT NULL,
+                site          TEXT NOT NULL,
+                tracked_id    TEXT NOT NULL,
+                command       TEXT NOT NULL,
+                created_at_ms BIGINT NOT NULL,
+                claimed_by    TEXT,
+                outcome       TEXT,
+                error         TEXT
+            )",
+            "CREATE INDEX relay_requests_open ON relay_requests (created_at_ms) WHERE claimed_by IS NULL",
             // Every node of the cluster as it last reported itself.
             "CREATE TABLE cluster_nodes (
                 name         TEXT PRIMARY KEY,
