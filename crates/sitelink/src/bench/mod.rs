@@ -6,6 +6,7 @@
 mod auth;
 mod cached_call;
 mod central_world;
+mod failover;
 mod ingest;
 mod notifications;
 mod queries;
@@ -57,6 +58,15 @@ pub enum BenchName {
         #[arg(long)]
         quick: bool,
     },
+    /// Two central processes on PostgreSQL (SITELINK_BENCH_POSTGRES_URL),
+    /// four sites: time from a SIGKILL of the active node to the standby
+    /// active and every site streaming to it, five kills; and a planned
+    /// switch (SIGTERM).
+    Failover {
+        /// Two kills (under 60 s).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Server time of the web UI's Site Calls page (unfiltered, site +
     /// Parked) and dashboard on `--rows` site calls (SQLite), against the
     /// REST listing of the same query.
@@ -86,6 +96,7 @@ pub async fn run(name: BenchName) -> anyhow::Result<()> {
         BenchName::Queries { db, rows, quick } => queries::run(db, rows, quick).await,
         BenchName::Notifications { quick } => notifications::run(quick).await,
         BenchName::Ui { rows, quick } => ui::run(rows, quick).await,
+        BenchName::Failover { quick } => failover::run(quick).await,
         BenchName::Reconcile {
             db,
             rows,
