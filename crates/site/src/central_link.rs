@@ -149,12 +149,24 @@ impl CentralLink {
     pub async fn run(self, cancel: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         let max = Duration::from_millis(self.config.reconnect_max_ms.max(100));
-        for address in self.config.addresses.iter().cycle() {
+        // The address whose stream central closed cleanly is tried first
+        // again (a restart, a node that stepped down and now refuses); one
+        // that refused (a standby central node), could not be reached, or
+        // whose stream broke (a dead or paused node) moves the site to the
+        // next.
+        let addresses = &self.config.addresses;
+        let mut at = 0;
+        loop {
+            let address = &addresses[at % addresses.len()];
             let started = tokio::time::Instant::now();
+            let mut established = false;
             let result = tokio::select! {
                 _ = cancel.cancelled() => break,
-                r = self.session(address) => r,
+                r = self.session(address, &mut established) => r,
             };
+            if !(established && result.is_ok()) {
+                at += 1;
+            }
             match result {
                 Ok(()) => tracing::info!(%address, "central closed the stream"),
                 Err(e) => tracing::warn!(%address, error = %e, "central link down"),
@@ -172,7 +184,9 @@ impl CentralLink {
         tracing::debug!("central link stopped");
     }
 
-    async fn session(&self, address: &str) -> anyhow::Result<()> {
+    /// One stream to `address`; `established` turns true once central has
+    /// accepted it.
+    async fn session(&self, address: &str, established: &mut bool) -> anyhow::Result<()> {
         let mut endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())?;
         if let Some(ca) = &self.config.ca_file {
             let mut tls = tonic::transport::ClientTlsConfig::new()
@@ -213,6 +227,7 @@ impl CentralLink {
             format!("Bearer {}", self.config.token).parse()?,
         );
         let mut inbound = client.open(request).await?.into_inner();
+        *established = true;
         tracing::info!(%address, "connected to central");
         let mut queries = match &self.queries {
             Some(q) => Some(q.lock().await),
