@@ -312,8 +312,10 @@ impl Central {
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
         let http = http_server::serve(self.http_listener, app, self.http_tls, cancel.clone());
+        let (idle_tx, idle) = tokio::sync::watch::channel(true);
         let singletons = run_singletons(
             leadership,
+            idle_tx,
             Singletons {
                 db: self.db.clone(),
                 audit: self.audit.clone(),
@@ -329,7 +331,7 @@ impl Central {
         );
         let elector = async {
             if let Some(e) = elector {
-                e.run(cancel.clone()).await;
+                e.run(cancel.clone(), idle).await;
             }
         };
         let (link, http, (), ()) = tokio::join!(link, http, singletons, elector);
@@ -359,6 +361,7 @@ struct Singletons {
 
 async fn run_singletons(
     mut leadership: tokio::sync::watch::Receiver<Leadership>,
+    idle: tokio::sync::watch::Sender<bool>,
     s: Singletons,
     cancel: CancellationToken,
 ) {
@@ -386,6 +389,7 @@ async fn run_singletons(
         } else {
             db.clone()
         };
+        let _ = idle.send(false);
         let term_cancel = cancel.child_token();
         let actor = SiteCallAuditActor::new_for(&audit, db.clone(), audit_settings);
         let dispatcher = dispatcher.with_database(db.clone());
@@ -422,6 +426,7 @@ async fn run_singletons(
             watch_term,
             forwarded
         );
+        let _ = idle.send(true);
         if cancel.is_cancelled() {
             return;
         }

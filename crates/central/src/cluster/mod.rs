@@ -128,7 +128,12 @@ impl Elector {
     /// Standby and active in turn until `cancel` fires; an active node
     /// releases the lease when it stops (the standby, listening, takes over
     /// in about a second).
-    pub async fn run(self, cancel: CancellationToken) {
+    ///
+    /// `idle` says whether this node's singletons are stopped: a graceful
+    /// stop releases the lease only once they are (or after one TTL), so
+    /// the sends and commits of the last round are recorded under this
+    /// term instead of being fenced and repeated by the next node.
+    pub async fn run(self, cancel: CancellationToken, mut idle: watch::Receiver<bool>) {
         let s = &self.settings;
         let ttl_ms = s.ttl.as_millis() as i64;
         let mut listener = match sqlx::postgres::PgListener::connect(&self.url).await {
@@ -211,6 +216,7 @@ impl Elector {
             self.report(if stopping { "stopped" } else { "standby" })
                 .await;
             if stopping {
+                let _ = tokio::time::timeout(s.ttl, idle.wait_for(|stopped| *stopped)).await;
                 if let Err(e) = lease::release(self.db.pool(), &term).await {
                     tracing::warn!(error = %e, "releasing the leader lease (the standby waits for its expiry)");
                 }

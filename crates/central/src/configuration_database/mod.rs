@@ -208,6 +208,15 @@ async fn open_pool(backend: Backend, url: &str) -> Result<AnyPool, sqlx::Error> 
                     // 64 MiB of page cache: index inserts and KPI scans
                     // at millions of rows stay in memory.
                     conn.execute("PRAGMA cache_size = -65536").await?;
+                } else {
+                    // A node paused inside a transaction (SIGSTOP, a
+                    // frozen VM) must not hold its locks — the leader
+                    // lease's row above all — for ever: the server ends
+                    // such a session after 5 s, and a takeover proceeds.
+                    // Central's transactions never wait on anything but
+                    // the database itself.
+                    conn.execute("SET idle_in_transaction_session_timeout = 5000")
+                        .await?;
                 }
                 Ok(())
             })
