@@ -240,6 +240,8 @@ impl Engine {
         let signals = Arc::new(Signals {
             commits: Default::default(),
             ops: Default::default(),
+            statements_ns: Default::default(),
+            commit_ns: Default::default(),
             high_seq: watch::channel(0).0,
             buffer_due: Default::default(),
             notifications: Default::default(),
@@ -690,6 +692,15 @@ impl Engine {
         (
             self.signals.commits.load(Ordering::Relaxed),
             self.signals.ops.load(Ordering::Relaxed),
+        )
+    }
+
+    /// What the writer thread has spent so far: (nanoseconds applying
+    /// statements, nanoseconds in COMMIT including its fsync).
+    pub fn writer_time_ns(&self) -> (u64, u64) {
+        (
+            self.signals.statements_ns.load(Ordering::Relaxed),
+            self.signals.commit_ns.load(Ordering::Relaxed),
         )
     }
 

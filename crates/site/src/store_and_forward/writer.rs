@@ -87,6 +87,11 @@ pub(super) struct Job {
 pub(super) struct Signals {
     pub commits: AtomicU64,
     pub ops: AtomicU64,
+    /// Nanoseconds the writer spent applying statements (SQLite CPU, page
+    /// cache) and in `COMMIT` (the WAL write and its fsync), for the
+    /// benchmarks' account of what binds.
+    pub statements_ns: AtomicU64,
+    pub commit_ns: AtomicU64,
     /// Highest committed change sequence (telemetry forwarder waits on it).
     pub high_seq: watch::Sender<u64>,
     /// Woken when a buffer entry became due now (operator retry, recovery).
@@ -121,7 +126,7 @@ pub(super) fn spawn(
                     }
                 }
                 let seq_before = seq;
-                match apply_batch(&mut conn, &mut seq, &batch) {
+                match apply_batch(&mut conn, &mut seq, &batch, &signals) {
                     Ok((results, wake)) => {
                         signals.commits.fetch_add(1, Ordering::Relaxed);
                         signals.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -173,7 +178,9 @@ fn apply_batch(
     conn: &mut rusqlite::Connection,
     seq: &mut u64,
     batch: &[Job],
+    signals: &Signals,
 ) -> anyhow::Result<BatchResults> {
+    let started = std::time::Instant::now();
     let tx = conn.transaction()?;
     let mut results = Vec::with_capacity(batch.len());
     let mut wake = false;
@@ -184,7 +191,15 @@ fn apply_batch(
         "UPDATE meta SET value = ?1 WHERE key = 'change_seq'",
         [*seq],
     )?;
+    let committing = std::time::Instant::now();
     tx.commit()?;
+    let done = std::time::Instant::now();
+    signals
+        .statements_ns
+        .fetch_add((committing - started).as_nanos() as u64, Ordering::Relaxed);
+    signals
+        .commit_ns
+        .fetch_add((done - committing).as_nanos() as u64, Ordering::Relaxed);
     Ok((results, wake))
 }
 

@@ -54,6 +54,72 @@ struct Round {
     p99_ms: f64,
     /// SQLite commits per call in this round (0 for plain).
     commits_per_call: f64,
+    /// What bound it (see [`Binding`]).
+    binding: Binding,
+}
+
+/// Where a round's time went: the writer thread's busy fraction of the
+/// wall time, split into applying statements and COMMIT (whose time is
+/// mostly the fsync), writes per commit, and the process's CPU per call
+/// (the callers, the runtime and the writer together).
+#[derive(Clone, Copy, Debug, Default)]
+struct Binding {
+    writer_busy_fraction: f64,
+    writer_statements_fraction: f64,
+    writer_commit_fraction: f64,
+    writes_per_commit: f64,
+    process_cpu_us_per_call: f64,
+}
+
+/// CPU time of this process so far (user + system), from /proc.
+fn process_cpu() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces).
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            let utime: u64 = rest.get(11)?.parse().ok()?;
+            let stime: u64 = rest.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+/// The CPU model and core count.
+fn machine() -> (String, usize) {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    (
+        model,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    )
+}
+
+/// Median latency of writing 4 KiB and fsyncing it, in `dir`, over 200
+/// writes (what each group commit pays at least once).
+fn fsync_latency_us(dir: &std::path::Path) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0u8; 4096];
+    let mut times = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let t = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    std::fs::remove_file(&path)?;
+    Ok(median(&times))
 }
 
 /// The receiver answers 200 `{}` and counts requests, so the run can check
@@ -86,7 +152,9 @@ async fn round(
     concurrency: usize,
     dur: Duration,
 ) -> anyhow::Result<Round> {
-    let (commits0, _) = gw.engine().commit_stats();
+    let (commits0, ops0) = gw.engine().commit_stats();
+    let (stmt0, commit0) = gw.engine().writer_time_ns();
+    let cpu0 = process_cpu();
     let deadline = Instant::now() + dur;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -121,8 +189,21 @@ async fn round(
     }
     let elapsed = start.elapsed().as_secs_f64();
     lat.sort();
-    let (commits1, _) = gw.engine().commit_stats();
+    let (commits1, ops1) = gw.engine().commit_stats();
+    let (stmt1, commit1) = gw.engine().writer_time_ns();
+    let cpu = (process_cpu() - cpu0).as_secs_f64();
+    let wall_ns = elapsed * 1e9;
+    let statements = (stmt1 - stmt0) as f64 / wall_ns;
+    let committing = (commit1 - commit0) as f64 / wall_ns;
+    let binding = Binding {
+        writer_busy_fraction: statements + committing,
+        writer_statements_fraction: statements,
+        writer_commit_fraction: committing,
+        writes_per_commit: (ops1 - ops0) as f64 / (commits1 - commits0).max(1) as f64,
+        process_cpu_us_per_call: cpu * 1e6 / lat.len().max(1) as f64,
+    };
     Ok(Round {
+        binding,
         calls: lat.len() as u64,
         calls_per_second: lat.len() as f64 / elapsed,
         p50_ms: quantile_ms(&lat, 0.5),
@@ -146,6 +227,9 @@ pub async fn run(quick: bool) -> anyhow::Result<()> {
         l.local_addr()?
     };
     let dir = tempfile::tempdir()?;
+    // The data directory's fsync latency, measured before anything runs.
+    let fsync_us = fsync_latency_us(dir.path())?;
+    println!("fsync of a 4 KiB write in the data directory: median {fsync_us:.0} µs");
     let engine = Engine::open(
         &dir.path().join("buffer.db"),
         "bench",
@@ -199,9 +283,17 @@ pub async fn run(quick: bool) -> anyhow::Result<()> {
                 "concurrency {concurrency:>2} {:<12} {cps:>9.0} calls/s  p50 {p50:>7.2} ms  p99 {p99:>7.2} ms  commits/call {cpc:.3}",
                 s.name()
             );
+            let b = |f: fn(&Binding) -> f64| {
+                median(&rs.iter().map(|r| f(&r.binding)).collect::<Vec<_>>())
+            };
             level.insert(
                 s.name().into(),
-                json!({ "calls_per_second": cps, "p50_ms": p50, "p99_ms": p99, "commits_per_call": cpc }),
+                json!({ "calls_per_second": cps, "p50_ms": p50, "p99_ms": p99, "commits_per_call": cpc,
+                        "writer_busy_fraction": b(|b| b.writer_busy_fraction),
+                        "writer_statements_fraction": b(|b| b.writer_statements_fraction),
+                        "writer_commit_fraction": b(|b| b.writer_commit_fraction),
+                        "writes_per_commit": b(|b| b.writes_per_commit),
+                        "process_cpu_us_per_call": b(|b| b.process_cpu_us_per_call) }),
             );
         }
         let plain = level["plain"]["calls_per_second"].as_f64().unwrap_or(0.0);
@@ -221,6 +313,11 @@ pub async fn run(quick: bool) -> anyhow::Result<()> {
         "the receiver saw {got} requests for {calls_to_up} successful calls"
     );
     out.insert("requests_received".into(), got.into());
+    let (model, cores) = machine();
+    out.insert(
+        "machine".into(),
+        json!({ "cpu": model, "cores": cores, "fsync_4k_us_median": fsync_us }),
+    );
     let c64 = &out["concurrency_64"];
     let ratio = c64["cached_vs_plain_ratio"].as_f64().unwrap_or(0.0);
     let commits = c64["cached_ok"]["commits_per_call"]
