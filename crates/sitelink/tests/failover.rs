@@ -67,6 +67,18 @@ impl Node {
     }
 }
 
+/// A node's `GET /api/v1/cluster`, or `None` while it does not answer.
+async fn cluster_view(http: &reqwest::Client, base: &str) -> Option<serde_json::Value> {
+    http.get(format!("{base}/api/v1/cluster"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_under_load_loses_nothing() {
     let Some(pg) = sitelink_test_support::fresh_database("SITELINK_TEST_POSTGRES_URL").await else {
@@ -214,15 +226,7 @@ async fn failover_under_load_loses_nothing() {
             Duration::from_secs(10),
             "the restarted node reports standby",
             || async {
-                let v: serde_json::Value = http
-                    .get(format!("{}/api/v1/cluster", nodes[k].http))
-                    .basic_auth("admin", Some(ADMIN_PASSWORD))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
+                let v = cluster_view(&http, &nodes[k].http).await?;
                 (v["this_node_active"] == false && v["lease"]["holder"] == nodes[other].name)
                     .then_some(())
             },
@@ -251,15 +255,7 @@ async fn failover_under_load_loses_nothing() {
         Duration::from_secs(10),
         "the resumed node is standby",
         || async {
-            let v: serde_json::Value = http
-                .get(format!("{}/api/v1/cluster", nodes[k].http))
-                .basic_auth("admin", Some(ADMIN_PASSWORD))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let v = cluster_view(&http, &nodes[k].http).await?;
             (v["this_node_active"] == false).then_some(())
         },
     )
