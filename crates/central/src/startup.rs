@@ -128,7 +128,8 @@ impl Central {
             retention_days: c.retention_days,
             ..AuditSettings::default()
         };
-        let (_, audit) = SiteCallAuditActor::new(db.clone(), audit_settings);
+        // Its actor starts with each term this node is active (run).
+        let audit = SiteCallAudit::without_actor();
         let (dispatcher, outbox) =
             Dispatcher::new(db.clone(), &config).context("the Notification Outbox")?;
         let auth = Authenticator::new(

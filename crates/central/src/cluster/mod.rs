@@ -294,10 +294,6 @@ impl ClusterHandle {
         self.leadership.borrow().is_active()
     }
 
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     /// Several nodes share the database (PostgreSQL), so a standby exists.
     pub fn clustered(&self) -> bool {
         self.clustered

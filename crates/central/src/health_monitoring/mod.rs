@@ -70,7 +70,6 @@ pub struct Dashboard {
     pub more_sites: bool,
     pub site_calls: Kpis,
     pub notifications: Kpis,
-    pub settings: KpiSettings,
     pub cluster: ClusterView,
 }
 
@@ -106,10 +105,6 @@ impl HealthMonitor {
     /// The cluster: this node, the others, the lease.
     pub async fn cluster(&self) -> anyhow::Result<ClusterView> {
         self.cluster.view().await
-    }
-
-    pub fn settings(&self) -> KpiSettings {
-        self.settings
     }
 
     fn empty(&self) -> Kpis {
@@ -213,7 +208,6 @@ impl HealthMonitor {
             more_sites,
             site_calls,
             notifications,
-            settings: self.settings,
             cluster: self.cluster.view().await?,
         }))
     }

@@ -37,8 +37,6 @@ use openapi::{
     SitesPage,
 };
 
-pub use crate::health_monitoring::KpiSettings;
-
 #[derive(Clone)]
 pub struct ApiState {
     pub db: Database,

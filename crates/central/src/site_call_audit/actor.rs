@@ -149,6 +149,15 @@ pub struct SiteCallAudit {
 const STOPPED: &str = "the Site Call Audit actor has stopped";
 
 impl SiteCallAudit {
+    /// A handle with no actor behind it yet: sends fail (nobody online,
+    /// relays unreachable) until [`SiteCallAuditActor::new_for`] starts one.
+    pub fn without_actor() -> Self {
+        let (tx, _) = mpsc::channel(1);
+        Self {
+            tx: Arc::new(std::sync::RwLock::new(tx)),
+        }
+    }
+
     /// Registers a new stream of `site` whose stored cursor is `cursor`;
     /// the actor orders its first reconcile at once.
     pub async fn connected(
@@ -375,7 +384,8 @@ impl SiteCallAuditActor {
         (Self::with_mailbox(db, settings, rx), handle)
     }
 
-    /// A new actor behind an existing handle (a new leader term): the
+    /// A new actor behind an existing handle (a new leader term, or the
+    /// first one of [`SiteCallAudit::without_actor`]): the
     /// handle's messages go to it from now on.
     pub fn new_for(handle: &SiteCallAudit, db: Database, settings: AuditSettings) -> Self {
         let (tx, rx) = mpsc::channel(1024);

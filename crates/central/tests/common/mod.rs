@@ -414,6 +414,15 @@ impl Pages {
         }
     }
 
+    /// A GET as htmx sends it (`HX-Request: true`).
+    pub async fn get_htmx(&mut self, path: &str) -> Answer {
+        self.send(
+            axum::http::Request::get(path).header("hx-request", "true"),
+            String::new(),
+        )
+        .await
+    }
+
     pub async fn get(&mut self, path: &str) -> Answer {
         self.send(axum::http::Request::get(path), String::new())
             .await

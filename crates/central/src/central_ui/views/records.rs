@@ -413,6 +413,10 @@ pub struct Field {
 pub struct RecordPartial {
     pub base: &'static str,
     pub id: String,
+    /// The owning site and the target (a notification's list and subject),
+    /// for messages and the confirmation page.
+    pub site: String,
+    pub target: String,
     pub status: &'static str,
     pub status_class: &'static str,
     pub fields: Vec<Field>,
@@ -552,6 +556,8 @@ async fn record(
     Ok(RecordPartial {
         base: base(subject),
         id: id.to_string(),
+        site: r.source_site.clone(),
+        target: r.target_summary.clone(),
         status: r.status.as_str(),
         status_class: format::status_class(r.status),
         fields,
@@ -613,16 +619,10 @@ pub async fn detail<S: Pages>(
     let subject = S::SUBJECT;
     let id = parse_id(subject, &id)?;
     let record = record(&st, &op, subject, id).await?;
-    let site = record
-        .fields
-        .iter()
-        .find(|f| f.name == "Site")
-        .map(|f| f.value.clone())
-        .unwrap_or_default();
     let message = q
         .outcome
         .as_deref()
-        .and_then(|o| outcome_message(o, q.action.as_deref().unwrap_or(""), &site, subject));
+        .and_then(|o| outcome_message(o, q.action.as_deref().unwrap_or(""), &record.site, subject));
     Ok(render(&DetailPage {
         nav: Nav::of(
             &op,
@@ -691,18 +691,7 @@ pub async fn confirm<S: Pages>(
         )));
     }
     let r = record(&st, &op, subject, id).await?;
-    let target = r
-        .fields
-        .iter()
-        .find(|f| f.name == "Target" || f.name == "List and subject")
-        .map(|f| f.value.clone())
-        .unwrap_or_default();
-    let site = r
-        .fields
-        .iter()
-        .find(|f| f.name == "Site")
-        .map(|f| f.value.clone())
-        .unwrap_or_default();
+    let (target, site) = (r.target, r.site);
     let verb = if act == Action::Retry {
         "Retry"
     } else {
