@@ -31,7 +31,7 @@ use sitelink_commons::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store_and_forward::{DeliveryRequest, Engine, EngineError};
+use crate::store_and_forward::{DeliveryRequest, Engine, EngineError, PendingCommits};
 
 /// Why `Notify.Send` refused.
 #[derive(Debug, thiserror::Error)]
@@ -101,13 +101,37 @@ impl NotificationService {
         body: &str,
         provenance: &str,
     ) -> Result<TrackedOperationId, SendError> {
+        let request = Self::request(list, subject, body)?;
+        Ok(self.engine.record_pending(&request, provenance).await?)
+    }
+
+    /// `Notify.Send` for a caller that settles its own [`PendingCommits`]
+    /// (a script run): the id comes back as soon as the writer has the
+    /// row, which it commits with its next batch; the caller settles before
+    /// the id can leave the process. A script sending many notifications in
+    /// a row so shares commits instead of waiting for one per send.
+    pub async fn send_in(
+        &self,
+        list: &str,
+        subject: &str,
+        body: &str,
+        provenance: &str,
+        pending: &mut PendingCommits,
+    ) -> Result<TrackedOperationId, SendError> {
+        let request = Self::request(list, subject, body)?;
+        Ok(self
+            .engine
+            .record_pending_deferred(&request, provenance, pending)
+            .await?)
+    }
+
+    fn request(list: &str, subject: &str, body: &str) -> Result<DeliveryRequest, SendError> {
         check_notification(list, subject, body)?;
-        let request = DeliveryRequest::Notification {
+        Ok(DeliveryRequest::Notification {
             list: list.to_owned(),
             subject: subject.to_owned(),
             body: body.to_owned(),
-        };
-        Ok(self.engine.record_pending(&request, provenance).await?)
+        })
     }
 
     /// `Notify.Status(id)` (and `Tracking.Status` of a notification, or of

@@ -21,13 +21,13 @@ pub mod http;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use sitelink_commons::{TrackedOperationId, TrackedOperationStatus};
+use sitelink_commons::TrackedOperationId;
 
 pub use database::DatabaseConfig;
 pub use http::{ExternalSystemConfig, HttpResponse};
 
 use crate::store_and_forward::{
-    AttemptKind, AttemptOutcome, Deliverer, DeliveryRequest, Engine, EngineError, RetryPolicy,
+    AttemptOutcome, Deliverer, DeliveryRequest, Engine, EngineError, PendingCommits, RetryPolicy,
 };
 
 /// Whether retrying can help.
@@ -105,7 +105,8 @@ impl Gateway {
         self.http.call(system, method, &params, None).await
     }
 
-    /// `ExternalSystem.CachedCall`: returns the id; see [`Self::cached`].
+    /// `ExternalSystem.CachedCall`: returns the id once the immediate
+    /// attempt's outcome is committed too; see [`Self::cached`].
     pub async fn cached_call(
         &self,
         system: &str,
@@ -113,13 +114,30 @@ impl Gateway {
         params: Map<String, Value>,
         provenance: &str,
     ) -> Result<TrackedOperationId, GatewayError> {
+        let mut pending = PendingCommits::default();
+        let result = self
+            .cached_call_in(system, method, params, provenance, &mut pending)
+            .await;
+        settle_own(result, pending).await
+    }
+
+    /// `ExternalSystem.CachedCall` for a caller that settles its own
+    /// [`PendingCommits`] (a script run): see [`Self::cached`].
+    pub async fn cached_call_in(
+        &self,
+        system: &str,
+        method: &str,
+        params: Map<String, Value>,
+        provenance: &str,
+        pending: &mut PendingCommits,
+    ) -> Result<TrackedOperationId, GatewayError> {
         self.http.check(system, method, &params)?;
         let request = DeliveryRequest::Http {
             system: system.into(),
             method: method.into(),
             params,
         };
-        self.cached(request, provenance).await
+        self.cached(request, provenance, pending).await
     }
 
     /// `Database.Query`: rows as JSON objects.
@@ -142,7 +160,8 @@ impl Gateway {
         self.databases.write(connection, sql, &params).await
     }
 
-    /// `Database.CachedWrite`: returns the id; see [`Self::cached`].
+    /// `Database.CachedWrite`: returns the id once the immediate attempt's
+    /// outcome is committed too; see [`Self::cached`].
     pub async fn cached_write(
         &self,
         connection: &str,
@@ -150,48 +169,93 @@ impl Gateway {
         params: Vec<Value>,
         provenance: &str,
     ) -> Result<TrackedOperationId, GatewayError> {
+        let mut pending = PendingCommits::default();
+        let result = self
+            .cached_write_in(connection, sql, params, provenance, &mut pending)
+            .await;
+        settle_own(result, pending).await
+    }
+
+    /// `Database.CachedWrite` for a caller that settles its own
+    /// [`PendingCommits`] (a script run): see [`Self::cached`].
+    pub async fn cached_write_in(
+        &self,
+        connection: &str,
+        sql: &str,
+        params: Vec<Value>,
+        provenance: &str,
+        pending: &mut PendingCommits,
+    ) -> Result<TrackedOperationId, GatewayError> {
         self.databases.check(connection, &params)?;
         let request = DeliveryRequest::DatabaseWrite {
             connection: connection.into(),
             sql: sql.into(),
             params,
         };
-        self.cached(request, provenance).await
+        self.cached(request, provenance, pending).await
     }
 
     /// The cached-call protocol of SPEC §4.1: durable `Pending` row first,
     /// then one immediate attempt, then its outcome (Delivered; buffered and
     /// still Pending; or Failed, which is also returned as an error).
+    ///
+    /// The caller waits for the `Pending` row's commit (write-ahead) but
+    /// not for the outcome's: that one rides in the writer's next batch and
+    /// `pending` holds its receipt (see [`PendingCommits`] for the rule that
+    /// keeps this safe). So a cached call costs its caller one commit wait,
+    /// not two. Should the process die before the outcome commits, the row
+    /// is in flight at the next start and retried, as after a death during
+    /// the attempt (at-least-once, with the same `Idempotency-Key`).
     async fn cached(
         &self,
         request: DeliveryRequest,
         provenance: &str,
+        pending: &mut PendingCommits,
     ) -> Result<TrackedOperationId, GatewayError> {
         let id = self.engine.record_pending(&request, provenance).await?;
+        // One writer commits in order, so every earlier write of this
+        // caller is committed by now: this only collects their answers.
+        // Should one have failed, the caller hears it before any attempt
+        // (this row stays Pending and is retried after the next start).
+        pending.settle().await?;
         let outcome = self.deliver(id, &request).await;
-        let message = match &outcome {
+        let permanent = match &outcome {
             AttemptOutcome::Permanent(m) => Some(m.clone()),
             _ => None,
         };
-        match self
+        if let Err(e) = self
             .engine
-            .record_outcome(id, AttemptKind::Immediate, outcome, self.policy(&request))
+            .record_immediate_outcome_deferred(id, outcome, self.policy(&request), pending)
             .await
         {
-            Ok(TrackedOperationStatus::Failed) => Err(GatewayError::CachedFailed {
+            // The Pending row is durable; recovery at the next start
+            // retries it. The script still gets its id.
+            tracing::error!(%id, error = %e, "could not record the immediate attempt's outcome");
+        }
+        // A permanent failure makes the row Failed (the writer applies the
+        // same rule), and the script hears it at once.
+        match permanent {
+            Some(message) => Err(GatewayError::CachedFailed {
                 id,
                 target: request.target_summary(),
-                message: message.unwrap_or_default(),
+                message,
             }),
-            Ok(_) => Ok(id),
-            Err(e) => {
-                // The Pending row is durable; recovery at the next start
-                // retries it. The script still gets its id.
-                tracing::error!(%id, error = %e, "could not record the immediate attempt's outcome");
-                Ok(id)
-            }
+            None => Ok(id),
         }
     }
+}
+
+/// Settles a caller's own writes after a cached call: a failure to store
+/// the outcome is logged (the Pending row is durable and recovery retries
+/// it), the call's answer stands.
+async fn settle_own(
+    result: Result<TrackedOperationId, GatewayError>,
+    mut pending: PendingCommits,
+) -> Result<TrackedOperationId, GatewayError> {
+    if let Err(e) = pending.settle().await {
+        tracing::error!(error = %e, "could not record the immediate attempt's outcome");
+    }
+    result
 }
 
 impl Deliverer for Gateway {

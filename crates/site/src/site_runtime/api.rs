@@ -28,6 +28,7 @@ use super::ScriptLimits;
 use crate::{
     external_system_gateway::{Gateway, GatewayError},
     notification_service::NotificationService,
+    store_and_forward::{EngineError, PendingCommits},
 };
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
@@ -39,6 +40,11 @@ pub(super) struct RunContext {
     notifications: Arc<NotificationService>,
     handle: tokio::runtime::Handle,
     ids: Mutex<Vec<TrackedOperationId>>,
+    /// This run's writes whose commit it has not waited for yet. Settled
+    /// before anything the run does can be seen outside the process (an
+    /// attempt, a database statement, a status read, a log line) and when
+    /// it ends, so every id that leaves the run has a durable row.
+    pending: tokio::sync::Mutex<PendingCommits>,
 }
 
 impl RunContext {
@@ -54,7 +60,24 @@ impl RunContext {
             notifications,
             handle,
             ids: Mutex::new(Vec::new()),
+            pending: Default::default(),
         }
+    }
+
+    /// Waits until every write this run handed to the engine is committed
+    /// (the end of a run calls this too, from async code).
+    pub async fn settle(&self) -> Result<(), EngineError> {
+        self.pending.lock().await.settle().await
+    }
+
+    /// [`Self::settle`] from the script's thread, before something leaves
+    /// the process.
+    fn settle_before(&self, what: &str) -> RhaiResult<()> {
+        self.block_on(self.settle()).map_err(|e| {
+            err(format!(
+                "{what}: an earlier write of this run could not be stored: {e}"
+            ))
+        })
     }
 
     pub fn take_ids(&self) -> Vec<TrackedOperationId> {
@@ -142,6 +165,8 @@ fn err<E: std::fmt::Display>(e: E) -> Box<EvalAltResult> {
 /// answer when it can be asked (Notification Service).
 fn status(ctx: &RunContext, id: &str) -> RhaiResult<Dynamic> {
     let id: TrackedOperationId = id.parse().map_err(err)?;
+    // What this run wrote is what it must read back.
+    ctx.settle_before("Status")?;
     match ctx.block_on(ctx.notifications.status(id)).map_err(err)? {
         Some(record) => to_dynamic(&record),
         None => Ok(Dynamic::UNIT),
@@ -158,6 +183,7 @@ fn register_api(engine: &mut Engine, ctx: &Arc<RunContext>) {
     let c = ctx.clone();
     let call = move |system: &str, method: &str, params: Map| -> RhaiResult<Dynamic> {
         let params = params_map(&format!("parameters of {system}.{method}"), params)?;
+        c.settle_before(&format!("{system}.{method}"))?;
         let resp = c
             .block_on(c.gateway.call(system, method, params))
             .map_err(err)?;
@@ -176,7 +202,13 @@ fn register_api(engine: &mut Engine, ctx: &Arc<RunContext>) {
     let c = ctx.clone();
     let cached_call = move |system: &str, method: &str, params: Map| -> RhaiResult<String> {
         let params = params_map(&format!("parameters of {system}.{method}"), params)?;
-        c.cached_result(c.block_on(c.gateway.cached_call(system, method, params, &c.provenance)))
+        // The gateway settles this run's earlier writes before its attempt.
+        c.cached_result(c.block_on(async {
+            let mut pending = c.pending.lock().await;
+            c.gateway
+                .cached_call_in(system, method, params, &c.provenance, &mut pending)
+                .await
+        }))
     };
     let cached_call2 = cached_call.clone();
     engine.register_fn(
@@ -193,6 +225,7 @@ fn register_api(engine: &mut Engine, ctx: &Arc<RunContext>) {
         "Query",
         move |_: &mut DatabaseApi, conn: &str, sql: &str, params: Array| -> RhaiResult<Dynamic> {
             let params = params_array(&format!("parameters of {conn}"), params)?;
+            c.settle_before(conn)?;
             let rows = c
                 .block_on(c.gateway.query(conn, sql, params))
                 .map_err(err)?;
@@ -204,6 +237,7 @@ fn register_api(engine: &mut Engine, ctx: &Arc<RunContext>) {
         "Write",
         move |_: &mut DatabaseApi, conn: &str, sql: &str, params: Array| -> RhaiResult<i64> {
             let params = params_array(&format!("parameters of {conn}"), params)?;
+            c.settle_before(conn)?;
             let n = c
                 .block_on(c.gateway.write(conn, sql, params))
                 .map_err(err)?;
@@ -215,7 +249,12 @@ fn register_api(engine: &mut Engine, ctx: &Arc<RunContext>) {
         "CachedWrite",
         move |_: &mut DatabaseApi, conn: &str, sql: &str, params: Array| -> RhaiResult<String> {
             let params = params_array(&format!("parameters of {conn}"), params)?;
-            c.cached_result(c.block_on(c.gateway.cached_write(conn, sql, params, &c.provenance)))
+            c.cached_result(c.block_on(async {
+                let mut pending = c.pending.lock().await;
+                c.gateway
+                    .cached_write_in(conn, sql, params, &c.provenance, &mut pending)
+                    .await
+            }))
         },
     );
 
@@ -229,8 +268,15 @@ fn register_api(engine: &mut Engine, ctx: &Arc<RunContext>) {
     engine.register_fn(
         "Send",
         move |_: &mut NotifyApi, list: &str, subject: &str, body: &str| -> RhaiResult<String> {
+            // Not waiting for the commit: the id stays in this run until
+            // the run settles (see `pending`).
             let id = c
-                .block_on(c.notifications.send(list, subject, body, &c.provenance))
+                .block_on(async {
+                    let mut pending = c.pending.lock().await;
+                    c.notifications
+                        .send_in(list, subject, body, &c.provenance, &mut pending)
+                        .await
+                })
                 .map_err(err)?;
             Ok(c.handed_out(id))
         },
@@ -245,8 +291,17 @@ pub(super) fn run(
 ) -> Result<Value, String> {
     let mut engine = sandboxed_engine(limits);
     register_api(&mut engine, ctx);
-    let provenance = ctx.provenance.clone();
-    engine.on_print(move |s| tracing::info!(script = %provenance, "{s}"));
+    // A log line leaves the process: what it may name is settled first.
+    let c = ctx.clone();
+    engine.on_print(move |s| match c.settle_before("print") {
+        Ok(()) => tracing::info!(script = %c.provenance, "{s}"),
+        Err(e) => tracing::error!(script = %c.provenance, error = %e, "print not logged"),
+    });
+    let c = ctx.clone();
+    engine.on_debug(move |s, _, pos| match c.settle_before("debug") {
+        Ok(()) => tracing::info!(script = %c.provenance, %pos, "{s}"),
+        Err(e) => tracing::error!(script = %c.provenance, error = %e, "debug not logged"),
+    });
     let wall = Duration::from_millis(limits.max_wall_time_ms);
     let deadline = Instant::now() + wall;
     engine.on_progress(move |_| (Instant::now() > deadline).then(|| Dynamic::from("wall time")));

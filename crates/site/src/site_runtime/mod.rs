@@ -299,7 +299,30 @@ impl ScriptRuntime {
         // Scripts are synchronous; they run on the blocking pool and reach
         // async code through the runtime handle.
         let result = tokio::task::spawn_blocking(move || api::run(&run_ctx, &limits, &ast)).await;
-        let ids = ctx.take_ids();
+        let mut ids = ctx.take_ids();
+        // Nothing of the run leaves before its writes are durable (see
+        // `PendingCommits`): the result and the ids wait for them.
+        if let Err(e) = ctx.settle().await {
+            // Only ids with a row are reported; the others never existed.
+            let mut stored = Vec::with_capacity(ids.len());
+            for id in ids {
+                if matches!(self.gateway.engine().get(id).await, Ok(Some(_))) {
+                    stored.push(id);
+                }
+            }
+            ids = stored;
+            let message = match &result {
+                Ok(Err(message)) => {
+                    format!("{message}; and its writes could not all be stored: {e}")
+                }
+                _ => format!("the run's writes could not all be stored: {e}"),
+            };
+            return Err(ScriptError::Runtime {
+                script: name.into(),
+                message,
+                ids,
+            });
+        }
         match result {
             Ok(Ok(result)) => Ok(ScriptRun {
                 script: name.into(),

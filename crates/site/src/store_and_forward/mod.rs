@@ -29,6 +29,7 @@ mod schema;
 mod writer;
 
 use std::{
+    collections::VecDeque,
     path::Path,
     sync::{atomic::Ordering, Arc, Mutex},
     time::Duration,
@@ -45,7 +46,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use retry_worker::{Deliverer, RetryWorker, RunOnce};
 pub use sitelink_commons::RetryPolicy;
-use writer::{Job, Signals, WriteOp, WriteResult};
+use writer::{Job, Msg, Signals, WriteOp, WriteResult};
 
 /// What is stored with a row so the call can be retried after any restart.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -118,6 +119,93 @@ pub struct DueEntry {
     pub request: Result<DeliveryRequest, String>,
 }
 
+/// Writes a caller handed to the engine without waiting for their commit
+/// (group commit without the wait: the caller goes on while the writer
+/// batches its write with everyone else's).
+///
+/// Invariant (the rule that keeps SPEC §6 guarantee 1 while a script does
+/// not wait for each commit): whoever holds a `PendingCommits` calls
+/// [`PendingCommits::settle`] before anything it did can be seen outside
+/// the process: before an external attempt, a database statement, a status
+/// read, a log line and before a script run reports its result. A deferred
+/// write is committed by the writer as soon as it can be (its batch
+/// follows at once); `settle` only waits for that, so an id that leaves the
+/// process has a durable row, and one whose commit failed never leaves it.
+#[derive(Default)]
+pub struct PendingCommits {
+    receipts: VecDeque<oneshot::Receiver<Result<WriteResult, EngineError>>>,
+    /// A write already known to have failed (found while pruning).
+    failed: Option<EngineError>,
+}
+
+impl PendingCommits {
+    fn push(&mut self, receipt: oneshot::Receiver<Result<WriteResult, EngineError>>) {
+        // Drop the receipts already answered, so a long run does not hold
+        // one per write it ever made.
+        while let Some(front) = self.receipts.front_mut() {
+            match front.try_recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    self.failed.get_or_insert(e);
+                }
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    self.failed.get_or_insert(EngineError::Stopped);
+                }
+                Err(oneshot::error::TryRecvError::Empty) => break,
+            }
+            self.receipts.pop_front();
+        }
+        self.receipts.push_back(receipt);
+    }
+
+    /// Writes not yet known to be committed.
+    pub fn len(&self) -> usize {
+        self.receipts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.receipts.is_empty() && self.failed.is_none()
+    }
+
+    /// Waits until every write handed over so far is committed; the first
+    /// failure if one was not (every receipt is consumed either way).
+    pub async fn settle(&mut self) -> Result<(), EngineError> {
+        let mut first = self.failed.take();
+        while let Some(receipt) = self.receipts.pop_front() {
+            let outcome = match receipt.await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => e,
+                Err(_) => EngineError::Stopped,
+            };
+            first.get_or_insert(outcome);
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// Time the engine's threads have spent, in nanoseconds since open.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriterTime {
+    /// The writer applying statements (SQLite CPU, page cache).
+    pub statements_ns: u64,
+    /// The writer in COMMIT (writing the WAL; the fsync is the syncer's).
+    pub commit_ns: u64,
+    /// The syncer in fsync of the WAL.
+    pub sync_ns: u64,
+}
+
+/// See [`Engine::hold_syncs`]: releases the held fsyncs when dropped.
+#[doc(hidden)]
+pub struct SyncHold(Arc<Signals>);
+
+impl Drop for SyncHold {
+    fn drop(&mut self) {
+        let (held, released) = &self.0.sync_gate;
+        *held.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        released.notify_all();
+    }
+}
+
 /// Whether an attempt was the one made at call time or a later retry (only
 /// retries count against the retry budget).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,7 +275,7 @@ impl Default for EngineSettings {
 #[derive(Clone)]
 pub struct Engine {
     site: Arc<str>,
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Msg>,
     signals: Arc<Signals>,
     /// Reads use their own WAL connection so they never wait on a commit.
     reader: Arc<Mutex<rusqlite::Connection>>,
@@ -237,16 +325,8 @@ impl Engine {
         schema::migrate(&mut conn)?;
         let reader = schema::open(path)?;
         let (tx, rx) = mpsc::channel(8192);
-        let signals = Arc::new(Signals {
-            commits: Default::default(),
-            ops: Default::default(),
-            statements_ns: Default::default(),
-            commit_ns: Default::default(),
-            high_seq: watch::channel(0).0,
-            buffer_due: Default::default(),
-            notifications: Default::default(),
-        });
-        writer::spawn(conn, rx, signals.clone())?;
+        let signals = Arc::new(Signals::new());
+        writer::spawn(conn, path, rx, tx.downgrade(), signals.clone())?;
         let engine = Self {
             site: site.into(),
             tx,
@@ -272,13 +352,44 @@ impl Engine {
         self.settings
     }
 
-    async fn write(&self, op: WriteOp) -> Result<WriteResult, EngineError> {
+    /// Hands `op` to the writer; the receiver answers after its commit.
+    async fn submit(
+        &self,
+        op: WriteOp,
+    ) -> Result<oneshot::Receiver<Result<WriteResult, EngineError>>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job { op, reply })
+            .send(Msg::Job(Job { op, reply }))
             .await
             .map_err(|_| EngineError::Stopped)?;
-        rx.await.map_err(|_| EngineError::Stopped)?
+        Ok(rx)
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<WriteResult, EngineError> {
+        self.submit(op)
+            .await?
+            .await
+            .map_err(|_| EngineError::Stopped)?
+    }
+
+    fn insert_op(
+        request: &DeliveryRequest,
+        provenance: &str,
+    ) -> Result<(TrackedOperationId, WriteOp), EngineError> {
+        let id = TrackedOperationId::new();
+        let request_json = serde_json::to_string(request)
+            .map_err(|e| EngineError::Storage(format!("serializing the request: {e}")))?;
+        Ok((
+            id,
+            WriteOp::Insert {
+                id,
+                kind: request.kind(),
+                target_summary: request.target_summary(),
+                request_json,
+                provenance: provenance.to_owned(),
+                now_ms: now_ms(),
+            },
+        ))
     }
 
     /// Write-ahead: durably records a new `Pending` row with what is needed
@@ -289,19 +400,50 @@ impl Engine {
         request: &DeliveryRequest,
         provenance: &str,
     ) -> Result<TrackedOperationId, EngineError> {
-        let id = TrackedOperationId::new();
-        let request_json = serde_json::to_string(request)
-            .map_err(|e| EngineError::Storage(format!("serializing the request: {e}")))?;
-        self.write(WriteOp::Insert {
-            id,
-            kind: request.kind(),
-            target_summary: request.target_summary(),
-            request_json,
-            provenance: provenance.to_owned(),
-            now_ms: now_ms(),
-        })
-        .await?;
+        let (id, op) = Self::insert_op(request, provenance)?;
+        self.write(op).await?;
         Ok(id)
+    }
+
+    /// [`Self::record_pending`] without waiting for the commit: the row is
+    /// committed with the writer's next batch and `pending` holds the
+    /// receipt. For what is never attempted at the site (`Notify.Send`):
+    /// the id may go to the script at once, and [`PendingCommits::settle`]
+    /// keeps it inside the process until its row is durable.
+    pub async fn record_pending_deferred(
+        &self,
+        request: &DeliveryRequest,
+        provenance: &str,
+        pending: &mut PendingCommits,
+    ) -> Result<TrackedOperationId, EngineError> {
+        let (id, op) = Self::insert_op(request, provenance)?;
+        pending.push(self.submit(op).await?);
+        Ok(id)
+    }
+
+    /// The immediate attempt's outcome without waiting for its commit. The
+    /// row is `Pending` and durable already; should the process die before
+    /// this commits, the row is found in flight at the next start and
+    /// retried (at-least-once, SPEC §4.1), exactly as if it had died during
+    /// the attempt. What the row becomes follows from the outcome alone
+    /// (`Delivered`, `Failed`, or buffered and still `Pending`; `Parked`
+    /// when the target has no retries).
+    pub async fn record_immediate_outcome_deferred(
+        &self,
+        id: TrackedOperationId,
+        outcome: AttemptOutcome,
+        policy: RetryPolicy,
+        pending: &mut PendingCommits,
+    ) -> Result<(), EngineError> {
+        let op = WriteOp::Outcome {
+            id,
+            attempt: AttemptKind::Immediate,
+            outcome,
+            policy,
+            now_ms: now_ms(),
+        };
+        pending.push(self.submit(op).await?);
+        Ok(())
     }
 
     /// Records how an attempt ended and returns the row's new status.
@@ -389,18 +531,55 @@ impl Engine {
         .await
     }
 
+    /// Runs a query on the reader connection and answers once everything
+    /// it could have seen is durable. SQLite shows a commit to readers
+    /// before the syncer's fsync; this waits that out (at most one fsync),
+    /// so no read answers with what a power loss could take back.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, EngineError> {
         let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
+        let signals = self.signals.clone();
+        let (value, seen) = tokio::task::spawn_blocking(move || {
             let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn)
+            let value = f(&conn);
+            // After the query: at least the generation of every commit it saw.
+            (value, signals.committed_gen.load(Ordering::Acquire))
         })
         .await
-        .map_err(|_| EngineError::Stopped)?
-        .map_err(|e| EngineError::Storage(e.to_string()))
+        .map_err(|_| EngineError::Stopped)?;
+        let value = value.map_err(|e| EngineError::Storage(e.to_string()))?;
+        self.wait_durable(seen).await?;
+        Ok(value)
+    }
+
+    async fn wait_durable(&self, gen: u64) -> Result<(), EngineError> {
+        let broken = || self.signals.broken.load(Ordering::Acquire);
+        let mut durable = self.signals.durable_gen.subscribe();
+        durable
+            .wait_for(|d| *d >= gen || broken())
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        if broken() {
+            return Err(EngineError::Storage(
+                "the buffer database could not be synced to disk; restart the site".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Holds every fsync back until the returned guard is dropped: for
+    /// tests that prove nothing is answered or read before its fsync.
+    #[doc(hidden)]
+    pub fn hold_syncs(&self) -> SyncHold {
+        *self
+            .signals
+            .sync_gate
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = true;
+        SyncHold(self.signals.clone())
     }
 
     /// The tracking record of `id` (what `Tracking.Status` answers).
@@ -695,13 +874,18 @@ impl Engine {
         )
     }
 
-    /// What the writer thread has spent so far: (nanoseconds applying
-    /// statements, nanoseconds in COMMIT including its fsync).
-    pub fn writer_time_ns(&self) -> (u64, u64) {
-        (
-            self.signals.statements_ns.load(Ordering::Relaxed),
-            self.signals.commit_ns.load(Ordering::Relaxed),
-        )
+    /// fsyncs of the WAL since open (each covers one or more commits).
+    pub fn syncs(&self) -> u64 {
+        self.signals.syncs.load(Ordering::Relaxed)
+    }
+
+    /// What the writer and syncer threads have spent so far.
+    pub fn writer_time(&self) -> WriterTime {
+        WriterTime {
+            statements_ns: self.signals.statements_ns.load(Ordering::Relaxed),
+            commit_ns: self.signals.commit_ns.load(Ordering::Relaxed),
+            sync_ns: self.signals.sync_ns.load(Ordering::Relaxed),
+        }
     }
 
     /// Resolves when an operator retry or recovery made an entry due now, or
