@@ -5,7 +5,10 @@
 //!   an empty list name, a line break in the subject, an oversized body),
 //!   then commits a `Notification` tracking row and its buffer entry
 //!   (category Notification) in one transaction and returns the id at
-//!   once. The central link forwards buffer entries to central until
+//!   once. [`NotificationService::send_in`], which script runs use, returns
+//!   it before the commit: the run settles its writes before anything
+//!   leaves it (see `PendingCommits`), so a script sending many shares
+//!   commits. The central link forwards buffer entries to central until
 //!   central acknowledges each (after its own insert-if-not-exists commit);
 //!   only then does the entry go and the row keep a forwarding record.
 //! - [`NotificationService::status`] asks central's Notification Outbox,

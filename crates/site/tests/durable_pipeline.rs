@@ -149,7 +149,7 @@ async fn the_change_sequence_counts_every_change_once_under_concurrency() {
         "change sequences repeat"
     );
     // Every change took exactly one value: no gaps, no repeats.
-    let revisions: u64 = rows.iter().map(|r| r.revision as u64).sum();
+    let revisions: u64 = rows.iter().map(|r| r.revision).sum();
     assert_eq!(revisions, engine.high_seq());
     assert_eq!(*seqs.last().unwrap(), engine.high_seq());
     for r in &rows {

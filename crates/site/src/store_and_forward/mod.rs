@@ -1,7 +1,8 @@
 //! Store-and-Forward Engine (SPEC §2 component 2, §4.1): the site's durable
 //! record of every cached operation and the mechanism that retries them.
 //!
-//! One SQLite database (WAL, synchronous=FULL) holds:
+//! One SQLite database (WAL; each commit fsynced before anyone hears of it,
+//! as with synchronous=FULL, see `writer`) holds:
 //! - the **tracking table**: one row per [`TrackedOperationId`], the status
 //!   record that `Tracking.Status` and the admin API answer from;
 //! - the **buffer**: entries for operations due for a retry, referencing
@@ -9,13 +10,19 @@
 //! - **meta**: the site-wide change sequence and the acknowledged cursor.
 //!
 //! Main types: [`Engine`] (cheap to clone; all writes go through one
-//! group-commit writer thread, reads use their own connection),
+//! group-commit writer thread and are answered by its syncer thread after
+//! the fsync, reads use their own connection and answer only with what is
+//! durable), [`PendingCommits`] (writes a caller settles before anything it
+//! did leaves the process),
 //! [`RetryWorker`] (drives due buffer entries through a [`Deliverer`]),
 //! [`DeliveryRequest`] (what is stored to retry an operation).
 //!
 //! Invariants:
 //! - Write-ahead: [`Engine::record_pending`] commits the `Pending` row and
 //!   its retry material durably before any attempt is made.
+//! - A deferred write (`*_deferred`) is committed with the writer's next
+//!   batch; its holder settles it before anything it did can leave the
+//!   process, so an id leaves only with a durable row.
 //! - Every row change bumps its revision by one and takes the next change
 //!   sequence in the same transaction; telemetry and reconciliation are both
 //!   "rows with change sequence above X" ([`Engine::changes_after`]).
@@ -46,7 +53,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use retry_worker::{Deliverer, RetryWorker, RunOnce};
 pub use sitelink_commons::RetryPolicy;
-use writer::{Job, Msg, Signals, WriteOp, WriteResult};
+use writer::{Job, Signals, WriteOp, WriteResult};
 
 /// What is stored with a row so the call can be retried after any restart.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -275,7 +282,7 @@ impl Default for EngineSettings {
 #[derive(Clone)]
 pub struct Engine {
     site: Arc<str>,
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<Job>,
     signals: Arc<Signals>,
     /// Reads use their own WAL connection so they never wait on a commit.
     reader: Arc<Mutex<rusqlite::Connection>>,
@@ -326,7 +333,7 @@ impl Engine {
         let reader = schema::open(path)?;
         let (tx, rx) = mpsc::channel(8192);
         let signals = Arc::new(Signals::new());
-        writer::spawn(conn, path, rx, tx.downgrade(), signals.clone())?;
+        writer::spawn(conn, path, rx, signals.clone())?;
         let engine = Self {
             site: site.into(),
             tx,
@@ -359,7 +366,7 @@ impl Engine {
     ) -> Result<oneshot::Receiver<Result<WriteResult, EngineError>>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Job(Job { op, reply }))
+            .send(Job { op, reply })
             .await
             .map_err(|_| EngineError::Stopped)?;
         Ok(rx)

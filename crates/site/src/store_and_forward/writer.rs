@@ -1,48 +1,50 @@
-//! The group-commit writer: one thread owns the only write connection to the
-//! buffer database, a second one makes its commits durable.
+//! The group-commit writer: two threads share the only write connection to
+//! the buffer database.
 //!
 //! - The **writer** takes the operations callers send over a channel and
-//!   applies each as it arrives inside one open transaction. It commits when
-//!   the syncer is free (or the batch is full), then hands the committed
-//!   batch to the syncer and goes straight on with the next one.
-//! - The **syncer** `fdatasync`s the WAL file, covering every batch handed
-//!   to it so far, and only then answers their callers, publishes the new
-//!   durable change sequence and lets reads that saw them return.
+//!   applies each as it arrives inside one open transaction.
+//! - The **syncer** commits the open transaction (with
+//!   `synchronous=NORMAL`: no fsync of its own), `fdatasync`s the WAL file,
+//!   and only then answers the batch's callers, publishes the new durable
+//!   change sequence and lets reads that saw it return. Then it commits
+//!   whatever the writer applied meanwhile, and so on.
 //!
-//! So the fsync of one batch overlaps applying the next (on a disk whose
-//! fsync takes ~200 µs that is where a writer that waited spent most of its
-//! time; see BENCHMARKS.md), and one fsync still covers a whole batch.
+//! So the fsync of one batch overlaps applying the next, one fsync covers a
+//! whole batch, and no hand-off between threads sits between one fsync and
+//! the next commit (the syncer does both; on 2 cores a writer woken to
+//! commit waited behind the callers the fsync had just woken).
 //!
-//! Durability is that of `synchronous=FULL`, by a different hand: the
-//! connection runs with `synchronous=NORMAL` (SQLite syncs the WAL before
-//! each checkpoint, the database file after it, and the WAL header when the
-//! WAL is reused, which keeps the file consistent), and the syncer adds the
-//! one sync FULL would add: the WAL after each commit, before anyone hears
-//! of it. Invariant: no caller is answered, no change sequence published
-//! and no read answered (see `Engine::read`) with anything that a power
-//! loss could still take back. What SQLite readers may briefly see (a
-//! commit before its fsync) is held back by the commit generations:
-//! [`Signals::committed_gen`] is raised before each COMMIT,
-//! [`Signals::durable_gen`] after the fsync that covers it.
+//! Durability is that of `synchronous=FULL`, by a different hand: SQLite
+//! keeps the file consistent under NORMAL (it syncs the WAL before each
+//! checkpoint, the database file after it, and the WAL header when the WAL
+//! is reused), and the syncer adds the one sync FULL would add: the WAL
+//! after each commit, before anyone hears of it. Invariant: no caller is
+//! answered, no change sequence published and no read answered (see
+//! `Engine::read`) with anything that a power loss could still take back.
+//! What SQLite readers may briefly see (a commit before its fsync) is held
+//! back by the commit generations: [`Signals::committed_gen`] is raised
+//! before each COMMIT, [`Signals::durable_gen`] after the fsync that covers
+//! it.
 //!
 //! Why threads of their own with rusqlite rather than sqlx: at high
-//! concurrency the limit is per-statement overhead and fsync; a dedicated
-//! thread with cached prepared statements and one sync per batch is what
-//! lets durable cached calls keep up with plain calls.
+//! concurrency the limit is per-statement overhead and fsync; dedicated
+//! threads with cached prepared statements and one sync per batch are what
+//! let durable cached calls keep up with plain calls (BENCHMARKS.md).
 //!
 //! Invariants: every row change bumps the row's `revision` by one and takes
 //! the next value of the site-wide change sequence, in the same transaction;
 //! every status change passes [`check_transition`]; the sequence counter is
 //! persisted in `meta` in the same transaction as the rows that used it; a
-//! batch that fails rolls back whole, its sequence values are used again
-//! (so the sequence has no gaps), and each of its callers hears the error.
+//! transaction that fails rolls back whole, its sequence values are used
+//! again (so the sequence has no gaps), and each of its callers hears the
+//! error.
 
 use std::{
     fs::File,
     path::Path,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc as std_mpsc, Arc, Condvar, Mutex,
+        Arc, Condvar, Mutex,
     },
     time::Instant,
 };
@@ -56,12 +58,9 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::{AttemptKind, AttemptOutcome, CommandOutcome, EngineError, RetryPolicy};
 
-/// Most operations one transaction takes; bounds commit latency.
+/// Most operations one transaction takes; bounds commit latency (the
+/// writer waits for the syncer to take a full batch).
 const MAX_BATCH: usize = 1024;
-
-/// Committed batches waiting for the syncer, at most; beyond it the writer
-/// waits (one fsync covers them all anyway).
-const SYNC_QUEUE: usize = 4;
 
 pub(super) enum WriteOp {
     /// The request is serialized by the caller: the writer thread is the
@@ -118,13 +117,6 @@ pub(super) struct Job {
     pub reply: Reply,
 }
 
-/// What the writer's channel carries: work, or the syncer's word that it
-/// is free (so a writer waiting with an open batch commits it).
-pub(super) enum Msg {
-    Job(Job),
-    Synced,
-}
-
 /// Shared counters and wake-ups the writer and syncer publish.
 pub(super) struct Signals {
     /// Transactions committed, operations in them, fsyncs that covered them.
@@ -147,9 +139,6 @@ pub(super) struct Signals {
     /// An fsync failed: what was written may not be on disk, so nothing more
     /// is accepted or answered (the site must be restarted).
     pub broken: AtomicBool,
-    /// Whether a batch is with the syncer (the writer commits the next one
-    /// when it is not).
-    syncing: AtomicBool,
     /// Woken when a buffer entry became due now (operator retry, recovery).
     pub buffer_due: Notify,
     /// Notifications recorded so far (`Notify.Send`), bumped before
@@ -173,7 +162,6 @@ impl Signals {
             committed_gen: Default::default(),
             durable_gen: watch::channel(0).0,
             broken: Default::default(),
-            syncing: Default::default(),
             buffer_due: Default::default(),
             notifications: Default::default(),
             sync_gate: (Mutex::new(false), Condvar::new()),
@@ -186,19 +174,7 @@ fn broken_error() -> EngineError {
     EngineError::Storage("the buffer database could not be synced to disk; restart the site".into())
 }
 
-/// A committed batch on its way to the syncer.
-struct Committed {
-    replies: Vec<(Reply, Result<WriteResult, EngineError>)>,
-    gen: u64,
-    /// The change sequence after it (published once durable).
-    seq: u64,
-    /// Rolled back: nothing to sync, its callers hear the error.
-    failed: bool,
-    wake: bool,
-    notifications: u64,
-}
-
-/// The transaction the writer has open.
+/// The transaction the writer has open, with its callers.
 struct Open {
     replies: Vec<(Reply, Result<WriteResult, EngineError>)>,
     seq_before: u64,
@@ -206,21 +182,48 @@ struct Open {
     notifications: u64,
 }
 
+/// What the writer and syncer share under one lock: the connection, the
+/// change sequence and the open transaction.
+struct Shared {
+    conn: Connection,
+    seq: u64,
+    gen: u64,
+    open: Option<Open>,
+    /// Every Engine handle is gone: the syncer finishes what is open.
+    closed: bool,
+}
+
+struct Pipeline {
+    shared: Mutex<Shared>,
+    /// The syncer waits here for something to commit ...
+    work: Condvar,
+    syncer_waiting: AtomicBool,
+    /// ... and the writer here while a full batch waits for the syncer.
+    taken: Condvar,
+}
+
+impl Pipeline {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Starts the writer and syncer threads on `conn`, the connection to the
 /// database at `path` (whose WAL file the syncer syncs).
 pub(super) fn spawn(
     conn: Connection,
     path: &Path,
-    rx: mpsc::Receiver<Msg>,
-    wake_writer: mpsc::WeakSender<Msg>,
+    rx: mpsc::Receiver<Job>,
     signals: Arc<Signals>,
 ) -> anyhow::Result<()> {
     // The syncer makes each commit durable; SQLite keeps the file
     // consistent under NORMAL (see the module doc).
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    // The hot pages of every tree stay in SQLite's cache rather than
-    // being read back from the OS on each batch (64 MiB).
+    // The hot pages of every tree stay in SQLite's cache rather than being
+    // read back from the OS on each batch (64 MiB).
     conn.pragma_update(None, "cache_size", -65536)?;
+    // Checkpoints (on the committing thread) less often: pages rewritten
+    // by many batches are copied to the database file once.
     conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
     // A write makes sure the WAL file exists before it is opened here.
     conn.execute("UPDATE meta SET value = value WHERE key = 'change_seq'", [])?;
@@ -234,72 +237,64 @@ pub(super) fn spawn(
         r.get(0)
     })?;
     signals.high_seq.send_replace(seq);
-    let (to_syncer, from_writer) = std_mpsc::sync_channel::<Committed>(SYNC_QUEUE);
-    let s = signals.clone();
+    let pipeline = Arc::new(Pipeline {
+        shared: Mutex::new(Shared {
+            conn,
+            seq,
+            gen: 0,
+            open: None,
+            closed: false,
+        }),
+        work: Condvar::new(),
+        syncer_waiting: AtomicBool::new(false),
+        taken: Condvar::new(),
+    });
+    let (p, s) = (pipeline.clone(), signals.clone());
     std::thread::Builder::new()
         .name("sf-syncer".into())
-        .spawn(move || syncer(wal, from_writer, wake_writer, s))
+        .spawn(move || syncer(wal, &p, &s))
         .context("spawning the store-and-forward syncer thread")?;
     std::thread::Builder::new()
         .name("sf-writer".into())
-        .spawn(move || writer(conn, seq, rx, to_syncer, signals))
+        .spawn(move || writer(rx, &pipeline, &signals))
         .context("spawning the store-and-forward writer thread")?;
     Ok(())
 }
 
-fn writer(
-    conn: Connection,
-    mut seq: u64,
-    mut rx: mpsc::Receiver<Msg>,
-    to_syncer: std_mpsc::SyncSender<Committed>,
-    signals: Arc<Signals>,
-) {
-    let mut gen = 0u64;
-    let mut open: Option<Open> = None;
-    loop {
-        // With a batch open and the syncer free: take what is queued, and
-        // commit once nothing is (one fsync then covers all of it; on 2
-        // cores, committing at each chance made batches smaller and the
-        // WAL writes per call more). Otherwise wait for work, or for the
-        // syncer to be free.
-        let msg = if open.is_some() && !signals.syncing.load(Ordering::Acquire) {
-            match rx.try_recv() {
-                Ok(msg) => Some(msg),
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    let batch = open.take().expect("checked above");
-                    commit(&conn, &mut seq, &mut gen, batch, &to_syncer, &signals);
-                    continue;
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => None,
-            }
-        } else {
-            rx.blocking_recv()
-        };
-        let job = match msg {
-            // Ends when every Engine handle (sender) is gone.
-            None => break,
-            Some(Msg::Synced) => continue,
-            Some(Msg::Job(job)) => job,
-        };
+fn writer(mut rx: mpsc::Receiver<Job>, pipeline: &Pipeline, signals: &Signals) {
+    // Ends when every Engine handle (sender) is gone.
+    while let Some(job) = rx.blocking_recv() {
         if signals.broken.load(Ordering::Acquire) {
             let _ = job.reply.send(Err(broken_error()));
             continue;
         }
+        let mut guard = pipeline.lock();
+        while guard
+            .open
+            .as_ref()
+            .is_some_and(|o| o.replies.len() >= MAX_BATCH)
+        {
+            guard = pipeline
+                .taken
+                .wait(guard)
+                .unwrap_or_else(|p| p.into_inner());
+        }
         let started = Instant::now();
-        if open.is_none() {
-            if let Err(e) = conn.execute_batch("BEGIN") {
+        let shared = &mut *guard;
+        if shared.open.is_none() {
+            if let Err(e) = shared.conn.execute_batch("BEGIN") {
                 let _ = job.reply.send(Err(EngineError::Storage(format!("{e:#}"))));
                 continue;
             }
-            open = Some(Open {
+            shared.open = Some(Open {
                 replies: Vec::with_capacity(64),
-                seq_before: seq,
+                seq_before: shared.seq,
                 wake: false,
                 notifications: 0,
             });
         }
-        let batch = open.as_mut().expect("opened above");
-        let applied = apply(&conn, &mut seq, &job.op, &mut batch.wake);
+        let batch = shared.open.as_mut().expect("opened above");
+        let applied = apply(&shared.conn, &mut shared.seq, &job.op, &mut batch.wake);
         signals
             .statements_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -318,182 +313,163 @@ fn writer(
                     batch.notifications += 1;
                 }
                 batch.replies.push((job.reply, result));
-                if batch.replies.len() >= MAX_BATCH {
-                    let batch = open.take().expect("open");
-                    commit(&conn, &mut seq, &mut gen, batch, &to_syncer, &signals);
-                }
             }
             Err(e) => {
                 // A statement failed below the domain rules: the whole
-                // transaction goes, every caller in it hears why.
-                let batch = open.take().expect("open");
-                let _ = conn.execute_batch("ROLLBACK");
-                seq = batch.seq_before;
-                tracing::error!(error = %format!("{e:#}"), "buffer database write failed");
+                // transaction goes (nobody saw it: it never committed),
+                // and every caller in it hears why.
+                let batch = shared.open.take().expect("open");
+                let _ = shared.conn.execute_batch("ROLLBACK");
+                shared.seq = batch.seq_before;
                 let message = format!("{e:#}");
-                let mut replies = batch.replies;
-                replies.push((job.reply, Ok(WriteResult::Count(0))));
-                fail(&mut gen, replies, &message, seq, &to_syncer, &signals);
+                tracing::error!(error = %message, "buffer database write failed");
+                drop(guard);
+                for (reply, _) in batch.replies {
+                    let _ = reply.send(Err(EngineError::Storage(message.clone())));
+                }
+                let _ = job.reply.send(Err(EngineError::Storage(message)));
+                continue;
             }
         }
+        drop(guard);
+        // Only a waiting syncer needs the (syscall) wake-up.
+        if pipeline.syncer_waiting.load(Ordering::Acquire) {
+            let _guard = pipeline.lock();
+            pipeline.work.notify_one();
+        }
     }
-    if let Some(batch) = open.take() {
-        commit(&conn, &mut seq, &mut gen, batch, &to_syncer, &signals);
-    }
+    pipeline.lock().closed = true;
+    pipeline.work.notify_one();
 }
 
-/// Commits the open batch (no fsync: the syncer's) and hands it on.
-fn commit(
-    conn: &Connection,
-    seq: &mut u64,
-    gen: &mut u64,
-    batch: Open,
-    to_syncer: &std_mpsc::SyncSender<Committed>,
-    signals: &Signals,
-) {
+/// A committed (or rolled-back) batch the syncer answers.
+struct Committed {
+    replies: Vec<(Reply, Result<WriteResult, EngineError>)>,
+    gen: u64,
+    /// The change sequence after it (published once durable).
+    seq: u64,
+    wake: bool,
+    notifications: u64,
+}
+
+/// Commits the open transaction, if any (waiting for one otherwise);
+/// `None` once the writer is gone and nothing is left.
+fn take_and_commit(pipeline: &Pipeline, signals: &Signals) -> Option<Result<Committed, Committed>> {
+    let mut guard = pipeline.lock();
+    let batch = loop {
+        if let Some(batch) = guard.open.take() {
+            break batch;
+        }
+        if guard.closed {
+            return None;
+        }
+        pipeline.syncer_waiting.store(true, Ordering::Release);
+        guard = pipeline.work.wait(guard).unwrap_or_else(|p| p.into_inner());
+        pipeline.syncer_waiting.store(false, Ordering::Release);
+    };
     let started = Instant::now();
-    *gen += 1;
-    // Before COMMIT: a reader that sees this commit then reads `gen` or
-    // more, and waits for its fsync.
-    signals.committed_gen.store(*gen, Ordering::Release);
-    let committed = conn
-        .execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'change_seq'",
-            [*seq],
-        )
-        .and_then(|_| conn.execute_batch("COMMIT"));
-    signals
-        .commit_ns
-        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    match committed {
+    let shared = &mut *guard;
+    shared.gen += 1;
+    // Before COMMIT: a reader that sees this commit then reads this
+    // generation or a later one, and waits for its fsync.
+    signals.committed_gen.store(shared.gen, Ordering::Release);
+    let committed = shared
+        .conn
+        .prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'change_seq'")
+        .and_then(|mut s| s.execute([shared.seq]))
+        .and_then(|_| shared.conn.execute_batch("COMMIT"));
+    let result = match committed {
         Ok(()) => {
             signals.commits.fetch_add(1, Ordering::Relaxed);
             signals
                 .ops
                 .fetch_add(batch.replies.len() as u64, Ordering::Relaxed);
-            signals.syncing.store(true, Ordering::Release);
-            let _ = to_syncer.send(Committed {
+            Ok(Committed {
                 replies: batch.replies,
-                gen: *gen,
-                seq: *seq,
-                failed: false,
+                gen: shared.gen,
+                seq: shared.seq,
                 wake: batch.wake,
                 notifications: batch.notifications,
-            });
+            })
         }
         Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            *seq = batch.seq_before;
-            tracing::error!(error = %format!("{e:#}"), "buffer database commit failed");
-            // `fail` takes a new generation; this one never committed.
+            let _ = shared.conn.execute_batch("ROLLBACK");
+            shared.seq = batch.seq_before;
             let message = format!("{e:#}");
-            let _ = to_syncer.send(Committed {
+            tracing::error!(error = %message, "buffer database commit failed");
+            Err(Committed {
                 replies: batch
                     .replies
                     .into_iter()
                     .map(|(r, _)| (r, Err(EngineError::Storage(message.clone()))))
                     .collect(),
-                gen: *gen,
-                seq: *seq,
-                failed: true,
+                gen: shared.gen,
+                seq: shared.seq,
                 wake: false,
                 notifications: 0,
-            });
+            })
         }
-    }
+    };
+    drop(guard);
+    pipeline.taken.notify_one();
+    signals
+        .commit_ns
+        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    Some(result)
 }
 
-/// Answers a rolled-back batch's callers (through the syncer, in order).
-fn fail(
-    gen: &mut u64,
-    replies: Vec<(Reply, Result<WriteResult, EngineError>)>,
-    message: &str,
-    seq: u64,
-    to_syncer: &std_mpsc::SyncSender<Committed>,
-    signals: &Signals,
-) {
-    *gen += 1;
-    signals.committed_gen.store(*gen, Ordering::Release);
-    let _ = to_syncer.send(Committed {
-        replies: replies
-            .into_iter()
-            .map(|(r, _)| (r, Err(EngineError::Storage(message.to_owned()))))
-            .collect(),
-        gen: *gen,
-        seq,
-        failed: true,
-        wake: false,
-        notifications: 0,
-    });
-}
-
-fn syncer(
-    wal: File,
-    rx: std_mpsc::Receiver<Committed>,
-    wake_writer: mpsc::WeakSender<Msg>,
-    signals: Arc<Signals>,
-) {
-    // Ends when the writer is gone and everything it handed over is done.
-    while let Ok(first) = rx.recv() {
-        let mut round = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            round.push(more);
-        }
-        let mut synced = Ok(());
-        if round.iter().any(|c| !c.failed) {
-            {
-                let (held, released) = &signals.sync_gate;
-                let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
-                while *held {
-                    held = released.wait(held).unwrap_or_else(|p| p.into_inner());
+fn syncer(wal: File, pipeline: &Pipeline, signals: &Signals) {
+    while let Some(batch) = take_and_commit(pipeline, signals) {
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(failed) => {
+                // Rolled back: nothing to sync. Readers that noted its
+                // generation before the COMMIT failed need not wait.
+                signals.durable_gen.send_replace(failed.gen);
+                for (reply, result) in failed.replies {
+                    let _ = reply.send(result);
                 }
+                continue;
             }
-            let started = Instant::now();
-            synced = wal.sync_data();
-            signals
-                .sync_ns
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            signals.syncs.fetch_add(1, Ordering::Relaxed);
+        };
+        {
+            let (held, released) = &signals.sync_gate;
+            let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+            while *held {
+                held = released.wait(held).unwrap_or_else(|p| p.into_inner());
+            }
         }
+        let started = Instant::now();
+        let synced = wal.sync_data();
+        signals
+            .sync_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        signals.syncs.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = synced {
             // What was written may not be on disk, and a later fsync may
             // not say so: stop (as PostgreSQL does) rather than go on.
             tracing::error!(error = %e, "fsync of the buffer database's WAL failed; the engine stops accepting writes");
             signals.broken.store(true, Ordering::Release);
             signals.durable_gen.send_modify(|_| {});
-            for c in round {
-                for (reply, _) in c.replies {
-                    let _ = reply.send(Err(broken_error()));
-                }
+            for (reply, _) in batch.replies {
+                let _ = reply.send(Err(broken_error()));
             }
             continue;
         }
-        let last = round.last().expect("at least one");
-        let (gen, seq) = (last.gen, last.seq);
-        let notifications: u64 = round.iter().map(|c| c.notifications).sum();
-        let wake = round.iter().any(|c| c.wake);
-        if notifications > 0 {
+        if batch.notifications > 0 {
             signals
                 .notifications
-                .fetch_add(notifications, Ordering::Release);
+                .fetch_add(batch.notifications, Ordering::Release);
         }
-        signals.durable_gen.send_replace(gen);
-        if seq != *signals.high_seq.borrow() {
-            signals.high_seq.send_replace(seq);
+        signals.durable_gen.send_replace(batch.gen);
+        if batch.seq != *signals.high_seq.borrow() {
+            signals.high_seq.send_replace(batch.seq);
         }
-        if wake {
+        if batch.wake {
             signals.buffer_due.notify_one();
         }
-        for c in round {
-            for (reply, result) in c.replies {
-                let _ = reply.send(result);
-            }
-        }
-        signals.syncing.store(false, Ordering::Release);
-        // A writer waiting with an open batch commits it now. A full
-        // channel means the writer has work and will look at `syncing`.
-        if let Some(tx) = wake_writer.upgrade() {
-            let _ = tx.try_send(Msg::Synced);
+        for (reply, result) in batch.replies {
+            let _ = reply.send(result);
         }
     }
 }
