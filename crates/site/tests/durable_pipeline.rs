@@ -13,8 +13,7 @@ use std::{collections::HashSet, time::Duration};
 
 use sitelink_commons::{TrackedOperationId, TrackedOperationStatus::*};
 use sitelink_site::store_and_forward::{
-    AttemptOutcome, DeliveryRequest, Engine, EngineError, EngineSettings, PendingCommits,
-    RetryPolicy,
+    AttemptOutcome, DeliveryRequest, Engine, EngineError, PendingCommits, RetryPolicy,
 };
 use sitelink_test_support::eventually;
 
@@ -27,13 +26,7 @@ fn request() -> DeliveryRequest {
 }
 
 async fn open(dir: &tempfile::TempDir) -> Engine {
-    Engine::open(
-        &dir.path().join("buffer.db"),
-        "s1",
-        EngineSettings::default(),
-    )
-    .await
-    .unwrap()
+    common::open_engine(dir).await
 }
 
 /// The rows SQLite itself shows (committed, synced or not).

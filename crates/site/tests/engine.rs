@@ -2,6 +2,8 @@
 //! restart recovery of in-flight operations, purge rules, the change stream
 //! that telemetry and reconciliation read, and group commit.
 
+mod common;
+
 use sitelink_commons::TrackedOperationStatus::*;
 use sitelink_site::store_and_forward::{
     now_ms, AttemptKind, AttemptOutcome, DeliveryRequest, Engine, EngineSettings, RetryPolicy,
@@ -18,13 +20,7 @@ fn request() -> DeliveryRequest {
 const DAY_MS: i64 = 86_400_000;
 
 async fn open(dir: &tempfile::TempDir) -> Engine {
-    Engine::open(
-        &dir.path().join("buffer.db"),
-        "s1",
-        EngineSettings::default(),
-    )
-    .await
-    .unwrap()
+    common::open_engine(dir).await
 }
 
 #[tokio::test]

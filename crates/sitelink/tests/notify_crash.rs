@@ -7,11 +7,7 @@
 
 mod common;
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use common::{sigterm, BIN};
 use rand::Rng;
@@ -58,35 +54,11 @@ async fn sigkill_while_scripts_send_notifications_loses_no_id() {
     let config = write_config(dir.path());
     let log = dir.path().join("site.log");
     let http = reqwest::Client::new();
-    let handed_out: Arc<Mutex<HashSet<String>>> = Default::default();
+    let handed_out: common::HandedOut = Default::default();
 
     for round in 0..3 {
         let (mut child, url) = start(&config, &log).await;
-        let mut clients = tokio::task::JoinSet::new();
-        for _ in 0..6 {
-            let (http, url, handed_out) = (http.clone(), url.clone(), handed_out.clone());
-            clients.spawn(async move {
-                // Until the process dies under us.
-                while let Ok(resp) = http
-                    .post(format!("{url}/api/v1/scripts/alarms/run"))
-                    .header("content-type", "application/json")
-                    .send()
-                    .await
-                {
-                    let Ok(body) = resp.json::<serde_json::Value>().await else {
-                        break;
-                    };
-                    let ids = body["tracked_operation_ids"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default();
-                    handed_out
-                        .lock()
-                        .unwrap()
-                        .extend(ids.iter().map(|i| i.as_str().unwrap().to_owned()));
-                }
-            });
-        }
+        let mut clients = common::run_until_killed(&http, &url, "alarms", 6, &handed_out);
         // A random moment: the kill lands wherever the load is.
         let ms = rand::rng().random_range(300..1200);
         tokio::time::sleep(Duration::from_millis(ms)).await;

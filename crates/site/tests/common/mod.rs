@@ -121,6 +121,17 @@ impl TestSite {
     }
 }
 
+/// The engine alone (site `s1`), on `buffer.db` in `dir`.
+pub async fn open_engine(dir: &tempfile::TempDir) -> Engine {
+    Engine::open(
+        &dir.path().join("buffer.db"),
+        "s1",
+        sitelink_site::store_and_forward::EngineSettings::default(),
+    )
+    .await
+    .unwrap()
+}
+
 pub fn status_of(v: &Value) -> TrackedOperationStatus {
     v["status"].as_str().unwrap().parse().unwrap()
 }

@@ -90,3 +90,44 @@ pub async fn list_all(http: &reqwest::Client, url: &str, auth: bool) -> Vec<serd
     });
     out
 }
+
+/// Ids a site's runs handed back, collected by [`run_until_killed`].
+pub type HandedOut = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+/// `clients` concurrent clients run `script` through the site's admin API
+/// at `url`, one run after another, until the process dies under them;
+/// every id a run handed back goes into `handed_out`.
+pub fn run_until_killed(
+    http: &reqwest::Client,
+    url: &str,
+    script: &str,
+    clients: usize,
+    handed_out: &HandedOut,
+) -> tokio::task::JoinSet<()> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (http, handed_out) = (http.clone(), handed_out.clone());
+        let run = format!("{url}/api/v1/scripts/{script}/run");
+        set.spawn(async move {
+            while let Ok(resp) = http
+                .post(&run)
+                .header("content-type", "application/json")
+                .send()
+                .await
+            {
+                let Ok(body) = resp.json::<serde_json::Value>().await else {
+                    break;
+                };
+                let ids = body["tracked_operation_ids"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                handed_out
+                    .lock()
+                    .unwrap()
+                    .extend(ids.iter().map(|i| i.as_str().unwrap().to_owned()));
+            }
+        });
+    }
+    set
+}
