@@ -195,7 +195,7 @@ impl PendingCommits {
 pub struct WriterTime {
     /// The writer applying statements (SQLite CPU, page cache).
     pub statements_ns: u64,
-    /// The writer in COMMIT (writing the WAL; the fsync is the syncer's).
+    /// The syncer in COMMIT (writing the WAL frames, before its fsync).
     pub commit_ns: u64,
     /// The syncer in fsync of the WAL.
     pub sync_ns: u64,
@@ -569,9 +569,7 @@ impl Engine {
             .await
             .map_err(|_| EngineError::Stopped)?;
         if broken() {
-            return Err(EngineError::Storage(
-                "the buffer database could not be synced to disk; restart the site".into(),
-            ));
+            return Err(writer::broken_error());
         }
         Ok(())
     }

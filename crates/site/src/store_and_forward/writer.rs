@@ -123,15 +123,15 @@ pub(super) struct Signals {
     pub commits: AtomicU64,
     pub ops: AtomicU64,
     pub syncs: AtomicU64,
-    /// Nanoseconds the writer spent applying statements (SQLite CPU, page
-    /// cache) and in `COMMIT` (writing the WAL, no fsync), and the syncer
-    /// in fsync, for the benchmarks' account of what binds.
+    /// Nanoseconds spent applying statements (the writer: SQLite CPU, page
+    /// cache), in `COMMIT` (the syncer: writing the WAL, no fsync) and in
+    /// fsync (the syncer), for the benchmarks' account of what binds.
     pub statements_ns: AtomicU64,
     pub commit_ns: AtomicU64,
     pub sync_ns: AtomicU64,
     /// Highest durable change sequence (telemetry forwarder waits on it).
     pub high_seq: watch::Sender<u64>,
-    /// Raised by the writer before each COMMIT: a reader that saw a commit
+    /// Raised by the syncer before each COMMIT: a reader that saw a commit
     /// reads a generation at least as high afterwards.
     pub committed_gen: AtomicU64,
     /// Highest generation made durable (or rolled back: nothing to wait for).
@@ -170,7 +170,7 @@ impl Signals {
 }
 
 /// The error every caller hears once an fsync failed.
-fn broken_error() -> EngineError {
+pub(super) fn broken_error() -> EngineError {
     EngineError::Storage("the buffer database could not be synced to disk; restart the site".into())
 }
 

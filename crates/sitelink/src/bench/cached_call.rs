@@ -60,11 +60,12 @@ struct Round {
     binding: Binding,
 }
 
-/// Where a round's time went: the writer thread's busy fraction of the
-/// wall time, split into applying statements (SQLite CPU) and COMMIT
-/// (writing the WAL), the syncer thread's fraction in fsync (which
-/// overlaps the writer's work), writes per commit, fsyncs per call, and
-/// the process's CPU per call (callers, runtime, writer and syncer).
+/// Where a round's time went: the engine's write work as a fraction of the
+/// wall time (`writer_busy_fraction`), split into applying statements (the
+/// writer thread: SQLite CPU) and COMMIT (writing the WAL frames, done by
+/// the syncer thread before its fsync), the fraction in fsync (the syncer;
+/// it overlaps the writer's statements), writes per commit, fsyncs per
+/// call, and the process's CPU per call (callers, runtime, both threads).
 #[derive(Clone, Copy, Debug, Default)]
 struct Binding {
     writer_busy_fraction: f64,
