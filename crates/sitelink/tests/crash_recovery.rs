@@ -11,16 +11,8 @@ mod common;
 use std::{collections::HashSet, path::Path, time::Duration};
 
 use common::{list_all, sigterm, BIN};
-use rand::Rng;
 use sitelink_test_support::{eventually, FakeHttp, Mode};
 use tokio::process::Command;
-
-/// Starts a site and returns it with its admin URL.
-async fn start(config: &Path, log: &Path) -> (tokio::process::Child, String) {
-    let (child, addrs) =
-        common::start(&["site", "--config", config.to_str().unwrap()], log, 1).await;
-    (child, format!("http://{}", addrs[0]))
-}
 
 async fn all_operations(http: &reqwest::Client, url: &str) -> Vec<serde_json::Value> {
     list_all(http, &format!("{url}/api/v1/operations?limit=1000"), false).await
@@ -70,24 +62,7 @@ async fn sigkill_at_random_moments_loses_no_id() {
     let config = write_config(dir.path(), &fake.url());
     let log = dir.path().join("site.log");
     let http = reqwest::Client::new();
-    let handed_out: common::HandedOut = Default::default();
-
-    for round in 0..4 {
-        let (mut child, url) = start(&config, &log).await;
-        let mut clients = common::run_until_killed(&http, &url, "burst", 6, &handed_out);
-        // A random moment: the kill lands wherever the load is.
-        let ms = rand::rng().random_range(300..1500);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        child.start_kill().unwrap(); // SIGKILL
-        child.wait().await.unwrap();
-        while clients.join_next().await.is_some() {}
-        eprintln!(
-            "round {round}: killed after {ms} ms, {} ids handed out so far",
-            handed_out.lock().unwrap().len()
-        );
-    }
-
-    let handed_out = handed_out.lock().unwrap().clone();
+    let handed_out = common::sigkill_rounds(&config, &log, "burst", 4, 300..1500).await;
     assert!(
         handed_out.len() > 50,
         "the load made too few calls to prove anything: {}",
@@ -96,7 +71,7 @@ async fn sigkill_at_random_moments_loses_no_id() {
 
     // The external system recovers; the site restarts once more.
     fake.set_mode(Mode::Ok).await;
-    let (child, url) = start(&config, &log).await;
+    let (child, url) = common::start_site(&config, &log).await;
 
     for id in &handed_out {
         let resp = http

@@ -7,10 +7,7 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{sigterm, BIN};
-use rand::Rng;
 
 fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(
@@ -41,12 +38,6 @@ instance = "line1"
     path
 }
 
-async fn start(config: &std::path::Path, log: &std::path::Path) -> (tokio::process::Child, String) {
-    let (child, addrs) =
-        common::start(&["site", "--config", config.to_str().unwrap()], log, 1).await;
-    (child, format!("http://{}", addrs[0]))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_scripts_send_notifications_loses_no_id() {
     assert!(std::path::Path::new(BIN).exists());
@@ -54,30 +45,13 @@ async fn sigkill_while_scripts_send_notifications_loses_no_id() {
     let config = write_config(dir.path());
     let log = dir.path().join("site.log");
     let http = reqwest::Client::new();
-    let handed_out: common::HandedOut = Default::default();
-
-    for round in 0..3 {
-        let (mut child, url) = start(&config, &log).await;
-        let mut clients = common::run_until_killed(&http, &url, "alarms", 6, &handed_out);
-        // A random moment: the kill lands wherever the load is.
-        let ms = rand::rng().random_range(300..1200);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        child.start_kill().unwrap(); // SIGKILL
-        child.wait().await.unwrap();
-        while clients.join_next().await.is_some() {}
-        eprintln!(
-            "round {round}: killed after {ms} ms, {} ids handed out so far",
-            handed_out.lock().unwrap().len()
-        );
-    }
-
-    let handed_out = handed_out.lock().unwrap().clone();
+    let handed_out = common::sigkill_rounds(&config, &log, "alarms", 3, 300..1200).await;
     assert!(
         handed_out.len() > 200,
         "the load sent too few notifications to prove anything: {}",
         handed_out.len()
     );
-    let (child, url) = start(&config, &log).await;
+    let (child, url) = common::start_site(&config, &log).await;
     let rows = common::list_all(&http, &format!("{url}/api/v1/operations?limit=1000"), false).await;
     let stored: std::collections::HashMap<String, &serde_json::Value> = rows
         .iter()

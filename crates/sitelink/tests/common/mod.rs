@@ -91,6 +91,43 @@ pub async fn list_all(http: &reqwest::Client, url: &str, auth: bool) -> Vec<serd
     out
 }
 
+/// Starts `sitelink site` with `config` and returns it with its admin URL.
+pub async fn start_site(config: &Path, log: &Path) -> (Child, String) {
+    let (child, addrs) = start(&["site", "--config", config.to_str().unwrap()], log, 1).await;
+    (child, format!("http://{}", addrs[0]))
+}
+
+/// `rounds` times: starts the site, has 6 clients run `script` through its
+/// admin API one run after another, and SIGKILLs it at a random moment in
+/// `kill_after_ms` (wherever the load is). Returns every id a run handed
+/// back before a kill.
+pub async fn sigkill_rounds(
+    config: &Path,
+    log: &Path,
+    script: &str,
+    rounds: usize,
+    kill_after_ms: std::ops::Range<u64>,
+) -> std::collections::HashSet<String> {
+    use rand::Rng;
+    let http = reqwest::Client::new();
+    let handed_out: HandedOut = Default::default();
+    for round in 0..rounds {
+        let (mut child, url) = start_site(config, log).await;
+        let mut clients = run_until_killed(&http, &url, script, 6, &handed_out);
+        let ms = rand::rng().random_range(kill_after_ms.clone());
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        child.start_kill().unwrap(); // SIGKILL
+        child.wait().await.unwrap();
+        while clients.join_next().await.is_some() {}
+        eprintln!(
+            "round {round}: killed after {ms} ms, {} ids handed out so far",
+            handed_out.lock().unwrap().len()
+        );
+    }
+    let ids = handed_out.lock().unwrap().clone();
+    ids
+}
+
 /// Ids a site's runs handed back, collected by [`run_until_killed`].
 pub type HandedOut = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
 
