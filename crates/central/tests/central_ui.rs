@@ -786,6 +786,17 @@ async fn sessions_on_every_backend() {
     for (label, db, pg, _dir) in databases().await {
         db.users().add("ops", PASSWORD, Role::Viewer).await.unwrap();
         let idle = 8 * 3_600_000;
+        // Whether `secret` still finds a session.
+        let live = |db: &sitelink_central::configuration_database::Database, secret: &str| {
+            let (db, secret) = (db.clone(), secret.to_owned());
+            async move {
+                db.ui_sessions()
+                    .find(&secret, idle)
+                    .await
+                    .unwrap()
+                    .is_some()
+            }
+        };
         let (secret, csrf) = db.ui_sessions().open("ops").await.unwrap();
         let s = db
             .ui_sessions()
@@ -805,28 +816,14 @@ async fn sessions_on_every_backend() {
             Role::Deployment,
             "{label}: the role is read on every request"
         );
-        assert!(
-            db.ui_sessions()
-                .find(&"f".repeat(64), idle)
-                .await
-                .unwrap()
-                .is_none(),
-            "{label}"
-        );
+        assert!(!live(&db, &"f".repeat(64)).await, "{label}");
         // Unused for longer than the idle timeout: refused, then purged.
         sqlx::query("UPDATE ui_sessions SET last_seen_at_ms = last_seen_at_ms - $1")
             .bind(idle + 1000)
             .execute(db.pool())
             .await
             .unwrap();
-        assert!(
-            db.ui_sessions()
-                .find(&secret, idle)
-                .await
-                .unwrap()
-                .is_none(),
-            "{label}"
-        );
+        assert!(!live(&db, &secret).await, "{label}");
         assert_eq!(
             db.ui_sessions().purge_idle(idle).await.unwrap(),
             1,
@@ -835,47 +832,19 @@ async fn sessions_on_every_backend() {
         // Logout.
         let (secret, _) = db.ui_sessions().open("ops").await.unwrap();
         db.ui_sessions().close(&secret).await.unwrap();
-        assert!(
-            db.ui_sessions()
-                .find(&secret, idle)
-                .await
-                .unwrap()
-                .is_none(),
-            "{label}"
-        );
+        assert!(!live(&db, &secret).await, "{label}");
         // Disabled, and a reset password.
         let (secret, _) = db.ui_sessions().open("ops").await.unwrap();
         db.users().set_disabled("ops", true).await.unwrap();
-        assert!(
-            db.ui_sessions()
-                .find(&secret, idle)
-                .await
-                .unwrap()
-                .is_none(),
-            "{label}"
-        );
+        assert!(!live(&db, &secret).await, "{label}");
         db.users().set_disabled("ops", false).await.unwrap();
-        assert!(
-            db.ui_sessions()
-                .find(&secret, idle)
-                .await
-                .unwrap()
-                .is_none(),
-            "{label}: disabling deleted it"
-        );
+        assert!(!live(&db, &secret).await, "{label}: disabling deleted it");
         let (secret, _) = db.ui_sessions().open("ops").await.unwrap();
         db.users()
             .set_password("ops", "another long password")
             .await
             .unwrap();
-        assert!(
-            db.ui_sessions()
-                .find(&secret, idle)
-                .await
-                .unwrap()
-                .is_none(),
-            "{label}"
-        );
+        assert!(!live(&db, &secret).await, "{label}");
         cleanup(pg, db).await;
     }
 }

@@ -107,6 +107,19 @@ async fn the_lease_has_one_holder_renewed_by_it_alone_and_stale_writes_are_fence
     pg.drop_database().await;
 }
 
+/// Waits (15 s at most) until `site` streams to the node `c`.
+async fn streams_to(c: &TestCentral, site: &str, what: &str) {
+    eventually(Duration::from_secs(15), what, || async {
+        c.audit
+            .online()
+            .await
+            .iter()
+            .any(|s| s == site)
+            .then_some(())
+    })
+    .await;
+}
+
 fn node(name: &str) -> String {
     format!(
         "reconcile_interval_seconds = 1\n[cluster]\nnode_name = \"{name}\"\nlease_ttl_ms = 3000\nrenew_every_ms = 300\nstep_down_after_ms = 1500\nstandby_poll_ms = 200"
@@ -187,19 +200,7 @@ async fn two_nodes_one_active_a_graceful_stop_hands_over_and_nothing_is_lost() {
         .run_source("burst", "line1", BURST)
         .await
         .unwrap();
-    eventually(
-        Duration::from_secs(15),
-        "the site streams to the active node",
-        || async {
-            active
-                .audit
-                .online()
-                .await
-                .contains(&"plant-1".to_owned())
-                .then_some(())
-        },
-    )
-    .await;
+    streams_to(active, "plant-1", "the site streams to the active node").await;
     assert!(
         standby.audit.online().await.is_empty(),
         "the standby runs no actor"
@@ -259,17 +260,10 @@ async fn two_nodes_one_active_a_graceful_stop_hands_over_and_nothing_is_lost() {
         "handover took {handover:?}"
     );
     assert!(epoch2 > epoch);
-    eventually(
-        Duration::from_secs(15),
+    streams_to(
+        standby,
+        "plant-1",
         "the site streams to the new active node",
-        || async {
-            standby
-                .audit
-                .online()
-                .await
-                .contains(&"plant-1".to_owned())
-                .then_some(())
-        },
     )
     .await;
     site.runtime

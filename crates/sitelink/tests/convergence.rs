@@ -156,20 +156,7 @@ file = "burst.rhai"
         )
         .await;
         assert!(site_rows.len() >= 20, "{name}: {}", site_rows.len());
-        eventually(
-            Duration::from_secs(30),
-            &format!("central converges to {name}"),
-            || async {
-                let central_rows = list_all(
-                    &http,
-                    &format!("{central_http}/api/v1/site-calls?site={name}&limit=500"),
-                    true,
-                )
-                .await;
-                (central_rows == site_rows).then_some(())
-            },
-        )
-        .await;
+        common::central_converges_to(&http, &central_http, name, &site_rows).await;
     }
 
     for (child, _) in running {

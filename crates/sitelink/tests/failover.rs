@@ -338,20 +338,7 @@ async fn failover_under_load_loses_nothing() {
             .filter(|r| r["kind"] != "Notification")
             .collect();
         assert!(site_calls.len() >= 20, "{name}: {}", site_calls.len());
-        eventually(
-            Duration::from_secs(30),
-            &format!("central converges to {name}"),
-            || async {
-                let central_rows = list_all(
-                    &http,
-                    &format!("{active_http}/api/v1/site-calls?site={name}&limit=500"),
-                    true,
-                )
-                .await;
-                (central_rows == site_calls).then_some(())
-            },
-        )
-        .await;
+        common::central_converges_to(&http, &active_http, name, &site_calls).await;
     }
     // Every notification central accepted was mailed; duplicates bounded.
     let notifications = eventually(

@@ -165,11 +165,6 @@ impl PendingCommits {
         self.receipts.push_back(receipt);
     }
 
-    /// Writes not yet known to be committed.
-    pub fn len(&self) -> usize {
-        self.receipts.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.receipts.is_empty() && self.failed.is_none()
     }

@@ -168,3 +168,27 @@ pub fn run_until_killed(
     }
     set
 }
+
+/// Waits (30 s at most) until central's Site Calls for `site` equal
+/// `site_calls`, field by field (as `list_all` returns them).
+pub async fn central_converges_to(
+    http: &reqwest::Client,
+    central_http: &str,
+    site: &str,
+    site_calls: &[serde_json::Value],
+) {
+    sitelink_test_support::eventually(
+        Duration::from_secs(30),
+        &format!("central converges to {site}"),
+        || async {
+            let central_rows = list_all(
+                http,
+                &format!("{central_http}/api/v1/site-calls?site={site}&limit=500"),
+                true,
+            )
+            .await;
+            (central_rows == site_calls).then_some(())
+        },
+    )
+    .await;
+}
