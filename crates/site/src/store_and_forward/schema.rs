@@ -56,6 +56,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tracking ADD COLUMN forwarded_at_ms INTEGER;
     CREATE INDEX buffer_notifications ON buffer(next_attempt_at_ms, id) WHERE category = 'Notification';
     "#,
+    // 3: purge finds old rows by id (UUID v7: ids sort by creation time,
+    // and a row ends after it began), so the index of terminal times goes:
+    // it cost an entry and its pages in every commit on the hot path of a
+    // cached call, and the purge statement never used it (SQLite scanned
+    // the table for its OR).
+    r#"
+    DROP INDEX tracking_by_terminal;
+    "#,
 ];
 
 /// Opens (creating if needed) the buffer database with the settings every
@@ -89,4 +97,45 @@ pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_2_database_migrates_to_version_3_and_keeps_its_rows() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for (i, sql) in MIGRATIONS[..2].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", i + 1).unwrap();
+        }
+        conn.execute(
+            "INSERT INTO tracking(id, kind, target_summary, status, provenance, created_at_ms,
+                 updated_at_ms, terminal_at_ms, revision, change_seq)
+             VALUES ('0190a0b0-0000-7000-8000-000000000001', 'ExternalCall', 'erp.post',
+                 'Delivered', 'i/s', 1, 2, 2, 2, 1)",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let version: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3);
+        let index: u32 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'tracking_by_terminal'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 0, "the index by terminal time is gone");
+        let rows: u32 = conn
+            .query_row("SELECT count(*) FROM tracking", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
+        // Migrating again changes nothing.
+        migrate(&mut conn).unwrap();
+    }
 }

@@ -474,6 +474,19 @@ fn syncer(wal: File, pipeline: &Pipeline, signals: &Signals) {
     }
 }
 
+/// Deletes what retention lets go: terminal rows that ended before ?1 and
+/// that central acknowledged, terminal rows that ended before ?2 (the hard
+/// limit), and notifications forwarded before ?1; ?3 is the lowest id of
+/// the later cutoff, so only rows older than it are read.
+const PURGE: &str = "DELETE FROM tracking
+     WHERE id < ?3
+       AND ( (terminal_at_ms IS NOT NULL
+              AND ( (terminal_at_ms < ?1
+                     AND change_seq <= (SELECT value FROM meta WHERE key = 'acked_cursor'))
+                 OR terminal_at_ms < ?2 ))
+             -- A forwarded notification: central owns it now.
+             OR (kind = 'Notification' AND forwarded_at_ms < ?1) )";
+
 /// The row fields a change needs to know.
 struct Current {
     status: TrackedOperationStatus,
@@ -593,13 +606,15 @@ fn apply(
             now_ms,
         } => {
             *seq += 1;
+            let mut buf = [0; 36];
+            let key = id.encode(&mut buf);
             tx.prepare_cached(
                 "INSERT INTO tracking(id, kind, target_summary, status, retry_count, provenance,
                      created_at_ms, updated_at_ms, revision, change_seq, request)
                  VALUES (?1, ?2, ?3, 'Pending', 0, ?4, ?5, ?5, 1, ?6, ?7)",
             )?
             .execute(params![
-                id.to_string(),
+                key,
                 kind.as_str(),
                 target_summary,
                 provenance,
@@ -612,7 +627,7 @@ fn apply(
                 tx.prepare_cached(
                     "INSERT INTO buffer(id, category, next_attempt_at_ms) VALUES (?1, 'Notification', ?2)",
                 )?
-                .execute(params![id.to_string(), now_ms])?;
+                .execute(params![key, now_ms])?;
             }
             Ok(Ok(WriteResult::Inserted))
         }
@@ -623,7 +638,8 @@ fn apply(
             policy,
             now_ms,
         } => {
-            let key = id.to_string();
+            let mut buf = [0; 36];
+            let key = id.encode(&mut buf);
             // Fast path: the immediate attempt is for a row that was just
             // recorded, so it is Pending with no retries; `change` checks
             // that in its UPDATE and we read the row only if it was not.
@@ -633,7 +649,7 @@ fn apply(
                     retry_count: 0,
                 }
             } else {
-                match current(tx, &key)? {
+                match current(tx, key)? {
                     Some(cur) => cur,
                     None => return Ok(Err(EngineError::NotFound(*id))),
                 }
@@ -710,10 +726,10 @@ fn apply(
                 }
             };
             let to = c.to;
-            match change(tx, seq, &key, &cur, c, *now_ms)? {
+            match change(tx, seq, key, &cur, c, *now_ms)? {
                 Ok(()) => Ok(Ok(WriteResult::Status(to))),
                 // The fast path's assumption did not hold: say why.
-                Err(_) if *attempt == AttemptKind::Immediate => Ok(Err(match current(tx, &key)? {
+                Err(_) if *attempt == AttemptKind::Immediate => Ok(Err(match current(tx, key)? {
                     None => EngineError::NotFound(*id),
                     Some(actual) => EngineError::NotInFlight {
                         id: *id,
@@ -764,17 +780,19 @@ fn apply(
             acked_before_ms,
             hard_before_ms,
         } => {
-            let n = tx
-                .prepare_cached(
-                    "DELETE FROM tracking
-                     WHERE (terminal_at_ms IS NOT NULL
-                       AND ( (terminal_at_ms < ?1
-                              AND change_seq <= (SELECT value FROM meta WHERE key = 'acked_cursor'))
-                          OR terminal_at_ms < ?2 ))
-                        -- A forwarded notification: central owns it now.
-                        OR (kind = 'Notification' AND forwarded_at_ms < ?1)",
-                )?
-                .execute(params![acked_before_ms, hard_before_ms])?;
+            // Every row purged ended (or was forwarded) before the later
+            // cutoff, so it began before it too: its id (UUID v7) is below
+            // the lowest id of that millisecond. The scan reads old rows by
+            // the primary key, never the whole table.
+            let created_before = TrackedOperationId::lowest_at(
+                (*acked_before_ms).max(*hard_before_ms).max(0) as u64,
+            );
+            let mut buf = [0; 36];
+            let n = tx.prepare_cached(PURGE)?.execute(params![
+                acked_before_ms,
+                hard_before_ms,
+                created_before.encode(&mut buf)
+            ])?;
             Ok(Ok(WriteResult::Count(n as u64)))
         }
         WriteOp::MarkForwarded { ids, now_ms } => {
@@ -808,5 +826,32 @@ fn apply(
             *wake |= n > 0;
             Ok(Ok(WriteResult::Count(n as u64)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_reads_old_rows_by_the_primary_key_not_the_whole_table() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {PURGE}"))
+            .unwrap()
+            .query_map(params![0, 0, ""], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.starts_with("SEARCH tracking USING PRIMARY KEY (id<?)")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN tracking")),
+            "{plan:?}"
+        );
     }
 }
