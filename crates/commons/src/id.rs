@@ -105,8 +105,8 @@ mod tests {
     #[test]
     fn lowest_at_separates_ids_made_before_from_ids_made_after() {
         let before = TrackedOperationId::new();
-        let now_ms = before.as_uuid().get_timestamp().unwrap().to_unix().0 * 1000
-            + u64::from(before.as_uuid().get_timestamp().unwrap().to_unix().1) / 1_000_000;
+        let (secs, nanos) = before.as_uuid().get_timestamp().unwrap().to_unix();
+        let now_ms = secs * 1000 + u64::from(nanos) / 1_000_000;
         let bound = TrackedOperationId::lowest_at(now_ms + 1);
         assert!(before < bound);
         assert!(before.to_string() < bound.to_string());

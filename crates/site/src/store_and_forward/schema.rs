@@ -68,7 +68,9 @@ const MIGRATIONS: &[&str] = &[
 
 /// Opens (creating if needed) the buffer database with the settings every
 /// connection must have: WAL, synchronous=FULL (a commit that handed out an
-/// id survives power loss), foreign keys, a busy timeout for readers.
+/// id survives power loss), foreign keys, a busy timeout for readers. The
+/// writer's connection then trades FULL for NORMAL plus an fdatasync of
+/// its own after each commit, the same durability (`writer::spawn`).
 pub fn open(path: &std::path::Path) -> anyhow::Result<Connection> {
     let conn = Connection::open(path)
         .with_context(|| format!("opening buffer database {}", path.display()))?;
@@ -135,7 +137,8 @@ mod tests {
             .query_row("SELECT count(*) FROM tracking", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 1);
-        // Migrating again changes nothing.
+        // Migrating again applies nothing (dropping the index a second
+        // time would fail).
         migrate(&mut conn).unwrap();
     }
 }

@@ -797,12 +797,13 @@ fn apply(
         }
         WriteOp::MarkForwarded { ids, now_ms } => {
             let mut n = 0;
+            let mut buf = [0; 36];
             for id in ids {
-                let key = id.to_string();
+                let key = id.encode(&mut buf);
                 tx.prepare_cached(
                     "DELETE FROM buffer WHERE id = ?1 AND category = 'Notification'",
                 )?
-                .execute([&key])?;
+                .execute([key])?;
                 n += tx
                     .prepare_cached(
                         "UPDATE tracking SET forwarded_at_ms = ?2, request = NULL
