@@ -75,7 +75,7 @@ impl Central {
         // The first admin, for automation: only while there is no user.
         if let Ok(password) = std::env::var("SITELINK_ADMIN_PASSWORD") {
             if db.users().count().await? == 0 {
-                db.users().add("admin", &password, Role::Admin).await?;
+                crate::authentication::add_user(&db, "admin", &password, Role::Admin).await?;
                 tracing::info!("created user admin from SITELINK_ADMIN_PASSWORD");
             } else {
                 tracing::warn!(
@@ -410,7 +410,7 @@ async fn run_singletons(
         // Forwarded Retry/Discard from standby nodes.
         let forwarded = async {
             if let Some((url, node)) = &cluster {
-                crate::cluster::relay::serve(
+                crate::operator_actions::relay::serve(
                     db.clone(),
                     url.clone(),
                     node.clone(),

@@ -31,3 +31,13 @@ pub fn has_bearer(headers: &axum::http::HeaderMap, expected: &str) -> bool {
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
         .is_some_and(|(_, t)| sitelink_commons::secret_eq(t.trim().as_bytes(), expected.as_bytes()))
 }
+
+/// Logs an internal error under a fresh short reference and returns the
+/// reference: a 500 carries only this, never the database's or a
+/// library's message, and an operator finds the error in the log by it.
+/// The one place the web pages and the REST API make that reference.
+pub fn internal_error_reference(e: &dyn std::fmt::Display, surface: &str) -> String {
+    let reference = format!("{:08x}", rand::random::<u32>());
+    tracing::error!(error = %e, reference, surface, "internal error");
+    reference
+}

@@ -223,7 +223,7 @@ async fn manage_users(config: PathBuf, action: UserAction) -> anyhow::Result<()>
             password,
         } => {
             let role: Role = role.parse().map_err(anyhow::Error::msg)?;
-            db.users().add(&name, &password, role).await?;
+            sitelink_central::authentication::add_user(&db, &name, &password, role).await?;
             println!("user {name} added with role {}", role.as_str());
         }
         UserAction::Disable { name } => {

@@ -5,6 +5,7 @@
 //! `sitelink` binary's resident memory stays bounded, `/healthz` keeps
 //! answering, and a legitimate API client's requests keep working.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

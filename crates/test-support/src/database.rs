@@ -2,10 +2,15 @@
 
 /// A fresh, randomly named database on the server named by `env_var`
 /// (`SITELINK_TEST_POSTGRES_URL` or `SITELINK_TEST_MYSQL_URL`), or `None`
-/// after printing why the test is skipped.
+/// after printing why the test is skipped. With
+/// `SITELINK_REQUIRE_DATABASES=1` (`.ci/run` sets it) a missing variable
+/// fails the test instead: CI must not pass by skipping.
 pub async fn fresh_database(env_var: &str) -> Option<FreshDatabase> {
     use sqlx::{Connection, Executor};
     let Ok(base) = std::env::var(env_var) else {
+        if std::env::var("SITELINK_REQUIRE_DATABASES").is_ok_and(|v| v == "1") {
+            panic!("{env_var} is not set, and SITELINK_REQUIRE_DATABASES=1 requires it");
+        }
         eprintln!(
             "skipped: {env_var} is not set (.ci/run sets it to the machine's server; see README)"
         );

@@ -45,7 +45,7 @@ use argon2::{
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::configuration_database::{Database, User, UsersError};
+use crate::configuration_database::{Database, PasswordHash, Role, User, Users, UsersError};
 pub use throttle::{LoginThrottle, ThrottleSettings};
 
 /// How long a request waits for a password-hashing slot before it is
@@ -214,6 +214,58 @@ impl Authenticator {
         }
         cache.insert(key, (stored_hash, now + CACHE_TTL));
     }
+}
+
+/// Why a new password was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("the password must have at least 8 characters")]
+    Weak,
+    #[error("password hashing: {0}")]
+    Hashing(String),
+}
+
+/// Why a user could not be added or given a new password: the password,
+/// or what the users repository said.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error(transparent)]
+    Users(#[from] UsersError),
+}
+
+/// Checks a new password and hashes it with argon2 on the blocking pool
+/// (administrative actions only: a handful at a time, never a flood, so
+/// the bounded [`hashing::HashingPool`] of logins is not needed here).
+pub async fn hash_new_password(password: &str) -> Result<PasswordHash, PasswordError> {
+    if password.chars().count() < 8 {
+        return Err(PasswordError::Weak);
+    }
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || hash_password(password.as_bytes()))
+        .await
+        .map_err(|e| PasswordError::Hashing(e.to_string()))?
+        .map(PasswordHash::from_phc)
+        .map_err(|e| PasswordError::Hashing(e.to_string()))
+}
+
+/// Adds a user: the name is checked before the cost of hashing.
+pub async fn add_user(
+    db: &Database,
+    name: &str,
+    password: &str,
+    role: Role,
+) -> Result<(), AccountError> {
+    Users::check_name(name)?;
+    let hash = hash_new_password(password).await?;
+    Ok(db.users().add(name, &hash, role).await?)
+}
+
+/// Gives a user a new password (their web sessions end).
+pub async fn set_password(db: &Database, name: &str, password: &str) -> Result<(), AccountError> {
+    let hash = hash_new_password(password).await?;
+    Ok(db.users().set_password(name, &hash).await?)
 }
 
 /// The argon2 (default parameters) PHC string of a password. Slow on

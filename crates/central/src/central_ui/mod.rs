@@ -24,6 +24,7 @@
 //!   value shown is escaped by the template engine.
 
 mod format;
+mod page;
 pub mod session;
 mod views;
 

@@ -19,11 +19,12 @@
 //! signature would add a key to manage and nothing to defend.
 
 use axum::{
-    extract::FromRequestParts,
+    extract::{FromRequest, FromRequestParts, Request},
     http::{header, request::Parts, HeaderMap, HeaderValue},
+    Form,
 };
 
-use super::{views::UiError, UiState};
+use super::{page::UiError, UiState};
 use crate::configuration_database::User;
 
 /// The session cookie's name.
@@ -179,5 +180,40 @@ impl FromRequestParts<UiState> for Operator {
             Ok(None) => Err(login()),
             Err(e) => Err(UiError::internal(e)),
         }
+    }
+}
+
+/// What a form posted to a state-changing route carries besides its
+/// fields: the session's CSRF token (empty when the form has none).
+pub trait CsrfField {
+    fn csrf(&self) -> &str;
+}
+
+/// A state-changing form POST from a logged-in operator, checked before
+/// the handler sees it: the request comes from this origin, and carries
+/// the session's CSRF token in the form's `csrf` field or, when the form
+/// has none, in the `X-CSRF-Token` header ([`Operator::check_post`]).
+/// Every POST handler of a logged-in page takes its form through this.
+pub struct CheckedPost<T> {
+    pub op: Operator,
+    pub form: T,
+}
+
+impl<T> FromRequest<UiState> for CheckedPost<T>
+where
+    T: serde::de::DeserializeOwned + CsrfField + Send,
+{
+    type Rejection = UiError;
+
+    async fn from_request(req: Request, st: &UiState) -> Result<Self, UiError> {
+        let (mut parts, body) = req.into_parts();
+        let op = Operator::from_request_parts(&mut parts, st).await?;
+        let headers = parts.headers.clone();
+        let Form(form) = Form::<T>::from_request(Request::from_parts(parts, body), st)
+            .await
+            .map_err(|e| UiError::BadRequest(e.body_text()))?;
+        let token = form.csrf();
+        op.check_post(&headers, st.tls, (!token.is_empty()).then_some(token))?;
+        Ok(Self { op, form })
     }
 }

@@ -7,7 +7,7 @@
 //! is released.
 //!
 //! Main types: [`Elector`] (one per node: acquires, renews, releases the
-//! lease in [`lease`]; publishes [`Leadership`] on a watch channel) and
+//! lease in `configuration_database::leader_lease`; publishes [`Leadership`] on a watch channel) and
 //! [`ClusterSettings`].
 //!
 //! Invariants:
@@ -22,15 +22,12 @@
 //! - With SQLite there is one node (a lock file refuses a second), always
 //!   active, without a lease.
 
-pub mod lease;
-pub mod relay;
-
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::configuration_database::Database;
+use crate::configuration_database::{leader_lease as lease, Database};
 pub use lease::Term;
 
 /// Timing of the lease (defaults: TTL 10 s, renew every 2 s, step down

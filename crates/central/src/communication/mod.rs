@@ -2,8 +2,9 @@
 //! the gRPC service every site opens one bidirectional stream to.
 //!
 //! Main types: [`LinkService`] (the tonic service: authentication, one task
-//! per stream), [`Command`] and [`RelayOutcome`] (operator commands and how
-//! they end), [`LinkStats`], [`LinkSettings`].
+//! per stream), [`LinkStats`], [`LinkSettings`]. The commands it carries and
+//! how they end are the Site Call Audit actor's vocabulary
+//! ([`crate::site_call_audit::Command`], [`crate::site_call_audit::CommandOutcome`]).
 //!
 //! Per stream: the token in the `authorization` metadata must name a known,
 //! unrevoked site; the first message must be a Hello from that same site.
@@ -25,9 +26,8 @@ use std::{
     sync::{atomic::AtomicU64, Arc},
 };
 
-use sitelink_commons::{
-    contracts::v1::{self, site_link_server::SiteLink, CentralMessage, SiteMessage},
-    TrackedOperationId,
+use sitelink_commons::contracts::v1::{
+    self, site_link_server::SiteLink, CentralMessage, SiteMessage,
 };
 use sitelink_net::ConnectionInfo;
 use tokio::sync::mpsc;
@@ -50,42 +50,6 @@ impl Default for LinkSettings {
     fn default() -> Self {
         Self {
             reconcile_page: 1000,
-        }
-    }
-}
-
-/// An operator command for a parked call, relayed to its site.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Command {
-    Retry(TrackedOperationId),
-    Discard(TrackedOperationId),
-}
-
-/// How a relayed command ended (SPEC §7 names).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RelayOutcome {
-    Applied,
-    NotFound,
-    NotParked,
-    SiteUnreachable,
-    /// No answer in time. The command expired at the site before this was
-    /// reported, so it was not applied, unless the site's answer took
-    /// longer than the expiry margin to come back (then the late answer is
-    /// in the audit log).
-    Timeout,
-    Error(String),
-}
-
-impl RelayOutcome {
-    /// The SPEC §7 name (`Error` for a site-side failure).
-    pub fn name(&self) -> &'static str {
-        match self {
-            RelayOutcome::Applied => "Applied",
-            RelayOutcome::NotFound => "NotFound",
-            RelayOutcome::NotParked => "NotParked",
-            RelayOutcome::SiteUnreachable => "SiteUnreachable",
-            RelayOutcome::Timeout => "Timeout",
-            RelayOutcome::Error(_) => "Error",
         }
     }
 }

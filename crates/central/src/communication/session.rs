@@ -16,11 +16,11 @@ use sitelink_commons::{
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
 
-use super::{Command, LinkSettings};
+use super::LinkSettings;
 use crate::{
     configuration_database::{Database, IngestOutcome, NewNotification},
     notification_outbox::Outbox,
-    site_call_audit::{SiteCallAudit, StreamId, StreamOrder},
+    site_call_audit::{Command, SiteCallAudit, StreamId, StreamOrder},
 };
 
 pub(super) struct Session {

@@ -188,7 +188,7 @@ const MIGRATIONS: &[Migration] = &[
     // secondary index entries instead of six, on every ingest (bench
     // ingest), and the indexes that remain are a few percent of the table.
     // Queries name the predicate word for word (`OPEN_PREDICATE`,
-    // `NOT_DELIVERED_PREDICATE` in site_calls.rs), since that is how both
+    // `NOT_DELIVERED_PREDICATE` in listing.rs), since that is how both
     // planners prove a partial index applies.
     both(&[
         "DROP INDEX site_calls_by_status",
@@ -360,7 +360,9 @@ mod tests {
     /// only when the query's WHERE names its predicate).
     #[test]
     fn partial_index_predicates_match_the_queries() {
-        use crate::configuration_database::site_calls::{NOT_DELIVERED_PREDICATE, OPEN_PREDICATE};
+        use crate::configuration_database::{
+            listing::NOT_DELIVERED_PREDICATE, site_calls::OPEN_PREDICATE,
+        };
         assert_eq!(OPEN_PREDICATE, format!("status IN {OPEN_STATUSES_SQL}"));
         let m = &MIGRATIONS[5];
         let predicates: Vec<&str> = m

@@ -13,6 +13,9 @@
 //! backends accept; database errors are classified by code
 //! ([`is_unique_violation`]), never by message text.
 
+mod audit_log;
+pub mod leader_lease;
+pub mod listing;
 mod migrations;
 mod notifications;
 mod site_calls;
@@ -25,18 +28,19 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
 
+pub use audit_log::{AuditEntry, AuditLog};
+pub use listing::{
+    Dialect, ListFilter, ListQuery, ListQueryError, Listed, Listing, Page, PageCursor,
+};
 pub use notifications::{
     DueNotification, NewNotification, NotificationCommand, NotificationRecord, Notifications,
     SendOutcome,
 };
-pub use site_calls::{
-    IngestJob, IngestOutcome, Kpis, Page, PageCursor, SiteCallFilter, SiteCalls, ROWS_PER_STATEMENT,
-};
+pub use site_calls::{IngestJob, IngestOutcome, Kpis, SiteCalls, ROWS_PER_STATEMENT};
 pub use sites::{SiteRecord, SiteToken, Sites, SitesError};
 pub use ui_sessions::{random_secret, UiSession, UiSessions};
 pub use users::{
-    rfc3339, AuditEntry, AuditLog, Role, StoredCredentials, TokenInfo, User, UserInfo, Users,
-    UsersError,
+    rfc3339, PasswordHash, Role, StoredCredentials, TokenInfo, User, UserInfo, Users, UsersError,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +56,7 @@ pub struct Database {
     backend: Backend,
     /// The leader term a singleton's handle writes under (Cluster
     /// Infrastructure): its write transactions pass the fence first.
-    term: Option<std::sync::Arc<crate::cluster::lease::Term>>,
+    term: Option<std::sync::Arc<leader_lease::Term>>,
 }
 
 impl Database {
@@ -110,7 +114,7 @@ impl Database {
 
     /// This handle, for a singleton of leader term `term`: its write
     /// transactions are refused once the term is over.
-    pub fn fenced(&self, term: crate::cluster::lease::Term) -> Self {
+    pub fn fenced(&self, term: leader_lease::Term) -> Self {
         Self {
             term: Some(std::sync::Arc::new(term)),
             ..self.clone()
@@ -121,7 +125,7 @@ impl Database {
     /// without a term: one node, or not a singleton).
     pub(crate) async fn fence(&self, conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
         match &self.term {
-            Some(term) => crate::cluster::lease::check(conn, term).await,
+            Some(term) => leader_lease::check(conn, term).await,
             None => Ok(()),
         }
     }

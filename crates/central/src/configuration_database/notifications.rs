@@ -13,8 +13,9 @@ use sitelink_commons::{
 use sqlx::Row;
 
 use super::{
-    site_calls::{self, decode, kpis_with, page_rows, purge_terminal, Page},
-    Database, Kpis, PageCursor, SiteCallFilter,
+    listing::{page_rows, ListFilter, Listing, Page, PageCursor},
+    site_calls::{decode, kpis_with, purge_terminal},
+    Database, Kpis,
 };
 use TrackedOperationStatus::*;
 
@@ -291,32 +292,28 @@ impl<'a> Notifications<'a> {
         row.as_ref().map(|r| record(r, true)).transpose()
     }
 
-    /// Newest first, filtered (`kind` is ignored), after `after`.
-    pub async fn list(
-        &self,
-        f: &SiteCallFilter,
-        after: Option<&PageCursor>,
-        limit: u32,
-    ) -> Result<Vec<NotificationRecord>, sqlx::Error> {
-        let page = after.cloned().map_or(Page::First, Page::After);
-        self.list_page(f, &page, limit).await
-    }
-
-    /// One page, newest first (see [`site_calls::Page`]); the filter's
-    /// target text matches the list name.
+    /// One page, newest first, with the cursors either side (see
+    /// [`Listing`]); `kind` is ignored and the filter's target text matches
+    /// the list name.
     pub async fn list_page(
         &self,
-        f: &SiteCallFilter,
+        f: &ListFilter,
         page: &Page,
         limit: u32,
-    ) -> Result<Vec<NotificationRecord>, sqlx::Error> {
-        let f = SiteCallFilter {
+    ) -> Result<Listing<NotificationRecord>, sqlx::Error> {
+        let f = ListFilter {
             kind: None,
             ..f.clone()
         };
-        page_rows(self.db, SELECT, "list_name", &f, page, limit, |r| {
-            record(r, false)
-        })
+        page_rows(
+            self.db,
+            (SELECT, "list_name"),
+            &f,
+            page,
+            limit,
+            |r| record(r, false),
+            |n| PageCursor::of(&n.tracking),
+        )
         .await
     }
 
@@ -401,7 +398,7 @@ fn split_recipients(s: &str) -> Vec<String> {
 }
 
 fn record(r: &sqlx::any::AnyRow, detail: bool) -> Result<NotificationRecord, sqlx::Error> {
-    let tracking = site_calls::record(r)?;
+    let tracking = super::site_calls::record(r)?;
     Ok(NotificationRecord {
         list: tracking.target_summary.clone(),
         tracking,

@@ -1,7 +1,8 @@
 //! Operators: users with roles, passwords hashed with argon2, API tokens
 //! (random, stored as SHA-256, named, with a last-used time), disabling a
-//! user, and the operator audit log. Password checks themselves live in
-//! [`crate::authentication`] (bounded, throttled).
+//! user, and the operator audit log. Hashing and checking passwords live in
+//! the authentication layer above (bounded, throttled, off the runtime):
+//! this one stores a [`PasswordHash`] it is handed and never makes one.
 
 use base64::Engine as _;
 use rand::RngCore;
@@ -70,10 +71,8 @@ pub enum UsersError {
     NotFound(String),
     #[error("invalid user name {0:?} (1 to 64 letters, digits, '_', '.', '-' or '@')")]
     InvalidName(String),
-    #[error("the password must have at least 8 characters")]
-    WeakPassword,
-    #[error("password hashing: {0}")]
-    Hashing(String),
+    #[error("stored role: {0}")]
+    CorruptRole(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -121,17 +120,20 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '@'))
 }
 
-/// Checks a new password's length and hashes it with argon2 on the
-/// blocking pool (administrative actions only: a handful at a time).
-async fn hash_off_runtime(password: &str) -> Result<String, UsersError> {
-    if password.chars().count() < 8 {
-        return Err(UsersError::WeakPassword);
+/// A password's argon2 PHC string, as stored. Only the authentication
+/// layer makes one from a password; storage just keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PasswordHash(String);
+
+impl PasswordHash {
+    /// Wraps an argon2 PHC string (`$argon2id$…`) made by the caller.
+    pub fn from_phc(phc: String) -> Self {
+        Self(phc)
     }
-    let password = password.to_owned();
-    tokio::task::spawn_blocking(move || crate::authentication::hash_password(password.as_bytes()))
-        .await
-        .map_err(|e| UsersError::Hashing(e.to_string()))?
-        .map_err(|e| UsersError::Hashing(e.to_string()))
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl<'a> Users<'a> {
@@ -139,17 +141,24 @@ impl<'a> Users<'a> {
         Self { db }
     }
 
-    /// Adds a user. The argon2 hash runs on the blocking pool.
-    pub async fn add(&self, name: &str, password: &str, role: Role) -> Result<(), UsersError> {
-        if !valid_name(name) {
-            return Err(UsersError::InvalidName(name.chars().take(80).collect()));
+    /// Refuses a user name that cannot be stored, naming the rule (so a
+    /// caller can check it before the cost of hashing a password).
+    pub fn check_name(name: &str) -> Result<(), UsersError> {
+        if valid_name(name) {
+            Ok(())
+        } else {
+            Err(UsersError::InvalidName(name.chars().take(80).collect()))
         }
-        let hash = hash_off_runtime(password).await?;
+    }
+
+    /// Adds a user with an already made password hash.
+    pub async fn add(&self, name: &str, hash: &PasswordHash, role: Role) -> Result<(), UsersError> {
+        Self::check_name(name)?;
         let res = sqlx::query(
             "INSERT INTO users (name, password_hash, role, created_at_ms) VALUES ($1, $2, $3, $4)",
         )
         .bind(name)
-        .bind(hash)
+        .bind(hash.as_str())
         .bind(role.as_str())
         .bind(now_ms())
         .execute(self.db.pool())
@@ -177,7 +186,7 @@ impl<'a> Users<'a> {
         Ok(Some(StoredCredentials {
             user: User {
                 name: name.into(),
-                role: role.parse().map_err(UsersError::Hashing)?,
+                role: role.parse().map_err(UsersError::CorruptRole)?,
             },
             password_hash: row.try_get(0)?,
             enabled: row.try_get::<Option<i64>, _>(2)?.is_none(),
@@ -218,10 +227,9 @@ impl<'a> Users<'a> {
 
     /// Sets a new password (reset by an admin); the user's web sessions
     /// end, so whoever knew the old password is logged out.
-    pub async fn set_password(&self, name: &str, password: &str) -> Result<(), UsersError> {
-        let hash = hash_off_runtime(password).await?;
+    pub async fn set_password(&self, name: &str, hash: &PasswordHash) -> Result<(), UsersError> {
         let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE name = $2")
-            .bind(hash)
+            .bind(hash.as_str())
             .bind(name)
             .execute(self.db.pool())
             .await?;
@@ -244,7 +252,7 @@ impl<'a> Users<'a> {
                 let role: String = r.try_get(1)?;
                 Ok(UserInfo {
                     name: r.try_get(0)?,
-                    role: role.parse().map_err(UsersError::Hashing)?,
+                    role: role.parse().map_err(UsersError::CorruptRole)?,
                     disabled: r.try_get::<Option<i64>, _>(2)?.is_some(),
                     created_at_ms: r.try_get(3)?,
                 })
@@ -345,7 +353,7 @@ impl<'a> Users<'a> {
         let role: String = r.try_get(1)?;
         let user = User {
             name: r.try_get(0)?,
-            role: role.parse().map_err(UsersError::Hashing)?,
+            role: role.parse().map_err(UsersError::CorruptRole)?,
         };
         let now = now_ms();
         let last: Option<i64> = r.try_get(2)?;
@@ -364,100 +372,6 @@ impl<'a> Users<'a> {
             .fetch_one(self.db.pool())
             .await?)
     }
-}
-
-/// One operator action (SPEC §5.2: who, when, which id, outcome).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct AuditEntry {
-    pub id: String,
-    pub at_utc: String,
-    pub user: String,
-    pub action: String,
-    /// The TrackedOperationId acted on; for an administration action
-    /// (`site …`, `user …`) the site's or user's name instead.
-    pub tracked_operation_id: String,
-    pub source_site: Option<String>,
-    pub outcome: String,
-}
-
-pub struct AuditLog<'a> {
-    db: &'a Database,
-}
-
-impl<'a> AuditLog<'a> {
-    pub(super) fn new(db: &'a Database) -> Self {
-        Self { db }
-    }
-
-    pub async fn record(
-        &self,
-        user: &str,
-        action: &str,
-        target_id: &str,
-        source_site: Option<&str>,
-        outcome: &str,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO audit_log (id, at_ms, user_name, action, target_id, source_site, outcome)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(now_ms())
-        .bind(user)
-        .bind(action)
-        .bind(target_id)
-        .bind(source_site)
-        .bind(outcome)
-        .execute(self.db.pool())
-        .await?;
-        Ok(())
-    }
-
-    /// The newest `limit` entries about one id or subject, newest first.
-    pub async fn for_target(
-        &self,
-        target: &str,
-        limit: u32,
-    ) -> Result<Vec<AuditEntry>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT id, at_ms, user_name, action, target_id, source_site, outcome FROM audit_log
-             WHERE target_id = $1 ORDER BY id DESC LIMIT $2",
-        )
-        .bind(target)
-        .bind(limit as i64)
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.iter().map(entry).collect()
-    }
-
-    /// Newest first, after the entry id `after` (keyset paging).
-    pub async fn list(
-        &self,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<AuditEntry>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT id, at_ms, user_name, action, target_id, source_site, outcome FROM audit_log
-             WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit as i64)
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.iter().map(entry).collect()
-    }
-}
-
-fn entry(r: &sqlx::any::AnyRow) -> Result<AuditEntry, sqlx::Error> {
-    Ok(AuditEntry {
-        id: r.try_get(0)?,
-        at_utc: rfc3339(r.try_get(1)?),
-        user: r.try_get(2)?,
-        action: r.try_get(3)?,
-        tracked_operation_id: r.try_get(4)?,
-        source_site: r.try_get(5)?,
-        outcome: r.try_get(6)?,
-    })
 }
 
 /// RFC 3339 UTC text of a Unix-milliseconds time.

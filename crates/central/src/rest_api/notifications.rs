@@ -11,34 +11,38 @@ use axum::{
     Json,
 };
 
-use super::openapi::{Busy, Errors, NotFound};
 use super::{
-    act, found, internal, kpis_answer, list_params, only, openapi, parse_id, ApiError, ApiState,
-    Authenticated,
+    answers::{self, Busy, Errors, NotFound},
+    commands::act,
+    errors::{bad, found, internal, ApiError},
+    kpis::kpis_answer,
+    params::{only, parse_id, site_param},
+    ApiState, Authenticated,
 };
 use crate::{
-    configuration_database::PageCursor, health_monitoring::KpiSource, operator_actions::Subject,
+    configuration_database::{
+        listing::{NotificationListParams, DEFAULT_LIMIT},
+        Dialect, ListQuery, Listed,
+    },
+    health_monitoring::KpiSource,
+    operator_actions::Subject,
 };
 
-#[utoipa::path(get, path = "/api/v1/notifications", tag = "notifications", params(openapi::ListQuery),
-    responses((status = 200, body = openapi::NotificationsPage), Errors, Busy))]
+#[utoipa::path(get, path = "/api/v1/notifications", tag = "notifications", params(NotificationListParams),
+    responses((status = 200, body = answers::NotificationsPage), Errors, Busy))]
 pub(super) async fn list(
     State(st): State<ApiState>,
     _: Authenticated,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    only(&q, &["site", "status", "from", "to", "limit", "after"])?;
-    let (filter, after, limit) = list_params(&q)?;
-    let items = st
+    let q = ListQuery::parse(&q, Listed::Notifications, Dialect::Api).map_err(|e| bad(e.0))?;
+    let listing = st
         .db
         .notifications()
-        .list(&filter, after.as_ref(), limit)
+        .list_page(&q.filter, &q.page, q.limit_or(DEFAULT_LIMIT))
         .await
         .map_err(internal)?;
-    let next = (items.len() as u32 == limit)
-        .then(|| items.last().map(|r| PageCursor::of(&r.tracking).encode()))
-        .flatten();
-    Ok(Json(openapi::NotificationsPage { items, next }).into_response())
+    Ok(Json(answers::NotificationsPage::from(listing)).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/notifications/{id}", tag = "notifications", params(("id" = uuid::Uuid, Path, description = "NotificationId")),
@@ -54,9 +58,9 @@ pub(super) async fn get_one(
 }
 
 #[utoipa::path(post, path = "/api/v1/notifications/{id}/retry", tag = "notifications", params(("id" = uuid::Uuid, Path, description = "NotificationId")),
-    responses((status = 200, description = "Applied", body = openapi::CommandAnswer), Errors, Busy,
-        (status = 403, description = "the role may not retry or discard", body = openapi::ErrorBody),
-        (status = 404, description = "NotFound", body = openapi::CommandAnswer), (status = 409, description = "NotParked", body = openapi::CommandAnswer)))]
+    responses((status = 200, description = "Applied", body = answers::CommandAnswer), Errors, Busy,
+        (status = 403, description = "the role may not retry or discard", body = answers::ErrorBody),
+        (status = 404, description = "NotFound", body = answers::CommandAnswer), (status = 409, description = "NotParked", body = answers::CommandAnswer)))]
 pub(super) async fn retry(
     st: State<ApiState>,
     user: Authenticated,
@@ -66,9 +70,9 @@ pub(super) async fn retry(
 }
 
 #[utoipa::path(post, path = "/api/v1/notifications/{id}/discard", tag = "notifications", params(("id" = uuid::Uuid, Path, description = "NotificationId")),
-    responses((status = 200, description = "Applied", body = openapi::CommandAnswer), Errors, Busy,
-        (status = 403, description = "the role may not retry or discard", body = openapi::ErrorBody),
-        (status = 404, description = "NotFound", body = openapi::CommandAnswer), (status = 409, description = "NotParked", body = openapi::CommandAnswer)))]
+    responses((status = 200, description = "Applied", body = answers::CommandAnswer), Errors, Busy,
+        (status = 403, description = "the role may not retry or discard", body = answers::ErrorBody),
+        (status = 404, description = "NotFound", body = answers::CommandAnswer), (status = 409, description = "NotParked", body = answers::CommandAnswer)))]
 pub(super) async fn discard(
     st: State<ApiState>,
     user: Authenticated,
@@ -86,8 +90,8 @@ async fn operate(
     act(&st, &user, Subject::Notification, retry, &id).await
 }
 
-#[utoipa::path(get, path = "/api/v1/kpis/notifications", tag = "KPIs", params(openapi::KpisQuery),
-    responses((status = 200, description = "global KPIs with per_site, or one site's without it", body = openapi::GlobalKpis), Errors, Busy, NotFound))]
+#[utoipa::path(get, path = "/api/v1/kpis/notifications", tag = "KPIs", params(answers::KpisQuery),
+    responses((status = 200, description = "global KPIs with per_site, or one site's without it", body = answers::GlobalKpis), Errors, Busy, NotFound))]
 pub(super) async fn kpis(
     State(st): State<ApiState>,
     _: Authenticated,
@@ -97,7 +101,7 @@ pub(super) async fn kpis(
     kpis_answer(
         &st,
         KpiSource::Notifications,
-        super::site_param(&q, "site")?.as_ref(),
+        site_param(&q, "site")?.as_ref(),
     )
     .await
 }

@@ -38,11 +38,8 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::RetentionPurge;
-use crate::{
-    communication::{Command, RelayOutcome},
-    configuration_database::{now_ms, Backend, Database, IngestJob, IngestOutcome},
-};
+use super::{Command, CommandOutcome, RetentionPurge};
+use crate::configuration_database::{now_ms, Backend, Database, IngestJob, IngestOutcome};
 
 /// Most rows one ingest transaction takes; bounds commit latency.
 const MAX_ROWS_PER_COMMIT: usize = 5_000;
@@ -123,7 +120,7 @@ enum Msg {
         site: String,
         command: Command,
         expires_at_ms: i64,
-        reply: oneshot::Sender<RelayOutcome>,
+        reply: oneshot::Sender<CommandOutcome>,
     },
     CommandResult {
         relay: u64,
@@ -253,7 +250,7 @@ impl SiteCallAudit {
         site: &str,
         command: Command,
         timeout: Duration,
-    ) -> RelayOutcome {
+    ) -> CommandOutcome {
         let (reply, rx) = oneshot::channel();
         let expires_at_ms = now_ms() + (timeout - expiry_margin(timeout)).as_millis() as i64;
         let msg = Msg::Relay {
@@ -264,13 +261,13 @@ impl SiteCallAudit {
             reply,
         };
         if self.send(msg).await.is_err() {
-            return RelayOutcome::SiteUnreachable;
+            return CommandOutcome::SiteUnreachable;
         }
         // The waiter keeps the clock; the actor drops the pending relay when
         // this receiver is gone (see `sweep_relays`).
         match tokio::time::timeout(timeout, rx).await {
-            Err(_) => RelayOutcome::Timeout,
-            Ok(Err(_)) => RelayOutcome::SiteUnreachable,
+            Err(_) => CommandOutcome::Timeout,
+            Ok(Err(_)) => CommandOutcome::SiteUnreachable,
             Ok(Ok(outcome)) => outcome,
         }
     }
@@ -316,7 +313,7 @@ struct Stream {
 
 struct PendingRelay {
     stream: StreamId,
-    reply: oneshot::Sender<RelayOutcome>,
+    reply: oneshot::Sender<CommandOutcome>,
     by: String,
     site: String,
     command: Command,
@@ -509,7 +506,7 @@ impl SiteCallAuditActor {
                     .ok()
                     .and_then(|s| self.streams.get(&s))
                 else {
-                    let _ = reply.send(RelayOutcome::SiteUnreachable);
+                    let _ = reply.send(CommandOutcome::SiteUnreachable);
                     return;
                 };
                 self.next_relay += 1;
@@ -520,7 +517,7 @@ impl SiteCallAuditActor {
                     expires_at_ms,
                 };
                 if stream.orders.send(order).is_err() {
-                    let _ = reply.send(RelayOutcome::SiteUnreachable);
+                    let _ = reply.send(CommandOutcome::SiteUnreachable);
                     return;
                 }
                 self.relays.insert(
@@ -707,7 +704,7 @@ impl SiteCallAuditActor {
             .collect();
         for id in gone {
             if let Some(p) = self.relays.remove(&id) {
-                let _ = p.reply.send(RelayOutcome::SiteUnreachable);
+                let _ = p.reply.send(CommandOutcome::SiteUnreachable);
             }
         }
     }
@@ -734,7 +731,7 @@ impl SiteCallAuditActor {
         site: String,
         command: Command,
         result: &v1::CommandResult,
-        outcome: RelayOutcome,
+        outcome: CommandOutcome,
     ) {
         let (action, id) = match command {
             Command::Retry(id) => ("retry", id),
@@ -785,14 +782,14 @@ async fn commit(db: Database, batch: Vec<QueuedIngest>) -> Done {
     Done::Ingest(cursors)
 }
 
-fn relay_outcome(r: &v1::CommandResult) -> RelayOutcome {
+fn relay_outcome(r: &v1::CommandResult) -> CommandOutcome {
     match v1::CommandOutcome::try_from(r.outcome) {
-        Ok(v1::CommandOutcome::Applied) => RelayOutcome::Applied,
-        Ok(v1::CommandOutcome::NotFound) => RelayOutcome::NotFound,
-        Ok(v1::CommandOutcome::NotParked) => RelayOutcome::NotParked,
+        Ok(v1::CommandOutcome::Applied) => CommandOutcome::Applied,
+        Ok(v1::CommandOutcome::NotFound) => CommandOutcome::NotFound,
+        Ok(v1::CommandOutcome::NotParked) => CommandOutcome::NotParked,
         // Not applied, and the waiter is (about to be) out of time.
-        Ok(v1::CommandOutcome::Expired) => RelayOutcome::Timeout,
-        _ => RelayOutcome::Error(
+        Ok(v1::CommandOutcome::Expired) => CommandOutcome::Timeout,
+        _ => CommandOutcome::Error(
             r.error
                 .clone()
                 .unwrap_or_else(|| format!("outcome {}", r.outcome)),

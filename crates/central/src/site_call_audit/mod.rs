@@ -12,12 +12,14 @@
 //! operator audit log is written by the REST API, which knows who asked.
 
 mod actor;
+mod command;
 
 use crate::configuration_database::Database;
 
 pub use actor::{
     expiry_margin, AuditSettings, SiteCallAudit, SiteCallAuditActor, StreamId, StreamOrder,
 };
+pub use command::{Command, CommandOutcome};
 
 /// The daily retention purge of `SiteCalls`.
 pub struct RetentionPurge {

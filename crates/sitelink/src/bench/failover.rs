@@ -19,7 +19,7 @@ use std::{
 };
 
 use serde_json::json;
-use sitelink_central::{cluster::lease, configuration_database::Database};
+use sitelink_central::configuration_database::{leader_lease as lease, Database};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},

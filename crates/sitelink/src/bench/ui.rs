@@ -40,9 +40,7 @@ pub async fn run(rows: usize, quick: bool) -> anyhow::Result<()> {
             .add(&SiteName::parse(&format!("site-{i:02}"))?)
             .await?;
     }
-    database
-        .users()
-        .add("bench", "bench password", Role::Admin)
+    sitelink_central::authentication::add_user(&database, "bench", "bench password", Role::Admin)
         .await?;
     let (token, _) = database.users().issue_token("bench", Some("bench")).await?;
     let (secret, _) = database.ui_sessions().open("bench").await?;

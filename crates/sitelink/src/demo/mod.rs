@@ -282,11 +282,11 @@ async fn admin(db: &Database, given: Option<&str>) -> anyhow::Result<Option<Stri
                 use rand::distr::{Alphanumeric, SampleString};
                 Alphanumeric.sample_string(&mut rand::rng(), 16)
             });
-            db.users().add("admin", &password, Role::Admin).await?;
+            sitelink_central::authentication::add_user(db, "admin", &password, Role::Admin).await?;
             Ok(Some(password))
         }
         (true, Some(p)) => {
-            db.users().set_password("admin", p).await?;
+            sitelink_central::authentication::set_password(db, "admin", p).await?;
             Ok(Some(p.to_owned()))
         }
         (true, None) => Ok(None),

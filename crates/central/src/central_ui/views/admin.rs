@@ -9,14 +9,18 @@ use axum::{
     extract::{Path, Query, State},
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Redirect, Response},
-    Form,
 };
 use serde::Deserialize;
 use sitelink_commons::SiteName;
 
-use super::{encode, records::ConfirmPage, render, Nav, UiError};
+use super::{encode, records::ConfirmPage, render, CsrfForm, Nav, UiError};
 use crate::{
-    central_ui::{format, session::Operator, UiState},
+    authentication::{self, AccountError, PasswordError},
+    central_ui::{
+        format,
+        session::{CheckedPost, CsrfField, Operator},
+        UiState,
+    },
     configuration_database::{now_ms, Role, SitesError, TokenInfo, UserInfo, UsersError},
 };
 
@@ -145,13 +149,17 @@ pub struct AddSiteForm {
     name: String,
 }
 
+impl CsrfField for AddSiteForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub async fn add_site(
     State(st): State<UiState>,
-    op: Operator,
     headers: HeaderMap,
-    Form(f): Form<AddSiteForm>,
+    CheckedPost { op, form: f }: CheckedPost<AddSiteForm>,
 ) -> Result<Response, UiError> {
-    op.check_post(&headers, st.tls, Some(&f.csrf))?;
     op.require_admin()?;
     let name = SiteName::parse(f.name.trim())
         .map_err(|e| UiError::BadRequest(format!("site name: {e}")))?;
@@ -211,20 +219,11 @@ pub async fn confirm_revoke(
     }))
 }
 
-#[derive(Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
-
 pub async fn revoke_site(
     State(st): State<UiState>,
-    op: Operator,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    Form(f): Form<CsrfOnly>,
+    CheckedPost { op, .. }: CheckedPost<CsrfForm>,
 ) -> Result<Response, UiError> {
-    op.check_post(&headers, st.tls, Some(&f.csrf))?;
     op.require_admin()?;
     let name = SiteName::parse(&name).map_err(|e| UiError::NotFound(format!("site: {e}")))?;
     match st.db.sites().revoke(name.as_str()).await {
@@ -284,12 +283,11 @@ pub async fn users(
 
 /// A users-repository error as a page: the caller's mistakes are 4xx
 /// naming what was wrong; the rest a 500.
-fn users_error(e: UsersError) -> UiError {
-    match e {
-        UsersError::AlreadyExists(_) | UsersError::InvalidName(_) | UsersError::WeakPassword => {
-            UiError::BadRequest(e.to_string())
-        }
-        UsersError::NotFound(_) => UiError::NotFound(e.to_string()),
+fn users_error(e: impl Into<AccountError>) -> UiError {
+    match e.into() {
+        e @ (AccountError::Users(UsersError::AlreadyExists(_) | UsersError::InvalidName(_))
+        | AccountError::Password(PasswordError::Weak)) => UiError::BadRequest(e.to_string()),
+        e @ AccountError::Users(UsersError::NotFound(_)) => UiError::NotFound(e.to_string()),
         e => UiError::internal(e),
     }
 }
@@ -308,21 +306,24 @@ pub struct UserForm {
     label: String,
 }
 
+impl CsrfField for UserForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 fn parse_role(r: &str) -> Result<Role, UiError> {
     r.parse().map_err(UiError::BadRequest)
 }
 
 pub async fn add_user(
     State(st): State<UiState>,
-    op: Operator,
-    headers: HeaderMap,
-    Form(f): Form<UserForm>,
+    CheckedPost { op, form: f }: CheckedPost<UserForm>,
 ) -> Result<Response, UiError> {
-    op.check_post(&headers, st.tls, Some(&f.csrf))?;
     op.require_admin()?;
     let role = parse_role(&f.role)?;
     let name = f.name.trim();
-    let res = st.db.users().add(name, &f.password, role).await;
+    let res = authentication::add_user(&st.db, name, &f.password, role).await;
     audit(
         &st,
         &op,
@@ -383,12 +384,9 @@ pub async fn user(
 /// revoke-token.
 pub async fn user_action(
     State(st): State<UiState>,
-    op: Operator,
-    headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
-    Form(f): Form<UserForm>,
+    CheckedPost { op, form: f }: CheckedPost<UserForm>,
 ) -> Result<Response, UiError> {
-    op.check_post(&headers, st.tls, Some(&f.csrf))?;
     op.require_admin()?;
     let users = st.db.users();
     let (audit_action, res, done) = match action.as_str() {
@@ -399,7 +397,11 @@ pub async fn user_action(
                     "you cannot take the Admin role from yourself (another admin can)".into(),
                 ));
             }
-            ("user role", users.set_role(&name, role).await, "role")
+            (
+                "user role",
+                users.set_role(&name, role).await.map_err(Into::into),
+                "role",
+            )
         }
         "disable" => {
             if name == op.user.name {
@@ -407,18 +409,18 @@ pub async fn user_action(
             }
             (
                 "user disable",
-                users.set_disabled(&name, true).await,
+                users.set_disabled(&name, true).await.map_err(Into::into),
                 "disabled",
             )
         }
         "enable" => (
             "user enable",
-            users.set_disabled(&name, false).await,
+            users.set_disabled(&name, false).await.map_err(Into::into),
             "enabled",
         ),
         "password" => (
             "user password reset",
-            users.set_password(&name, &f.password).await,
+            authentication::set_password(&st.db, &name, &f.password).await,
             "password",
         ),
         "token" => {
@@ -435,7 +437,10 @@ pub async fn user_action(
         }
         "revoke-token" => (
             "user token revoke",
-            users.revoke_token(&name, f.label.trim()).await,
+            users
+                .revoke_token(&name, f.label.trim())
+                .await
+                .map_err(Into::into),
             "token-revoked",
         ),
         _ => return Err(UiError::NotFound(format!("no user action {action:?}"))),

@@ -1,0 +1,106 @@
+//! `/api/v1/site-calls…` and `/api/v1/kpis/site-calls`: the mirror of
+//! every site's cached calls, Retry/Discard relayed to the owning site.
+
+use std::collections::HashMap;
+
+use axum::{
+    extract::{Path, Query, State},
+    response::{IntoResponse, Response},
+    Json,
+};
+
+use super::{
+    answers::{self, Busy, CommandAnswer, Errors, NotFound, SiteCallsPage},
+    commands::act,
+    errors::{bad, found, internal, ApiError},
+    kpis::kpis_answer,
+    params::{only, parse_id, site_param},
+    ApiState, Authenticated,
+};
+use crate::{
+    configuration_database::{
+        listing::{SiteCallListParams, DEFAULT_LIMIT},
+        Dialect, ListQuery, Listed,
+    },
+    health_monitoring::KpiSource,
+    operator_actions::Subject,
+};
+
+#[utoipa::path(get, path = "/api/v1/site-calls", tag = "site calls", params(SiteCallListParams),
+    responses((status = 200, body = SiteCallsPage), Errors, Busy))]
+pub(super) async fn list_site_calls(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let q = ListQuery::parse(&q, Listed::SiteCalls, Dialect::Api).map_err(|e| bad(e.0))?;
+    let listing = st
+        .db
+        .site_calls()
+        .list_page(&q.filter, &q.page, q.limit_or(DEFAULT_LIMIT))
+        .await
+        .map_err(internal)?;
+    Ok(Json(SiteCallsPage::from(listing)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/site-calls/{id}", tag = "site calls", params(("id" = uuid::Uuid, Path, description = "TrackedOperationId")),
+    responses((status = 200, body = sitelink_commons::TrackingRecord), Errors, Busy, NotFound))]
+pub(super) async fn get_site_call(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let row = st.db.site_calls().get(id).await.map_err(internal)?;
+    found(row, || format!("no site call {id}"))
+}
+
+#[utoipa::path(post, path = "/api/v1/site-calls/{id}/retry", tag = "site calls", params(("id" = uuid::Uuid, Path, description = "TrackedOperationId")),
+    responses((status = 200, description = "Applied", body = CommandAnswer), Errors, (status = 403, description = "the role may not retry or discard", body = answers::ErrorBody),
+        (status = 404, description = "NotFound", body = CommandAnswer), (status = 409, description = "NotParked", body = CommandAnswer),
+        (status = 502, description = "Error: the site could not apply it", body = CommandAnswer),
+        (status = 503, description = "SiteUnreachable (a CommandAnswer), or every password check slot busy (an error body)", body = answers::UnavailableAnswer),
+        (status = 504, description = "Timeout: not applied, or applied too late to be known (see the audit log)", body = CommandAnswer)))]
+pub(super) async fn retry(
+    st: State<ApiState>,
+    user: Authenticated,
+    id: Path<String>,
+) -> Result<Response, ApiError> {
+    relay(st, user, id, true).await
+}
+
+#[utoipa::path(post, path = "/api/v1/site-calls/{id}/discard", tag = "site calls", params(("id" = uuid::Uuid, Path, description = "TrackedOperationId")),
+    responses((status = 200, description = "Applied", body = CommandAnswer), Errors, (status = 403, description = "the role may not retry or discard", body = answers::ErrorBody),
+        (status = 404, description = "NotFound", body = CommandAnswer), (status = 409, description = "NotParked", body = CommandAnswer),
+        (status = 502, description = "Error: the site could not apply it", body = CommandAnswer),
+        (status = 503, description = "SiteUnreachable (a CommandAnswer), or every password check slot busy (an error body)", body = answers::UnavailableAnswer),
+        (status = 504, description = "Timeout: not applied, or applied too late to be known (see the audit log)", body = CommandAnswer)))]
+pub(super) async fn discard(
+    st: State<ApiState>,
+    user: Authenticated,
+    id: Path<String>,
+) -> Result<Response, ApiError> {
+    relay(st, user, id, false).await
+}
+
+/// Retry/Discard through [`OperatorActions`] (the role check, the relay to
+/// the owning site, the audit log), answered as SPEC §7 says.
+pub(super) async fn relay(
+    State(st): State<ApiState>,
+    Authenticated(user): Authenticated,
+    Path(id): Path<String>,
+    retry: bool,
+) -> Result<Response, ApiError> {
+    act(&st, &user, Subject::SiteCall, retry, &id).await
+}
+
+#[utoipa::path(get, path = "/api/v1/kpis/site-calls", tag = "KPIs", params(answers::KpisQuery),
+    responses((status = 200, description = "global KPIs with per_site, or one site's without it", body = answers::GlobalKpis), Errors, Busy, NotFound))]
+pub(super) async fn kpis(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    only(&q, &["site"])?;
+    kpis_answer(&st, KpiSource::SiteCalls, site_param(&q, "site")?.as_ref()).await
+}

@@ -1,0 +1,449 @@
+//! The Configuration Database on SQLite and (when
+//! `SITELINK_TEST_POSTGRES_URL` is set) PostgreSQL, with the same tests:
+//! sites and tokens, the ingest rule under duplication and reordering (a
+//! property test), cursor advance over complete ranges only, bad input.
+
+use crate::common;
+
+use common::{cleanup, databases};
+use proptest::prelude::*;
+use sitelink_central::configuration_database::{Kpis, LAST_ERROR_MAX_CHARS};
+use sitelink_commons::{
+    lifecycle::check_transition, unix_ms_to_utc, utc_to_unix_ms, Kind, SiteName,
+    TrackedOperationId, TrackedOperationStatus, TrackedOperationStatus::*, TrackingRecord,
+};
+
+fn record(
+    site: &str,
+    id: TrackedOperationId,
+    status: TrackedOperationStatus,
+    revision: u64,
+) -> TrackingRecord {
+    TrackingRecord {
+        tracked_operation_id: id,
+        source_site: site.into(),
+        kind: Kind::ExternalCall,
+        target_summary: "erp.postOrder".into(),
+        status,
+        retry_count: revision as u32 - 1,
+        last_error: (status != Delivered).then(|| format!("error at revision {revision}")),
+        provenance: "line1/orders".into(),
+        created_at_utc: unix_ms_to_utc(1_700_000_000_000),
+        updated_at_utc: unix_ms_to_utc(1_700_000_000_000 + revision as i64),
+        terminal_at_utc: status
+            .is_terminal()
+            .then(|| unix_ms_to_utc(1_700_000_000_000 + revision as i64)),
+        revision,
+        change_seq: 0,
+    }
+}
+
+#[tokio::test]
+async fn sites_tokens_and_revocation() {
+    for (label, db, pg, _dir) in databases().await {
+        let sites = db.sites();
+        let name = SiteName::parse("plant-1").unwrap();
+        let token = sites.add(&name).await.unwrap();
+        assert!(token.as_str().starts_with("slk1.plant-1."), "{label}");
+        let again = sites.add(&name).await.unwrap_err();
+        assert!(
+            again.to_string().contains("already exists"),
+            "{label}: {again}"
+        );
+        assert_eq!(
+            sites.authenticate(token.as_str()).await.unwrap(),
+            Some(name.clone()),
+            "{label}"
+        );
+        for wrong in [
+            "",
+            "garbage",
+            "slk1.plant-1.wrong",
+            &token.as_str().replace("plant-1", "plant-2"),
+        ] {
+            assert_eq!(
+                sites.authenticate(wrong).await.unwrap(),
+                None,
+                "{label}: {wrong}"
+            );
+        }
+        // The token is stored hashed, never in clear.
+        let stored: String = sqlx::query_scalar("SELECT token_hash FROM sites")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert!(
+            !stored.contains(token.as_str()) && stored.len() == 64,
+            "{label}"
+        );
+        sites.revoke("plant-1").await.unwrap();
+        assert_eq!(
+            sites.authenticate(token.as_str()).await.unwrap(),
+            None,
+            "{label}: revoked"
+        );
+        assert!(sites
+            .revoke("nope")
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("no site nope"));
+        let list = sites.list().await.unwrap();
+        assert_eq!(list.len(), 1);
+        assert!(list[0].revoked);
+        cleanup(pg, db).await;
+    }
+}
+
+#[tokio::test]
+async fn cursor_advances_only_over_complete_ranges() {
+    for (label, db, pg, _dir) in databases().await {
+        let site = SiteName::parse("s1").unwrap();
+        db.sites().add(&site).await.unwrap();
+        let calls = db.site_calls();
+        let r = |rev| record("s1", TrackedOperationId::new(), Pending, rev);
+        let o = calls.ingest(&site, &[r(1)], Some((0, 5))).await.unwrap();
+        assert_eq!((o.cursor, o.cursor_advanced), (5, true), "{label}");
+        // After a gap: applied, cursor stays.
+        let o = calls.ingest(&site, &[r(1)], Some((7, 9))).await.unwrap();
+        assert_eq!(
+            (o.applied, o.cursor, o.cursor_advanced),
+            (1, 5, false),
+            "{label}"
+        );
+        // The gap filled (a reconcile page): advances.
+        let o = calls.ingest(&site, &[r(1)], Some((5, 7))).await.unwrap();
+        assert_eq!(o.cursor, 7, "{label}");
+        let o = calls.ingest(&site, &[], Some((7, 9))).await.unwrap();
+        assert_eq!(o.cursor, 9, "{label}");
+        // An old range never moves it back.
+        let o = calls.ingest(&site, &[], Some((0, 3))).await.unwrap();
+        assert_eq!((o.cursor, o.cursor_advanced), (9, false), "{label}");
+        cleanup(pg, db).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_rows_are_rejected_or_made_safe_and_the_rest_lands() {
+    for (label, db, pg, _dir) in databases().await {
+        let site = SiteName::parse("s1").unwrap();
+        db.sites().add(&site).await.unwrap();
+        let good = record("s1", TrackedOperationId::new(), Parked, 3);
+        let other_site = record("s2", TrackedOperationId::new(), Pending, 1);
+        let mut notification = record("s1", TrackedOperationId::new(), Pending, 1);
+        notification.kind = Kind::Notification;
+        let mut huge = record("s1", TrackedOperationId::new(), Retrying, 2);
+        huge.last_error = Some(format!(
+            "'; DROP TABLE site_calls; -- {}",
+            "é".repeat(1_000_000)
+        ));
+        let o = db
+            .site_calls()
+            .ingest(
+                &site,
+                &[good.clone(), other_site, notification, huge.clone()],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.applied, 2, "{label}");
+        assert_eq!(o.rejected.len(), 2, "{label}");
+        assert!(
+            o.rejected
+                .iter()
+                .any(|(_, why)| why.contains("for site \"s2\"")),
+            "{label}: {:?}",
+            o.rejected
+        );
+        assert_eq!(
+            db.site_calls()
+                .get(good.tracked_operation_id)
+                .await
+                .unwrap()
+                .unwrap(),
+            good,
+            "{label}"
+        );
+        let stored = db
+            .site_calls()
+            .get(huge.tracked_operation_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let err = stored.last_error.unwrap();
+        assert!(
+            err.starts_with("'; DROP TABLE site_calls; -- éé"),
+            "{label}"
+        );
+        assert!(err.ends_with("…[truncated]"), "{label}");
+        assert_eq!(
+            err.chars().count(),
+            LAST_ERROR_MAX_CHARS + "…[truncated]".chars().count(),
+            "{label}"
+        );
+        cleanup(pg, db).await;
+    }
+}
+
+/// A random valid lifecycle: statuses of revisions 1..=n.
+fn lifecycle() -> impl Strategy<Value = Vec<TrackedOperationStatus>> {
+    proptest::collection::vec(0u8..6, 0..6).prop_map(|choices| {
+        let mut out = vec![Pending];
+        for c in choices {
+            let last = *out.last().unwrap();
+            let next = [Retrying, Delivered, Parked, Failed, Discarded, Retrying][c as usize];
+            if check_transition(Some(last), next).is_ok() {
+                out.push(next);
+            }
+        }
+        out
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    /// Any interleaving, with duplicates and reordering, of the telemetry of
+    /// many lifecycles gives exactly the state of in-order delivery.
+    #[test]
+    fn ingest_converges_under_duplicates_and_reordering(
+        lifecycles in proptest::collection::vec(lifecycle(), 1..25),
+        order in any::<proptest::sample::Index>(),
+        dup_seed in any::<u64>(),
+        batch_size in 1usize..20,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            for (label, db, pg, _dir) in databases().await {
+                let site = SiteName::parse("p").unwrap();
+                db.sites().add(&site).await.unwrap();
+                let mut messages = Vec::new();
+                let mut expected = Vec::new();
+                for statuses in &lifecycles {
+                    let id = TrackedOperationId::new();
+                    for (i, s) in statuses.iter().enumerate() {
+                        messages.push(record("p", id, *s, i as u64 + 1));
+                    }
+                    expected.push(messages.last().unwrap().clone());
+                }
+                // Duplicate some messages, then shuffle deterministically.
+                let mut rng = dup_seed;
+                let n = messages.len();
+                for i in 0..n {
+                    rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    if rng >> 62 == 0 { messages.push(messages[i].clone()); }
+                }
+                let len = messages.len();
+                let start = order.index(len);
+                messages.rotate_left(start);
+                for i in (1..messages.len()).rev() {
+                    rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    messages.swap(i, (rng >> 33) as usize % (i + 1));
+                }
+                for batch in messages.chunks(batch_size) {
+                    db.site_calls().ingest(&site, batch, None).await.unwrap();
+                }
+                let mut got = db.site_calls().all_for_site("p").await.unwrap();
+                expected.sort_by_key(|r| r.tracked_operation_id);
+                got.sort_by_key(|r| r.tracked_operation_id);
+                prop_assert_eq!(got, expected, "{}", label);
+                cleanup(pg, db).await;
+            }
+            Ok(())
+        })?;
+    }
+}
+
+/// The KPIs of SPEC §5.2 computed the slow, obvious way from every row.
+fn kpis_by_scan(
+    rows: &[TrackingRecord],
+    now_ms: i64,
+    interval_s: i64,
+    stuck_s: i64,
+) -> std::collections::BTreeMap<String, Kpis> {
+    let mut out = std::collections::BTreeMap::<String, Kpis>::new();
+    for r in rows {
+        let created = utc_to_unix_ms(r.created_at_utc);
+        let terminal = r.terminal_at_utc.map(utc_to_unix_ms);
+        let recent = terminal.is_some_and(|t| t >= now_ms - interval_s * 1000);
+        if r.status.is_terminal() && !recent {
+            continue;
+        }
+        let k = out.entry(r.source_site.clone()).or_insert_with(|| Kpis {
+            interval_seconds: interval_s,
+            stuck_threshold_seconds: stuck_s,
+            ..Default::default()
+        });
+        match r.status {
+            Pending | Retrying => {
+                k.buffered += 1;
+                let age = ((now_ms - created) / 1000).max(0);
+                k.oldest_pending_age_seconds =
+                    Some(k.oldest_pending_age_seconds.unwrap_or(0).max(age));
+                if created < now_ms - stuck_s * 1000 {
+                    k.stuck += 1;
+                }
+            }
+            Parked => k.parked += 1,
+            Delivered => k.delivered_last_interval += 1,
+            Failed => k.failed_last_interval += 1,
+            Discarded => {}
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    /// The KPIs (maintained open-call counters, folded at random moments,
+    /// plus index seeks) equal a scan of every row, through inserts,
+    /// transitions, out-of-order telemetry and a retention purge.
+    #[test]
+    fn kpis_equal_a_scan_of_every_row(
+        calls in proptest::collection::vec((lifecycle(), 0usize..3, 0i64..1200, any::<bool>()), 1..40),
+        seed in any::<u64>(),
+        batch_size in 1usize..15,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            for (label, db, pg, _dir) in databases().await {
+                let now = 1_700_000_000_000i64;
+                let mut messages = Vec::new();
+                for (statuses, site, age_s, old) in &calls {
+                    let site = format!("k{site}");
+                    let id = TrackedOperationId::new();
+                    // Created `age_s` ago; terminal a year ago or just now.
+                    let created = now - age_s * 1000 - if *old { 400 * 86_400_000 } else { 0 };
+                    for (i, s) in statuses.iter().enumerate() {
+                        let mut r = record(&site, id, *s, i as u64 + 1);
+                        r.created_at_utc = unix_ms_to_utc(created);
+                        r.terminal_at_utc = s.is_terminal().then(|| unix_ms_to_utc(created + 1000));
+                        messages.push(r);
+                    }
+                }
+                let mut rng = seed | 1;
+                let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; rng };
+                for i in (1..messages.len()).rev() {
+                    let j = next() as usize % (i + 1);
+                    messages.swap(i, j);
+                }
+                for s in ["k0", "k1", "k2"] {
+                    db.sites().add(&SiteName::parse(s).unwrap()).await.unwrap();
+                }
+                let mut by_site: std::collections::BTreeMap<String, Vec<TrackingRecord>> = Default::default();
+                for m in messages { by_site.entry(m.source_site.clone()).or_default().push(m); }
+                for (site, msgs) in &by_site {
+                    let site = SiteName::parse(site).unwrap();
+                    for batch in msgs.chunks(batch_size) {
+                        db.site_calls().ingest(&site, batch, None).await.unwrap();
+                        if next() % 3 == 0 {
+                            db.site_calls().fold_open_counts().await.unwrap();
+                        }
+                    }
+                }
+                // A purge of old terminal rows leaves the open counts alone.
+                sitelink_central::site_call_audit::RetentionPurge::new(db.clone(), 365)
+                    .run_once(now).await.unwrap();
+                if next() % 2 == 0 {
+                    db.site_calls().fold_open_counts().await.unwrap();
+                }
+                let mut all = Vec::new();
+                for s in ["k0", "k1", "k2"] {
+                    all.extend(db.site_calls().all_for_site(s).await.unwrap());
+                }
+                for (interval, stuck) in [(3600, 600), (60, 0), (86_400, 86_400)] {
+                    let got = db.site_calls().kpis_per_site(now, interval, stuck).await.unwrap();
+                    prop_assert_eq!(&got, &kpis_by_scan(&all, now, interval, stuck), "{} {} {}", label, interval, stuck);
+                }
+                cleanup(pg, db).await;
+            }
+            Ok(())
+        })?;
+    }
+}
+
+#[tokio::test]
+async fn retention_purge_takes_only_old_terminal_rows() {
+    use sitelink_central::site_call_audit::RetentionPurge;
+    for (label, db, pg, _dir) in databases().await {
+        let site = SiteName::parse("s1").unwrap();
+        db.sites().add(&site).await.unwrap();
+        // All rows are from 2023; "now" below is far later.
+        let old_delivered = record("s1", TrackedOperationId::new(), Delivered, 2);
+        let old_parked = record("s1", TrackedOperationId::new(), Parked, 2);
+        let old_pending = record("s1", TrackedOperationId::new(), Pending, 1);
+        let old_discarded = record("s1", TrackedOperationId::new(), Discarded, 3);
+        let rows = [
+            old_delivered.clone(),
+            old_parked.clone(),
+            old_pending.clone(),
+            old_discarded.clone(),
+        ];
+        db.site_calls().ingest(&site, &rows, None).await.unwrap();
+        let purge = RetentionPurge::new(db.clone(), 365);
+        let terminal_ms = 1_700_000_000_000i64;
+        assert_eq!(
+            purge
+                .run_once(terminal_ms + 364 * 86_400_000)
+                .await
+                .unwrap(),
+            0,
+            "{label}: inside the window"
+        );
+        assert_eq!(
+            purge
+                .run_once(terminal_ms + 366 * 86_400_000)
+                .await
+                .unwrap(),
+            2,
+            "{label}"
+        );
+        let left: Vec<_> = db
+            .site_calls()
+            .all_for_site("s1")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(left.len(), 2, "{label}");
+        assert!(
+            left.contains(&Parked) && left.contains(&Pending),
+            "{label}: {left:?}"
+        );
+        cleanup(pg, db).await;
+    }
+}
+
+#[test]
+fn the_example_central_config_in_the_repo_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/central.toml");
+    let cfg = sitelink_central::CentralConfig::load(&path).unwrap();
+    assert!(
+        cfg.central.database_url.starts_with("sqlite:///"),
+        "made absolute: {}",
+        cfg.central.database_url
+    );
+    let bad = sitelink_central::CentralConfig::parse(
+        "[central]\ndatabase_url = \"sqlite://x\"\nlink_bnd = \"1\"",
+        std::path::Path::new("/"),
+    );
+    assert!(bad.unwrap_err().contains("link_bnd"));
+}
+
+/// A PostgreSQL database URL that names a database not there yet: central
+/// creates it (and says so) instead of failing with the server's message.
+#[tokio::test]
+async fn a_missing_postgres_database_is_created() {
+    let Some(pg) = sitelink_test_support::fresh_database("SITELINK_TEST_POSTGRES_URL").await else {
+        return;
+    };
+    pg.drop_database().await;
+    let db = sitelink_central::configuration_database::Database::connect(&pg.url)
+        .await
+        .unwrap();
+    db.sites()
+        .add(&SiteName::parse("s1").unwrap())
+        .await
+        .unwrap();
+    cleanup(Some(pg), db).await;
+}

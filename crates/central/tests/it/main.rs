@@ -1,0 +1,20 @@
+//! The central crate's integration tests, in one binary (one link of the
+//! workspace instead of one per file).
+
+mod api_conformance;
+mod browser;
+mod central_ui;
+mod cluster;
+mod common;
+mod configuration_database;
+mod connection_limits;
+mod link;
+mod link_security;
+mod link_tls;
+mod listing;
+mod notification_outbox;
+mod notifications;
+mod rest_api;
+mod rest_hardening;
+mod silent_link;
+mod site_call_audit;
