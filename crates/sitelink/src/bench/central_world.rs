@@ -91,6 +91,27 @@ impl BenchDb {
     }
 }
 
+/// Runs `central` until `cancel`, once it is the active node: on
+/// PostgreSQL a fresh node takes the leader lease only after it starts,
+/// and a standby refuses site streams, so a bench that connected at once
+/// would be told "try the next address".
+pub async fn run_active(
+    central: Central,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let cluster = central.cluster_handle();
+    let server = tokio::spawn(central.run(cancel.clone()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !cluster.is_active() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "central did not become the active node within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(server)
+}
+
 /// Registers site `name` at `database` and builds it in `dir`, linked to
 /// central at `link` (the caller runs it).
 pub async fn build_site(

@@ -107,7 +107,7 @@ where
     let database = central.database().clone();
     let link = central.link_addr();
     let cancel = CancellationToken::new();
-    let server = tokio::spawn(central.run(cancel.clone()));
+    let server = super::central_world::run_active(central, &cancel).await?;
     let figure = measure(database.clone(), link).await;
     cancel.cancel();
     server.await??;
@@ -303,7 +303,7 @@ async fn steady_state(db: Db, ops_per_site: usize) -> anyhow::Result<Value> {
     let (audit, stats) = (central.audit().clone(), central.link_stats().clone());
     let link = central.link_addr();
     let cancel = CancellationToken::new();
-    let server = tokio::spawn(central.run(cancel.clone()));
+    let server = super::central_world::run_active(central, &cancel).await?;
     let mut sites = Vec::new();
     let dirs: Vec<tempfile::TempDir> = (0..2)
         .map(|_| tempfile::tempdir())

@@ -44,7 +44,7 @@ pub async fn run(quick: bool) -> anyhow::Result<()> {
     let stats = central.link_stats().clone();
     let link = central.link_addr();
     let cancel = CancellationToken::new();
-    let server = tokio::spawn(central.run(cancel.clone()));
+    let server = super::central_world::run_active(central, &cancel).await?;
     let dirs: Vec<tempfile::TempDir> = (0..SITES)
         .map(|_| tempfile::tempdir())
         .collect::<Result<_, _>>()?;

@@ -22,7 +22,7 @@ pub async fn run(db: Db, rows: u64, page: u32) -> anyhow::Result<()> {
     let database = central.database().clone();
     let link = central.link_addr();
     let cancel = CancellationToken::new();
-    let server = tokio::spawn(central.run(cancel.clone()));
+    let server = super::central_world::run_active(central, &cancel).await?;
     let token = database.sites().add(&SiteName::parse("catchup")?).await?;
 
     let dir = tempfile::tempdir()?;

@@ -50,7 +50,7 @@ pub async fn run(rows: usize, quick: bool) -> anyhow::Result<()> {
     let app = central.http_app();
     let host = central.http_addr().to_string();
     let cancel = CancellationToken::new();
-    let running = tokio::spawn(central.run(cancel.clone()));
+    let running = super::central_world::run_active(central, &cancel).await?;
 
     let session = format!("sitelink_session={secret}");
     let bearer = format!("Bearer {token}");
