@@ -118,14 +118,25 @@ enum SiteAction {
 }
 
 fn main() -> std::process::ExitCode {
+    use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+    // `RUST_LOG` as `level,target=level,…` (e.g. `info,sqlx=warn`); one
+    // that does not parse is said and the default used.
+    const DEFAULT_LOG: &str = "info,sqlx=warn";
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) => v.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("RUST_LOG={v:?} ignored ({e}); using {DEFAULT_LOG:?}");
+            DEFAULT_LOG.parse().expect("the default log filter parses")
+        }),
+        Err(_) => DEFAULT_LOG.parse().expect("the default log filter parses"),
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with(filter)
         .init();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
