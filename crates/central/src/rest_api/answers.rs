@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use sitelink_commons::TrackingRecord;
-use utoipa::{IntoParams, IntoResponses, ToSchema};
+use utoipa::{IntoResponses, ToSchema};
 
 use crate::{
     configuration_database::{AuditEntry, Kpis, Listing, NotificationRecord},
@@ -99,41 +99,6 @@ pub struct GlobalKpis {
     pub total: Kpis,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_site: Option<BTreeMap<String, Kpis>>,
-}
-
-/// `GET /api/v1/sites`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct SitesQuery {
-    /// Page size, default 100.
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<u32>,
-    /// The `next` of the previous page (a site name).
-    #[param(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
-    after: Option<String>,
-}
-
-/// `GET /api/v1/audit-log`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct AuditQuery {
-    /// Page size, default 100.
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<u32>,
-    /// The `next` of the previous page.
-    after: Option<uuid::Uuid>,
-}
-
-/// `GET /api/v1/kpis/...`.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct KpisQuery {
-    /// One site's KPIs only (404 for a site central does not know).
-    #[param(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
-    site: Option<String>,
 }
 
 /// The error answers every authenticated operation may give.

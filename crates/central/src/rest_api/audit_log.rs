@@ -9,20 +9,20 @@ use axum::{
 };
 
 use super::{
-    answers::{self, AuditPage, Busy, Errors},
+    answers::{AuditPage, Busy, Errors},
     errors::{bad, internal, ApiError},
-    params::{limit_of, only},
+    params::{limit_of, only, AuditLogParams, AUDIT_LOG},
     ApiState, Authenticated,
 };
 
-#[utoipa::path(get, path = "/api/v1/audit-log", tag = "audit log", params(answers::AuditQuery),
+#[utoipa::path(get, path = "/api/v1/audit-log", tag = "audit log", params(AuditLogParams),
     responses((status = 200, body = AuditPage), Errors, Busy))]
 pub(super) async fn audit_log(
     State(st): State<ApiState>,
     _: Authenticated,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    only(&q, &["limit", "after"])?;
+    only(&q, AUDIT_LOG)?;
     let limit = limit_of(&q)?;
     let after = q
         .get("after")

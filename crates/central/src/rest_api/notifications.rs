@@ -16,7 +16,7 @@ use super::{
     commands::act,
     errors::{bad, found, internal, ApiError},
     kpis::kpis_answer,
-    params::{only, parse_id, site_param},
+    params::{only, parse_id, site_param, KpisParams, KPIS},
     ApiState, Authenticated,
 };
 use crate::{
@@ -90,14 +90,14 @@ async fn operate(
     act(&st, &user, Subject::Notification, retry, &id).await
 }
 
-#[utoipa::path(get, path = "/api/v1/kpis/notifications", tag = "KPIs", params(answers::KpisQuery),
+#[utoipa::path(get, path = "/api/v1/kpis/notifications", tag = "KPIs", params(KpisParams),
     responses((status = 200, description = "global KPIs with per_site, or one site's without it", body = answers::GlobalKpis), Errors, Busy, NotFound))]
 pub(super) async fn kpis(
     State(st): State<ApiState>,
     _: Authenticated,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    only(&q, &["site"])?;
+    only(&q, KPIS)?;
     kpis_answer(
         &st,
         KpiSource::Notifications,

@@ -9,9 +9,9 @@ use axum::{
 };
 
 use super::{
-    answers::{self, Busy, Errors, SiteView, SitesPage},
+    answers::{Busy, Errors, SiteView, SitesPage},
     errors::{internal, ApiError},
-    params::{limit_of, only, site_param},
+    params::{limit_of, only, site_param, SitesParams, SITES},
     ApiState, Authenticated,
 };
 use crate::configuration_database::rfc3339;
@@ -27,14 +27,14 @@ pub(super) async fn cluster(
     Ok(Json(st.health.cluster().await.map_err(internal)?).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/sites", tag = "sites", params(answers::SitesQuery),
+#[utoipa::path(get, path = "/api/v1/sites", tag = "sites", params(SitesParams),
     responses((status = 200, body = SitesPage), Errors, Busy))]
 pub(super) async fn sites(
     State(st): State<ApiState>,
     _: Authenticated,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    only(&q, &["limit", "after"])?;
+    only(&q, SITES)?;
     let limit = limit_of(&q)?;
     let items: Vec<SiteView> = st
         .health

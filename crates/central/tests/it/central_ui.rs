@@ -278,8 +278,11 @@ async fn a_viewer_sees_no_buttons_and_a_direct_post_is_refused() {
     p.login("vic", PASSWORD).await;
     let page = p.get(&format!("/site-calls/{id}")).await;
     assert_eq!(page.status, 200);
-    assert!(page.body.contains("data-status=\"Parked\""));
-    assert!(!page.body.contains("id=\"retry\"") && !page.body.contains("id=\"discard\""));
+    assert_eq!(
+        attrs(&page.body, "[data-status]", "data-status"),
+        ["Parked"]
+    );
+    assert!(!has(&page.body, "#retry") && !has(&page.body, "#discard"));
     assert_eq!(p.get(&format!("/site-calls/{id}/retry")).await.status, 403);
     let csrf = p.csrf.clone();
     let a = p
@@ -307,7 +310,7 @@ async fn a_viewer_sees_no_buttons_and_a_direct_post_is_refused() {
     let mut d = Pages::new(&c);
     d.login("dev", PASSWORD).await;
     let page = d.get(&format!("/site-calls/{id}")).await;
-    assert!(page.body.contains("id=\"retry\"") && page.body.contains("id=\"discard\""));
+    assert!(has(&page.body, "#retry") && has(&page.body, "#discard"));
 }
 
 const PAYLOADS: [&str; 3] = [
@@ -361,7 +364,7 @@ async fn empty_lists_and_a_site_never_seen() {
     let mut p = Pages::new(&c);
     p.login("ada", PASSWORD).await;
     let dash = p.get("/dashboard").await;
-    assert!(dash.body.contains("id=\"no-sites\""), "{}", dash.body);
+    assert!(has(&dash.body, "#no-sites"), "{}", dash.body);
     assert!(p
         .get("/site-calls")
         .await
@@ -421,38 +424,31 @@ async fn long_errors_fold_and_paging_goes_both_ways_keeping_the_filters() {
     // Filtered to one site and Parked: 80 rows, 50 a page, newest first.
     let first = p.get("/site-calls?site=plant-north&status=Parked").await;
     assert_eq!(first.status, 200);
-    let ids = |html: &str| -> Vec<String> {
-        html.split("<tr data-id=\"")
-            .skip(1)
-            .map(|s| s[..36].to_owned())
-            .collect()
-    };
+    let ids = |html: &str| attrs(html, "#rows tbody tr", "data-id");
     let page1 = ids(&first.body);
     assert_eq!(page1.len(), 50);
     let mut expected: Vec<&TrackingRecord> = rows.iter().filter(|r| r.status == Parked).collect();
     expected.reverse();
     assert_eq!(page1[0], expected[0].tracked_operation_id.to_string());
-    assert!(!first.body.contains("id=\"newer\""));
+    assert!(!has(&first.body, "a#newer"));
     // The long error is one line of 120 characters and an ellipsis.
     assert!(first
         .body
         .contains(&format!("connection refused {}…", "x".repeat(101))));
     // The cell shows the folded text; the whole error only in its tooltip.
-    let cell = format!(">connection refused {}…</td>", "x".repeat(101));
-    assert_eq!(
-        first.body.matches(&cell).count(),
-        50,
+    let cell = format!("connection refused {}…", "x".repeat(101));
+    let cells = texts(&first.body, "#rows tbody td.fold.small");
+    assert_eq!(cells.len(), 50);
+    assert!(
+        cells.iter().all(|c| *c == cell),
         "every row's error cell is folded"
     );
-    let older = first
-        .body
-        .split("id=\"older\"")
-        .next()
-        .unwrap()
-        .rsplit("href=\"")
-        .next()
-        .unwrap();
-    let older = older.split('"').next().unwrap().replace("&#38;", "&");
+    let tooltips = attrs(&first.body, "#rows tbody td.fold.small", "title");
+    assert!(
+        tooltips.iter().all(|t| t.len() > cell.len()),
+        "the whole error in the tooltip"
+    );
+    let older = attrs(&first.body, "a#older", "href").remove(0);
     assert!(
         older.contains("site=plant-north") && older.contains("status=Parked"),
         "{older}"
@@ -461,30 +457,25 @@ async fn long_errors_fold_and_paging_goes_both_ways_keeping_the_filters() {
     let page2 = ids(&second.body);
     assert_eq!(page2.len(), 30);
     assert_eq!(page2[0], expected[50].tracked_operation_id.to_string());
-    assert!(!second.body.contains("id=\"older\""));
-    let newer = second
-        .body
-        .split("id=\"newer\"")
-        .next()
-        .unwrap()
-        .rsplit("href=\"")
-        .next()
-        .unwrap();
-    let newer = newer.split('"').next().unwrap().replace("&#38;", "&");
+    assert!(!has(&second.body, "a#older"));
+    let newer = attrs(&second.body, "a#newer", "href").remove(0);
     let back = p.get(&newer).await;
     assert_eq!(ids(&back.body), page1, "Newer returns to the first page");
-    assert!(!back.body.contains("id=\"newer\""));
+    assert!(!has(&back.body, "a#newer"));
     // The filter form shows what is applied.
-    assert!(back
-        .body
-        .contains("<option value=\"plant-north\" selected>"));
-    assert!(back.body.contains("value=\"Parked\" checked"));
-    assert!(!back.body.contains("value=\"Failed\" checked"));
+    assert_eq!(
+        attrs(&back.body, "select[name=site] option[selected]", "value"),
+        ["plant-north"]
+    );
+    assert_eq!(
+        attrs(&back.body, "input[name=status][checked]", "value"),
+        ["Parked"]
+    );
     // Several statuses at once.
     let both = p
         .get("/site-calls?site=plant-north&status=Parked&status=Failed")
         .await;
-    assert!(both.body.contains("id=\"older\""));
+    assert!(has(&both.body, "a#older"));
     // The detail page has the whole error.
     let detail = p
         .get(&format!("/site-calls/{}", rows[1].tracked_operation_id))
@@ -691,12 +682,8 @@ async fn admins_add_sites_and_manage_users_and_each_action_is_audited() {
         .post("/users/eve/token", &[("csrf", &csrf), ("label", "ci")])
         .await;
     assert_eq!(issued.status, 200);
-    let token = issued
-        .body
-        .split("id=\"issued-token\">")
-        .nth(1)
-        .unwrap()
-        .split('<')
+    let token = texts(&issued.body, "#issued-token")
+        .into_iter()
         .next()
         .unwrap()
         .to_owned();
@@ -881,29 +868,20 @@ async fn the_pages_on_postgresql() {
         .get("/site-calls?site=plant-north&status=Parked&status=Failed")
         .await;
     assert_eq!(both.status, 200, "{}", both.body);
-    assert_eq!(both.body.matches("<tr data-id=").count(), 40);
+    assert_eq!(attrs(&both.body, "#rows tbody tr", "data-id").len(), 40);
     let like = p
         .get(&format!("/site-calls?target={}", url_encode("100%_")))
         .await;
     assert_eq!(
-        like.body.matches("<tr data-id=").count(),
+        attrs(&like.body, "#rows tbody tr", "data-id").len(),
         1,
         "% and _ are literal"
     );
     let first = p.get("/site-calls").await;
-    assert_eq!(first.body.matches("<tr data-id=").count(), 50);
-    let older = first
-        .body
-        .split("id=\"older\"")
-        .next()
-        .unwrap()
-        .rsplit("href=\"")
-        .next()
-        .unwrap();
-    let second = p
-        .get(&older.split('"').next().unwrap().replace("&#38;", "&"))
-        .await;
-    assert_eq!(second.body.matches("<tr data-id=").count(), 10);
+    assert_eq!(attrs(&first.body, "#rows tbody tr", "data-id").len(), 50);
+    let older = attrs(&first.body, "a#older", "href").remove(0);
+    let second = p.get(&older).await;
+    assert_eq!(attrs(&second.body, "#rows tbody tr", "data-id").len(), 10);
     assert!(p
         .get("/dashboard")
         .await

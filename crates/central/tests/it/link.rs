@@ -180,7 +180,8 @@ async fn retry_and_discard_are_relayed_to_the_owning_site() {
             .await,
         CommandOutcome::SiteUnreachable
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // At once: not after waiting out the relay timeout.
+    assert!(started.elapsed() < timeout);
     central.cancel.cancel();
 }
 

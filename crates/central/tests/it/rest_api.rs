@@ -247,7 +247,8 @@ async fn operators_see_and_act_on_site_calls() {
         (503, Some("SiteUnreachable"))
     );
     assert!(body["error"].as_str().unwrap().contains("unreachable"));
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // At once: not after waiting out the relay timeout.
+    assert!(started.elapsed() < COMMAND_TIMEOUT);
     let (_, sites) = api.get("/api/v1/sites", VIEWER).await;
     assert_eq!(sites["items"][0]["online"], false);
 

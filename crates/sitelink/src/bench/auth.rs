@@ -32,10 +32,10 @@ use serde_json::json;
 use sitelink_test_support::flood::{basic_auth_flood, get, rss_kib, Probe, RssPeak};
 use tokio::io::AsyncBufReadExt;
 
-use super::{median, quantile_ms};
+use super::{median, quantile_ms, Size};
 
-pub async fn run(quick: bool) -> anyhow::Result<()> {
-    let rounds = if quick { 1 } else { 3 };
+pub async fn run(size: Size) -> anyhow::Result<()> {
+    let rounds = size.pick(3, 1, 1);
     let mut out = serde_json::Map::new();
     // Requests per client: the throttled flood is answered fast (429), so
     // it gets more requests to last a few seconds too.
@@ -44,7 +44,7 @@ pub async fn run(quick: bool) -> anyhow::Result<()> {
         if other && throttle_off {
             continue;
         }
-        let per_client = if quick { per_client / 4 } else { per_client };
+        let per_client = size.pick(per_client, per_client / 4, per_client / 40);
         let mut rows = Vec::new();
         for round in 0..rounds {
             let r = round_of(throttle_off, per_client).await?;

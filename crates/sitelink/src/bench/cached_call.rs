@@ -237,20 +237,20 @@ async fn round(
     })
 }
 
-pub async fn run(quick: bool) -> anyhow::Result<()> {
-    let (rounds, dur) = if quick {
-        (3, Duration::from_millis(1500))
-    } else {
-        (5, Duration::from_secs(5))
-    };
+pub async fn run(size: super::Size) -> anyhow::Result<()> {
+    let (rounds, dur) = size.pick(
+        (5, Duration::from_secs(5)),
+        (3, Duration::from_millis(1500)),
+        (1, Duration::from_millis(200)),
+    );
     let received = Arc::new(AtomicU64::new(0));
     let up = receiver(received.clone()).await?;
     let mut calls_to_up = 0u64;
-    let down = {
-        // A port that was just free and is now closed: connection refused.
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?
-    };
+    // A port bound but never listened on: connections are refused, and
+    // no other process can take it (and answer) while the bench runs.
+    let down_socket = tokio::net::TcpSocket::new_v4()?;
+    down_socket.bind("127.0.0.1:0".parse()?)?;
+    let down = down_socket.local_addr()?;
     let dir = tempfile::tempdir()?;
     // The data directory's fsync latency, measured before anything runs.
     let fsync_us = fsync_latency_us(dir.path())?;
@@ -272,7 +272,7 @@ pub async fn run(quick: bool) -> anyhow::Result<()> {
 
     let mut out = serde_json::Map::new();
     out.insert("bench".into(), "cached-call".into());
-    out.insert("quick".into(), quick.into());
+    out.insert("quick".into(), size.quick().into());
     out.insert("rounds".into(), rounds.into());
     out.insert("round_seconds".into(), dur.as_secs_f64().into());
     // The engine's writer runs synchronous=NORMAL and its syncer thread

@@ -82,8 +82,8 @@ where
     anyhow::bail!("{what}: not within {within:?}")
 }
 
-pub async fn run(quick: bool) -> anyhow::Result<()> {
-    let kills = if quick { 2 } else { 5 };
+pub async fn run(size: super::Size) -> anyhow::Result<()> {
+    let kills = size.pick(5, 2, 1);
     let bench_db = BenchDb::new(Db::Postgres).await?;
     let dir = tempfile::tempdir()?;
     let mut nodes = Vec::new();
@@ -247,7 +247,7 @@ pub async fn run(quick: bool) -> anyhow::Result<()> {
     let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
     let out = json!({
         "bench": "failover",
-        "quick": quick,
+        "quick": size.quick(),
         "kills": kills,
         "lease": { "ttl_s": 10, "renew_s": 2, "step_down_s": 6, "standby_poll_s": 1 },
         "to_active_s": to_active,

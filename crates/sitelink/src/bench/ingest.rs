@@ -42,8 +42,8 @@ use super::{
 const BATCH: usize = 500;
 const SITES: usize = 4;
 
-pub async fn run(db: Db, quick: bool) -> anyhow::Result<()> {
-    let (per_round, rounds) = if quick { (20_000, 3) } else { (100_000, 3) };
+pub async fn run(db: Db, size: super::Size) -> anyhow::Result<()> {
+    let (per_round, rounds) = size.pick((100_000, 3), (20_000, 3), (500, 1));
     let mut plain = Vec::new();
     let mut plain_same = Vec::new();
     let mut repo = Vec::new();
@@ -63,7 +63,7 @@ pub async fn run(db: Db, quick: bool) -> anyhow::Result<()> {
             plain[round], plain_same[round], repo[round], e2e[round]
         );
     }
-    let steady = steady_state(db, if quick { 3_000 } else { 20_000 }).await?;
+    let steady = steady_state(db, size.pick(20_000, 3_000, 200)).await?;
     let (plain, plain_same, repo, e2e) = (
         median(&plain),
         median(&plain_same),
@@ -73,7 +73,7 @@ pub async fn run(db: Db, quick: bool) -> anyhow::Result<()> {
     let out = json!({
         "bench": "ingest",
         "db": format!("{db:?}").to_lowercase(),
-        "quick": quick,
+        "quick": size.quick(),
         "rows_per_round": per_round,
         "rounds": rounds,
         "plain_upsert_rows_per_second": plain,

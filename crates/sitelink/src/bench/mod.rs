@@ -1,7 +1,10 @@
-//! `sitelink bench NAME [--quick]`: benchmarks run by hand (not in CI).
-//! Each measures a figure against its baseline in the same run, repeats,
+//! `sitelink bench NAME [--quick|--smoke]`: benchmarks run by hand. Each
+//! measures a figure against its baseline in the same run, repeats,
 //! reports medians, and prints as its last line one JSON object with every
-//! figure, its baseline and their ratio (SPEC §7).
+//! figure, its baseline and their ratio (SPEC §7). `--smoke` runs each at
+//! a size of seconds, with nothing to read in its figures: CI runs every
+//! bench so (`crates/sitelink/tests/it/benches.rs`), on each backend it
+//! supports, so that none rots unseen.
 
 mod auth;
 mod cached_call;
@@ -22,6 +25,9 @@ pub enum BenchName {
     Auth {
         #[arg(long)]
         quick: bool,
+        /// A few seconds: only that the bench runs (CI).
+        #[arg(long, conflicts_with = "quick")]
+        smoke: bool,
     },
     /// Plain `Call` vs durable `CachedCall` (immediate success, and to a
     /// down target) at concurrency 1 and 64.
@@ -29,6 +35,9 @@ pub enum BenchName {
         /// A run under 60 s (fewer, shorter rounds).
         #[arg(long)]
         quick: bool,
+        /// A few seconds: only that the bench runs (CI).
+        #[arg(long, conflicts_with = "quick")]
+        smoke: bool,
     },
     /// Telemetry ingest at central (gRPC end-to-end and repository) vs a
     /// plain batched upsert; reconcile rows per changed row in steady state.
@@ -38,12 +47,18 @@ pub enum BenchName {
         db: central_world::Db,
         #[arg(long)]
         quick: bool,
+        /// A few seconds: only that the bench runs (CI).
+        #[arg(long, conflicts_with = "quick")]
+        smoke: bool,
     },
     /// `Notify.Send` at two sites to acceptance by an SMTP sink, vs the
     /// same messages sent straight to the sink.
     Notifications {
         #[arg(long)]
         quick: bool,
+        /// A few seconds: only that the bench runs (CI).
+        #[arg(long, conflicts_with = "quick")]
+        smoke: bool,
     },
     /// Catch-up of one site's changed rows by reconcile pages over the link.
     Reconcile {
@@ -57,6 +72,9 @@ pub enum BenchName {
         /// 100,000 rows at most (under 60 s).
         #[arg(long)]
         quick: bool,
+        /// A few seconds: only that the bench runs (CI).
+        #[arg(long, conflicts_with = "quick")]
+        smoke: bool,
     },
     /// Two central processes on PostgreSQL (SITELINK_BENCH_POSTGRES_URL),
     /// four sites: time from a SIGKILL of the active node to the standby
@@ -66,6 +84,9 @@ pub enum BenchName {
         /// Two kills (under 60 s).
         #[arg(long)]
         quick: bool,
+        /// A few seconds: only that the bench runs (CI).
+        #[arg(long, conflicts_with = "quick")]
+        smoke: bool,
     },
     /// Server time of the web UI's Site Calls page (unfiltered, site +
     /// Parked) and dashboard on `--rows` site calls (SQLite), against the
@@ -75,6 +96,9 @@ pub enum BenchName {
         rows: usize,
         #[arg(long)]
         quick: bool,
+        /// A few seconds: only that the bench runs (CI).
+        #[arg(long, conflicts_with = "quick")]
+        smoke: bool,
     },
     /// KPI query and first pages of filtered Site Calls listings on a table
     /// of `--rows` rows (p50/p99 against 50 ms and 100 ms).
@@ -85,24 +109,73 @@ pub enum BenchName {
         rows: usize,
         #[arg(long)]
         quick: bool,
+        /// A few seconds: only that the bench runs (CI).
+        #[arg(long, conflicts_with = "quick")]
+        smoke: bool,
     },
+}
+
+/// How big a run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Size {
+    /// The figures BENCHMARKS.md records.
+    Full,
+    /// Under a minute: a first look.
+    Quick,
+    /// Seconds: only that the bench runs to its JSON line (CI).
+    Smoke,
+}
+
+impl Size {
+    fn of(quick: bool, smoke: bool) -> Self {
+        match (quick, smoke) {
+            (_, true) => Size::Smoke,
+            (true, false) => Size::Quick,
+            (false, false) => Size::Full,
+        }
+    }
+
+    /// The value of this size.
+    pub fn pick<T>(self, full: T, quick: T, smoke: T) -> T {
+        match self {
+            Size::Full => full,
+            Size::Quick => quick,
+            Size::Smoke => smoke,
+        }
+    }
+
+    /// The JSON's `quick` field: anything but a full run.
+    pub fn quick(self) -> bool {
+        self != Size::Full
+    }
 }
 
 pub async fn run(name: BenchName) -> anyhow::Result<()> {
     match name {
-        BenchName::Auth { quick } => auth::run(quick).await,
-        BenchName::CachedCall { quick } => cached_call::run(quick).await,
-        BenchName::Ingest { db, quick } => ingest::run(db, quick).await,
-        BenchName::Queries { db, rows, quick } => queries::run(db, rows, quick).await,
-        BenchName::Notifications { quick } => notifications::run(quick).await,
-        BenchName::Ui { rows, quick } => ui::run(rows, quick).await,
-        BenchName::Failover { quick } => failover::run(quick).await,
+        BenchName::Auth { quick, smoke } => auth::run(Size::of(quick, smoke)).await,
+        BenchName::CachedCall { quick, smoke } => cached_call::run(Size::of(quick, smoke)).await,
+        BenchName::Ingest { db, quick, smoke } => ingest::run(db, Size::of(quick, smoke)).await,
+        BenchName::Queries {
+            db,
+            rows,
+            quick,
+            smoke,
+        } => queries::run(db, rows, Size::of(quick, smoke)).await,
+        BenchName::Notifications { quick, smoke } => {
+            notifications::run(Size::of(quick, smoke)).await
+        }
+        BenchName::Ui { rows, quick, smoke } => ui::run(rows, Size::of(quick, smoke)).await,
+        BenchName::Failover { quick, smoke } => failover::run(Size::of(quick, smoke)).await,
         BenchName::Reconcile {
             db,
             rows,
             page,
             quick,
-        } => reconcile::run(db, if quick { rows.min(100_000) } else { rows }, page).await,
+            smoke,
+        } => {
+            let rows = Size::of(quick, smoke).pick(rows, rows.min(100_000), rows.min(2_000));
+            reconcile::run(db, rows, page).await
+        }
     }
 }
 

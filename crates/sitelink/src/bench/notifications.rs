@@ -29,8 +29,8 @@ use super::{
 
 const SITES: usize = 2;
 
-pub async fn run(quick: bool) -> anyhow::Result<()> {
-    let (per_site, rounds) = if quick { (300, 3) } else { (2000, 5) };
+pub async fn run(size: super::Size) -> anyhow::Result<()> {
+    let (per_site, rounds) = size.pick((2000, 5), (300, 3), (20, 1));
     let total = per_site * SITES;
     let smtp = FakeSmtp::start(SmtpMode::Accept).await;
     let outbox = format!(
@@ -161,7 +161,7 @@ pub async fn run(quick: bool) -> anyhow::Result<()> {
     let (p, n) = (median(&plain), median(&pipeline));
     let out = json!({
         "bench": "notifications",
-        "quick": quick,
+        "quick": size.quick(),
         "sites": SITES,
         "notifications_per_round": total,
         "rounds": rounds,

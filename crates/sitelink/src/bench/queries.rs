@@ -22,8 +22,8 @@ use super::{
 
 pub(super) const SITES: usize = 20;
 
-pub async fn run(db: Db, rows: usize, quick: bool) -> anyhow::Result<()> {
-    let repeats = if quick { 30 } else { 100 };
+pub async fn run(db: Db, rows: usize, size: super::Size) -> anyhow::Result<()> {
+    let repeats = size.pick(100, 30, 3);
     let bench_db = BenchDb::new(db).await?;
     let database = Database::connect(&bench_db.url).await?;
     let start = Instant::now();
@@ -172,7 +172,7 @@ pub async fn run(db: Db, rows: usize, quick: bool) -> anyhow::Result<()> {
         "bench": "queries",
         "db": format!("{db:?}").to_lowercase(),
         "rows": rows,
-        "quick": quick,
+        "quick": size.quick(),
         "repeats": repeats,
         "fill_seconds": fill_seconds,
         "folded_deltas": folded,

@@ -6,8 +6,9 @@
 //! Server time: each request goes through central's HTTP router in-process
 //! (`oneshot`, no socket), so it counts routing, the session or token
 //! check, the queries and the rendering, and nothing of a network or a
-//! browser. The page reads one row more than it shows (to know whether an
-//! Older page exists), so its REST twin is asked for the same number of
+//! browser. The page and its REST twin go through the same listing
+//! (`ListQuery`, `list_page`: one row more than shown, to know whether an
+//! Older page exists), so the REST twin is asked for the page's number of
 //! rows. Requests are interleaved (page, REST, page, …) so that both see
 //! the same cache and the same machine.
 //!
@@ -27,8 +28,8 @@ use super::{
     quantile_ms, queries,
 };
 
-pub async fn run(rows: usize, quick: bool) -> anyhow::Result<()> {
-    let repeats = if quick { 60 } else { 300 };
+pub async fn run(rows: usize, size: super::Size) -> anyhow::Result<()> {
+    let repeats = size.pick(300, 60, 3);
     let bench_db = BenchDb::new(Db::Sqlite).await?;
     let database = Database::connect(&bench_db.url).await?;
     let t = Instant::now();
@@ -54,7 +55,7 @@ pub async fn run(rows: usize, quick: bool) -> anyhow::Result<()> {
 
     let session = format!("sitelink_session={secret}");
     let bearer = format!("Bearer {token}");
-    let limit = sitelink_central::central_ui::PAGE_ROWS + 1;
+    let limit = sitelink_central::central_ui::PAGE_ROWS;
     let cases: [(&str, String, String); 2] = [
         (
             "unfiltered",
@@ -138,7 +139,7 @@ pub async fn run(rows: usize, quick: bool) -> anyhow::Result<()> {
         "bench": "ui",
         "db": "sqlite",
         "rows": rows,
-        "quick": quick,
+        "quick": size.quick(),
         "repeats": repeats,
         "pages": figures,
         "page_p99_ms": page_p99,

@@ -3,6 +3,7 @@
 //! measures the resident memory of the process it drives, and shares that
 //! machine with nothing else of this binary.
 
+mod benches;
 mod common;
 mod component_docs;
 mod convergence;

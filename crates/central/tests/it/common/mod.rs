@@ -33,6 +33,11 @@ pub async fn spawn_central() -> TestCentral {
 }
 
 /// A central with `extra` lines in its `[central]` section.
+/// The relay timeout of every test central (`command_timeout_ms`): a
+/// command that gets no answer is `Timeout` after it, and one that cannot
+/// be sent is answered well before it.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(2000);
+
 pub async fn spawn_central_with(extra: &str) -> TestCentral {
     spawn_central_on("sqlite://central.db", extra).await
 }
@@ -43,7 +48,8 @@ pub async fn spawn_central_on(url: &str, extra: &str) -> TestCentral {
     let dir = tempfile::tempdir().unwrap();
     let cfg = CentralConfig::parse(
         &format!(
-            "[central]\ndatabase_url = \"{url}\"\nlink_bind = \"127.0.0.1:0\"\nhttp_bind = \"127.0.0.1:0\"\nreconcile_page = 50\ncommand_timeout_ms = 2000\n{extra}\n"
+            "[central]\ndatabase_url = \"{url}\"\nlink_bind = \"127.0.0.1:0\"\nhttp_bind = \"127.0.0.1:0\"\nreconcile_page = 50\ncommand_timeout_ms = {}\n{extra}\n",
+            COMMAND_TIMEOUT.as_millis()
         ),
         dir.path(),
     )
@@ -487,6 +493,13 @@ pub fn attrs(html: &str, css: &str, attr: &str) -> Vec<String> {
     doc.select(&sel)
         .filter_map(|e| e.value().attr(attr).map(str::to_owned))
         .collect()
+}
+
+/// Whether `css` selects any element of `html`.
+pub fn has(html: &str, css: &str) -> bool {
+    let doc = scraper::Html::parse_document(html);
+    let sel = scraper::Selector::parse(css).unwrap_or_else(|e| panic!("selector {css}: {e}"));
+    doc.select(&sel).next().is_some()
 }
 
 /// The text of every element of `html` that `css` selects.
