@@ -221,6 +221,10 @@ impl Authenticator {
 pub enum PasswordError {
     #[error("the password must have at least 8 characters")]
     Weak,
+    /// A NUL cannot be typed into a login form or an HTTP Basic header:
+    /// an account with one could never log in.
+    #[error("the password must not contain a NUL character")]
+    Nul,
     #[error("password hashing: {0}")]
     Hashing(String),
 }
@@ -239,6 +243,9 @@ pub enum AccountError {
 /// (administrative actions only: a handful at a time, never a flood, so
 /// the bounded [`hashing::HashingPool`] of logins is not needed here).
 pub async fn hash_new_password(password: &str) -> Result<PasswordHash, PasswordError> {
+    if password.contains('\0') {
+        return Err(PasswordError::Nul);
+    }
     if password.chars().count() < 8 {
         return Err(PasswordError::Weak);
     }
@@ -264,6 +271,7 @@ pub async fn add_user(
 
 /// Gives a user a new password (their web sessions end).
 pub async fn set_password(db: &Database, name: &str, password: &str) -> Result<(), AccountError> {
+    Users::check_name(name)?;
     let hash = hash_new_password(password).await?;
     Ok(db.users().set_password(name, &hash).await?)
 }

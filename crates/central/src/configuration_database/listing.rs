@@ -358,16 +358,11 @@ impl ListQuery {
                     }
                 }
                 (_, Value::Limit) => {
-                    q.limit = Some(
-                        v.parse::<u32>()
-                            .ok()
-                            .filter(|l| (1..=MAX_LIMIT).contains(l))
-                            .ok_or_else(|| {
-                                bad(format!(
-                                    "limit must be a whole number from 1 to {MAX_LIMIT}, got {v:?}"
-                                ))
-                            })?,
-                    );
+                    q.limit = Some(parse_limit(v).ok_or_else(|| {
+                        bad(format!(
+                            "limit must be a whole number from 1 to {MAX_LIMIT}, got {v:?}"
+                        ))
+                    })?);
                 }
                 (name, Value::Cursor) => {
                     let c = PageCursor::decode_param(name, v).map_err(bad)?;
@@ -394,6 +389,17 @@ impl ListQuery {
     pub fn limit_or(&self, default: u32) -> u32 {
         self.limit.unwrap_or(default)
     }
+}
+
+/// A page size: digits only (no sign, no space: what the OpenAPI document
+/// calls an integer), 1 to [`MAX_LIMIT`].
+pub fn parse_limit(v: &str) -> Option<u32> {
+    if v.is_empty() || v.len() > 10 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse::<u32>()
+        .ok()
+        .filter(|l| (1..=MAX_LIMIT).contains(l))
 }
 
 /// A time filter: RFC 3339; on a page also the browser's `datetime-local`
@@ -700,6 +706,25 @@ mod tests {
                 ListQuery::parse(&q, Listed::Notifications, Dialect::Page).is_ok(),
                 "{q:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_limit_is_digits_only() {
+        assert_eq!(parse_limit("5"), Some(5));
+        assert_eq!(parse_limit("1000"), Some(1000));
+        for bad in [
+            "+5",
+            " 5",
+            "5 ",
+            "-5",
+            "0",
+            "1001",
+            "",
+            "5.0",
+            "99999999999",
+        ] {
+            assert_eq!(parse_limit(bad), None, "{bad:?}");
         }
     }
 

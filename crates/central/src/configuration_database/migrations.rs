@@ -273,6 +273,10 @@ const MIGRATIONS: &[Migration] = &[
             )",
         ],
     },
+    // 10: user names are unique regardless of case (`Admin` beside
+    // `admin` would be two accounts an operator reads as one). Both
+    // backends index an expression.
+    both(&["CREATE UNIQUE INDEX users_name_nocase ON users (lower(name))"]),
 ];
 
 pub(super) async fn apply(db: &Database) -> anyhow::Result<()> {

@@ -65,7 +65,7 @@ pub struct User {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
-    #[error("user {0} already exists")]
+    #[error("user {0} already exists (user names are unique regardless of case)")]
     AlreadyExists(String),
     #[error("no user {0}")]
     NotFound(String),

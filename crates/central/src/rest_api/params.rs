@@ -15,7 +15,7 @@ use utoipa::openapi::{
 };
 
 use super::errors::{bad, ApiError};
-use crate::configuration_database::listing::{DEFAULT_LIMIT, MAX_LIMIT};
+use crate::configuration_database::listing::{parse_limit, DEFAULT_LIMIT, MAX_LIMIT};
 
 /// What a query parameter takes.
 pub(super) enum Takes {
@@ -121,15 +121,11 @@ impl utoipa::IntoParams for KpisParams {
 pub(super) fn limit_of(q: &HashMap<String, String>) -> Result<u32, ApiError> {
     match q.get("limit") {
         None => Ok(DEFAULT_LIMIT),
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| {
-                bad(format!(
-                    "limit must be a whole number from 1 to {MAX_LIMIT}, got {l:?}"
-                ))
-            }),
+        Some(l) => parse_limit(l).ok_or_else(|| {
+            bad(format!(
+                "limit must be a whole number from 1 to {MAX_LIMIT}, got {l:?}"
+            ))
+        }),
     }
 }
 

@@ -890,3 +890,168 @@ async fn the_pages_on_postgresql() {
     c.cancel.cancel();
     pg.drop_database().await;
 }
+
+/// After login the browser goes only to a path on this origin: a `next`
+/// that a browser would read as another host (tab, CR/LF, backslash, `//`,
+/// `/\`, an absolute URL), or that cannot go into a header (control
+/// characters), lands on `/`, whether it came in the login page's query
+/// (encoded) or straight in the form; none is a 500.
+#[tokio::test]
+async fn a_next_that_leaves_this_origin_lands_on_the_root() {
+    let c = central_with_users().await;
+    let hostile = [
+        "/\t/evil.example",
+        "/\t\\evil.example",
+        "//evil.example",
+        "/\\evil.example",
+        "/\\/evil.example",
+        "/ /evil.example",
+        "/\r\n/evil.example",
+        "/site-calls\r\nSet-Cookie: x=1",
+        "/site-calls\u{0}",
+        "/site-calls\u{7f}",
+        "/site-calls\u{1b}[31m",
+        "https://evil.example/",
+        "http:/evil.example",
+        "\\\\evil.example",
+        "evil.example",
+        "",
+    ];
+    for next in hostile {
+        // Through the login page's query, encoded as a link would carry it.
+        let mut p = Pages::new(&c);
+        let form = p.get(&format!("/login?next={}", url_encode(next))).await;
+        assert_eq!(form.status, 200, "{next:?}");
+        let carried = field(&form.body, "next");
+        assert_eq!(carried, "/", "{next:?}: the form carries {carried:?}");
+        // Straight in the form.
+        let csrf = field(&form.body, "csrf");
+        let a = p
+            .post(
+                "/login",
+                &[
+                    ("name", "dev"),
+                    ("password", PASSWORD),
+                    ("csrf", &csrf),
+                    ("next", next),
+                ],
+            )
+            .await;
+        assert_eq!(a.status, 303, "{next:?}: {}", a.body);
+        assert_eq!(a.location(), "/", "{next:?}");
+    }
+    // A path of this origin is kept.
+    let mut p = Pages::new(&c);
+    let form = p.get("/login?next=%2Fsite-calls%3Fstatus%3DParked").await;
+    let csrf = field(&form.body, "csrf");
+    let a = p
+        .post(
+            "/login",
+            &[
+                ("name", "dev"),
+                ("password", PASSWORD),
+                ("csrf", &csrf),
+                ("next", &field(&form.body, "next")),
+            ],
+        )
+        .await;
+    assert_eq!(a.location(), "/site-calls?status=Parked");
+}
+
+/// A form POST that carries the CSRF token only in the `X-CSRF-Token`
+/// header (as a script would send it) is accepted like one with the field;
+/// one with neither, or a wrong one, is refused.
+#[tokio::test]
+async fn the_csrf_token_may_come_in_the_header() {
+    let c = central_with_users().await;
+    let mut p = Pages::new(&c);
+    p.login("ada", PASSWORD).await;
+    p.get("/users").await;
+    let csrf = p.csrf.clone();
+    assert_eq!(csrf.len(), 64);
+    let origin = format!("http://{}", p.host);
+    for (token, status) in [(None, 403), (Some("0".repeat(64)), 403), (Some(csrf), 303)] {
+        let mut req = axum::http::Request::post("/users/dev/disable")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("origin", &origin);
+        if let Some(t) = &token {
+            req = req.header("x-csrf-token", t);
+        }
+        let a = p.send_raw(req, String::new()).await;
+        assert_eq!(a.status, status, "{token:?}: {}", a.body);
+    }
+}
+
+/// A name or password no account can use is refused before the database,
+/// with a 400 that names the rule, on every backend: a NUL in a new user's
+/// name or password or in a reset password, a user name in a path with a
+/// NUL, and a name that differs from an existing one only by case.
+#[tokio::test]
+async fn names_and_passwords_no_account_can_use_are_refused_with_the_rule() {
+    let mut backends = vec![("sqlite", spawn_central().await, None)];
+    if let Some(pg) = sitelink_test_support::fresh_database("SITELINK_TEST_POSTGRES_URL").await {
+        let c = spawn_central_on(&pg.url, "").await;
+        backends.push(("postgres", c, Some(pg)));
+    }
+    for (label, c, pg) in backends {
+        sitelink_central::authentication::add_user(&c.db, "ada", PASSWORD, Role::Admin)
+            .await
+            .unwrap();
+        let mut p = Pages::new(&c);
+        p.login("ada", PASSWORD).await;
+        p.get("/users").await;
+        let csrf = p.csrf.clone();
+        let add = |name: &'static str, password: &'static str| {
+            [
+                ("csrf", csrf.clone()),
+                ("name", name.into()),
+                ("password", password.into()),
+                ("role", "Viewer".into()),
+            ]
+        };
+        for (name, password, rule) in [
+            ("eve\u{0}", PASSWORD, "invalid user name"),
+            ("eve", "correct horse\u{0}battery", "NUL"),
+            ("ADA", PASSWORD, "regardless of case"),
+            ("Ada", PASSWORD, "regardless of case"),
+        ] {
+            let form = add(name, password);
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let a = p.post("/users", &form).await;
+            assert_eq!(a.status, 400, "{label}: {name:?}/{password:?}: {}", a.body);
+            assert!(
+                texts(&a.body, "main").concat().contains(rule),
+                "{label}: {name:?}: {}",
+                a.body
+            );
+        }
+        // A reset to a password with a NUL.
+        let a = p
+            .post(
+                "/users/ada/password",
+                &[("csrf", &csrf), ("password", "another long\u{0}password")],
+            )
+            .await;
+        assert_eq!(a.status, 400, "{label}: {}", a.body);
+        // A NUL in the user name of a path.
+        let a = p.post("/users/ada%00/disable", &[("csrf", &csrf)]).await;
+        assert_eq!(a.status, 400, "{label}: {}", a.body);
+        assert_eq!(p.get("/users/ada%00").await.status, 400, "{label}");
+        // Nothing was added, and ada still logs in with her password.
+        let names: Vec<String> =
+            c.db.users()
+                .list()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|u| u.name)
+                .collect();
+        assert_eq!(names, ["ada"], "{label}");
+        let mut again = Pages::new(&c);
+        assert_eq!(again.login("ada", PASSWORD).await.status, 303, "{label}");
+        if let Some(pg) = pg {
+            c.db.pool().close().await;
+            pg.drop_database().await;
+        }
+    }
+}

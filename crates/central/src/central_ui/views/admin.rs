@@ -21,7 +21,7 @@ use crate::{
         session::{CheckedPost, CsrfField, Operator},
         UiState,
     },
-    configuration_database::{now_ms, Role, SitesError, TokenInfo, UserInfo, UsersError},
+    configuration_database::{now_ms, Role, SitesError, TokenInfo, UserInfo, Users, UsersError},
 };
 
 /// Sites shown per page of the Sites page.
@@ -67,9 +67,12 @@ async fn audit(
     subject: &str,
     outcome: &str,
 ) -> Result<(), UiError> {
+    // A refused name may hold what no column can (a NUL): the entry shows
+    // it with U+FFFD instead, so the refusal is still recorded.
+    let subject = subject.replace('\0', "\u{fffd}");
     st.db
         .audit_log()
-        .record(&op.user.name, action, subject, None, outcome)
+        .record(&op.user.name, action, &subject, None, outcome)
         .await
         .map_err(UiError::internal)
 }
@@ -286,7 +289,9 @@ pub async fn users(
 fn users_error(e: impl Into<AccountError>) -> UiError {
     match e.into() {
         e @ (AccountError::Users(UsersError::AlreadyExists(_) | UsersError::InvalidName(_))
-        | AccountError::Password(PasswordError::Weak)) => UiError::BadRequest(e.to_string()),
+        | AccountError::Password(PasswordError::Weak | PasswordError::Nul)) => {
+            UiError::BadRequest(e.to_string())
+        }
         e @ AccountError::Users(UsersError::NotFound(_)) => UiError::NotFound(e.to_string()),
         e => UiError::internal(e),
     }
@@ -377,6 +382,7 @@ pub async fn user(
     Query(q): Query<AfterQuery>,
 ) -> Result<Response, UiError> {
     op.require_admin()?;
+    Users::check_name(&name).map_err(users_error)?;
     user_page(&st, &op, &name, None, q.done.as_deref()).await
 }
 
@@ -388,6 +394,9 @@ pub async fn user_action(
     CheckedPost { op, form: f }: CheckedPost<UserForm>,
 ) -> Result<Response, UiError> {
     op.require_admin()?;
+    // A name no user can have (a NUL, say) is the caller's mistake, named
+    // before any query (PostgreSQL refuses a NUL in a parameter).
+    Users::check_name(&name).map_err(users_error)?;
     let users = st.db.users();
     let (audit_action, res, done) = match action.as_str() {
         "role" => {

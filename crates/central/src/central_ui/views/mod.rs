@@ -44,20 +44,26 @@ pub struct NextQuery {
     next: Option<String>,
 }
 
-/// Where to go after login: a path on this site, else the dashboard (never
-/// another origin: `//host` and `/\host` are refused).
+/// Where to go after login: a path on this origin, else `/`. A path
+/// starts with one `/` that is followed by neither `/` nor `\`, and holds
+/// no backslash, whitespace or control character anywhere: browsers drop
+/// tabs and newlines from a URL and read `\` as `/`, so `/\t/evil.example`
+/// or `/\\evil.example` would leave this origin, and a control character
+/// cannot go into a `Location` header at all.
 fn safe_next(next: Option<&str>) -> String {
     match next {
         Some(n)
             if n.starts_with('/')
-                && !n.starts_with("//")
-                && !n.starts_with("/\\")
+                && !n[1..].starts_with(['/', '\\'])
+                && !n
+                    .chars()
+                    .any(|c| c == '\\' || c.is_whitespace() || c.is_control())
                 && n.len() <= 2048
                 && !n.starts_with("/login") =>
         {
             n.to_owned()
         }
-        _ => "/dashboard".into(),
+        _ => "/".into(),
     }
 }
 

@@ -373,6 +373,12 @@ impl Pages {
         }
     }
 
+    /// A request as built by the caller (with this client's cookies and
+    /// host added).
+    pub async fn send_raw(&mut self, req: axum::http::request::Builder, body: String) -> Answer {
+        self.send(req, body).await
+    }
+
     async fn send(&mut self, req: axum::http::request::Builder, body: String) -> Answer {
         use tower::ServiceExt;
         let cookie = self
