@@ -91,7 +91,9 @@ impl AdminGuard {
                 .and_then(|c| c.to_str().ok())
                 .and_then(|c| c.split(';').next())
                 .is_some_and(|c| c.trim().eq_ignore_ascii_case("application/json"));
-            if !json {
+            // Only a POST has a body to read (every other method but GET is
+            // answered 405 by the routes).
+            if req.method() == Method::POST && !json {
                 return Some(ApiError(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "a POST needs Content-Type: application/json".into(),
@@ -139,6 +141,13 @@ pub fn router(engine: Engine, runtime: Arc<ScriptRuntime>, guard: AdminGuard) ->
         .route("/api/v1/operations/{id}/retry", post(retry_operation))
         .route("/api/v1/operations/{id}/discard", post(discard_operation))
         .route("/api/v1/scripts/{name}/run", post(run_script))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this resource".into(),
+            )
+        })
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
                 let refusal = guard.refusal(&req);
@@ -161,13 +170,26 @@ struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let unauthorized = self.0 == StatusCode::UNAUTHORIZED;
+        let mut resp = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if unauthorized {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"sitelink-site\""),
+            );
+        }
+        resp
     }
 }
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        // A 500 carries a reference only; the storage's words go to the log.
+        let reference = sitelink_net::internal_error_reference(&e, "site admin API");
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error (reference {reference}; the site log has the details)"),
+        )
     }
 }
 

@@ -1037,6 +1037,10 @@ async fn names_and_passwords_no_account_can_use_are_refused_with_the_rule() {
         let a = p.post("/users/ada%00/disable", &[("csrf", &csrf)]).await;
         assert_eq!(a.status, 400, "{label}: {}", a.body);
         assert_eq!(p.get("/users/ada%00").await.status, 400, "{label}");
+        // The same for a site name.
+        let a = p.post("/sites/a%00/revoke", &[("csrf", &csrf)]).await;
+        assert_eq!(a.status, 400, "{label}: {}", a.body);
+        assert_eq!(p.get("/sites/a%00/revoke").await.status, 400, "{label}");
         // Nothing was added, and ada still logs in with her password.
         let names: Vec<String> =
             c.db.users()

@@ -172,3 +172,43 @@ async fn an_unfinished_request_is_closed_after_the_header_timeout() {
     );
     cancel.cancel();
 }
+
+/// Every error the admin API answers is the JSON error body with the
+/// status that says what was wrong: a method a route does not take is 405
+/// (not 415: only a POST has a body), an unknown path 404, and a 401 says
+/// how to authenticate.
+#[tokio::test]
+async fn errors_are_json_with_the_status_that_fits() {
+    let token = "admin-token-0123456789";
+    let (url, cancel, _dir) = site(&format!("token = \"{token}\"")).await;
+    let http = reqwest::Client::new();
+    for (method, path, status) in [
+        (reqwest::Method::DELETE, "/api/v1/operations", 405),
+        (reqwest::Method::PUT, "/api/v1/operations", 405),
+        (reqwest::Method::GET, "/api/v1/scripts/mark/run", 405),
+        (reqwest::Method::GET, "/api/v1/nothing-here", 404),
+    ] {
+        let r = http
+            .request(method.clone(), format!("{url}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{method} {path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body["error"].is_string(), "{method} {path}: {body}");
+    }
+    let r = http
+        .get(format!("{url}/api/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer realm=\"sitelink-site\""
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
+    cancel.cancel();
+}

@@ -200,7 +200,7 @@ pub async fn confirm_revoke(
     Path(name): Path<String>,
 ) -> Result<Response, UiError> {
     op.require_admin()?;
-    let name = SiteName::parse(&name).map_err(|e| UiError::NotFound(format!("site: {e}")))?;
+    let name = SiteName::parse(&name).map_err(|e| UiError::BadRequest(format!("site: {e}")))?;
     if st
         .db
         .sites()
@@ -228,7 +228,7 @@ pub async fn revoke_site(
     CheckedPost { op, .. }: CheckedPost<CsrfForm>,
 ) -> Result<Response, UiError> {
     op.require_admin()?;
-    let name = SiteName::parse(&name).map_err(|e| UiError::NotFound(format!("site: {e}")))?;
+    let name = SiteName::parse(&name).map_err(|e| UiError::BadRequest(format!("site: {e}")))?;
     match st.db.sites().revoke(name.as_str()).await {
         Ok(()) => {}
         Err(e @ SitesError::NotFound(_)) => return Err(UiError::NotFound(e.to_string())),
