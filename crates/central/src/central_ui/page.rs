@@ -8,7 +8,7 @@ use axum::{
     response::{Html, IntoResponse, Redirect, Response},
 };
 
-use super::{asset_url, session::Operator};
+use super::asset_url;
 
 /// What the layout's navigation bar shows.
 pub struct Nav {
@@ -23,17 +23,6 @@ pub struct Nav {
 }
 
 impl Nav {
-    pub fn of(op: &Operator, active: &'static str) -> Self {
-        Self {
-            user: op.user.name.clone(),
-            role: op.user.role.as_str(),
-            admin: op.user.role.may_administer(),
-            csrf: op.csrf.clone(),
-            active,
-            ..Self::anonymous()
-        }
-    }
-
     /// The bar of a page shown before login (no entries).
     pub fn anonymous() -> Self {
         Self {

@@ -24,7 +24,10 @@ use axum::{
     Form,
 };
 
-use super::{page::UiError, UiState};
+use super::{
+    page::{Nav, UiError},
+    UiState,
+};
 use crate::configuration_database::User;
 
 /// The session cookie's name.
@@ -215,5 +218,20 @@ where
         let token = form.csrf();
         op.check_post(&headers, st.tls, (!token.is_empty()).then_some(token))?;
         Ok(Self { op, form })
+    }
+}
+
+impl Nav {
+    /// The bar of a logged-in operator's page (here rather than in `page`,
+    /// which knows nothing of sessions).
+    pub fn of(op: &Operator, active: &'static str) -> Self {
+        Self {
+            user: op.user.name.clone(),
+            role: op.user.role.as_str(),
+            admin: op.user.role.may_administer(),
+            csrf: op.csrf.clone(),
+            active,
+            ..Self::anonymous()
+        }
     }
 }
