@@ -7,15 +7,7 @@
 /// fails the test instead: CI must not pass by skipping.
 pub async fn fresh_database(env_var: &str) -> Option<FreshDatabase> {
     use sqlx::{Connection, Executor};
-    let Ok(base) = std::env::var(env_var) else {
-        if std::env::var("SITELINK_REQUIRE_DATABASES").is_ok_and(|v| v == "1") {
-            panic!("{env_var} is not set, and SITELINK_REQUIRE_DATABASES=1 requires it");
-        }
-        eprintln!(
-            "skipped: {env_var} is not set (.ci/run sets it to the machine's server; see README)"
-        );
-        return None;
-    };
+    let base = server_url(env_var)?;
     sqlx::any::install_default_drivers();
     let name = format!("sl_test_{:016x}", rand::random::<u64>());
     let mut admin = sqlx::AnyConnection::connect(&base)
@@ -32,6 +24,24 @@ pub async fn fresh_database(env_var: &str) -> Option<FreshDatabase> {
         name,
         url: url.to_string(),
     })
+}
+
+/// The server URL in `env_var`, or `None` after printing why the caller
+/// skips; with `SITELINK_REQUIRE_DATABASES=1` (`.ci/run` sets it) a
+/// missing variable panics instead: CI must not pass by skipping.
+pub fn server_url(env_var: &str) -> Option<String> {
+    match std::env::var(env_var) {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var("SITELINK_REQUIRE_DATABASES").is_ok_and(|v| v == "1") => {
+            panic!("{env_var} is not set, and SITELINK_REQUIRE_DATABASES=1 requires it")
+        }
+        Err(_) => {
+            eprintln!(
+                "skipped: {env_var} is not set (.ci/run sets it to the machine's server; see README)"
+            );
+            None
+        }
+    }
 }
 
 pub struct FreshDatabase {

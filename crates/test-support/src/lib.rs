@@ -24,7 +24,7 @@ mod smtp;
 
 use std::{future::Future, time::Duration};
 
-pub use database::{fresh_database, FreshDatabase};
+pub use database::{fresh_database, server_url, FreshDatabase};
 pub use http::{FakeHttp, Mode, Recorded};
 pub use proxy::TcpProxy;
 pub use smtp::{FakeSmtp, ReceivedMail, SmtpMode, SmtpSecurity};

@@ -102,11 +102,6 @@ impl PageCursor {
             id: id.to_string(),
         })
     }
-
-    /// [`PageCursor::decode_param`] of an `after` value.
-    pub fn decode(s: &str) -> Result<Self, String> {
-        Self::decode_param("after", s)
-    }
 }
 
 /// Which page of a newest-first listing (keyset paging, never OFFSET).
@@ -252,7 +247,8 @@ const PARAMS: &[(&str, Value, &str)] = &[
     ),
 ];
 
-const SITE_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$";
+/// A site name, as the OpenAPI document states it (`SiteName::parse`).
+pub const SITE_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$";
 const CURSOR_PATTERN: &str =
     r"^[0-9]{1,15}\.[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 
@@ -357,13 +353,7 @@ impl ListQuery {
                         q.filter.to_ms = Some(ms);
                     }
                 }
-                (_, Value::Limit) => {
-                    q.limit = Some(parse_limit(v).ok_or_else(|| {
-                        bad(format!(
-                            "limit must be a whole number from 1 to {MAX_LIMIT}, got {v:?}"
-                        ))
-                    })?);
-                }
+                (_, Value::Limit) => q.limit = Some(parse_limit(v).map_err(bad)?),
                 (name, Value::Cursor) => {
                     let c = PageCursor::decode_param(name, v).map_err(bad)?;
                     if !matches!(q.page, Page::First) && dialect == Dialect::Api {
@@ -392,14 +382,14 @@ impl ListQuery {
 }
 
 /// A page size: digits only (no sign, no space: what the OpenAPI document
-/// calls an integer), 1 to [`MAX_LIMIT`].
-pub fn parse_limit(v: &str) -> Option<u32> {
-    if v.is_empty() || v.len() > 10 || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    v.parse::<u32>()
-        .ok()
+/// calls an integer), 1 to [`MAX_LIMIT`]; else the message for the 400.
+/// Every route with a `limit` reads it here.
+pub fn parse_limit(v: &str) -> Result<u32, String> {
+    Some(v)
+        .filter(|v| !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u32>().ok())
         .filter(|l| (1..=MAX_LIMIT).contains(l))
+        .ok_or_else(|| format!("limit must be a whole number from 1 to {MAX_LIMIT}, got {v:?}"))
 }
 
 /// A time filter: RFC 3339; on a page also the browser's `datetime-local`
@@ -711,8 +701,8 @@ mod tests {
 
     #[test]
     fn a_limit_is_digits_only() {
-        assert_eq!(parse_limit("5"), Some(5));
-        assert_eq!(parse_limit("1000"), Some(1000));
+        assert_eq!(parse_limit("5"), Ok(5));
+        assert_eq!(parse_limit("1000"), Ok(1000));
         for bad in [
             "+5",
             " 5",
@@ -724,7 +714,7 @@ mod tests {
             "5.0",
             "99999999999",
         ] {
-            assert_eq!(parse_limit(bad), None, "{bad:?}");
+            assert!(parse_limit(bad).unwrap_err().contains("limit"), "{bad:?}");
         }
     }
 

@@ -15,7 +15,7 @@ use utoipa::openapi::{
 };
 
 use super::errors::{bad, ApiError};
-use crate::configuration_database::listing::{parse_limit, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::configuration_database::listing::{parse_limit, DEFAULT_LIMIT, MAX_LIMIT, SITE_PATTERN};
 
 /// What a query parameter takes.
 pub(super) enum Takes {
@@ -77,7 +77,7 @@ fn openapi(params: &[Param]) -> Vec<Parameter> {
                     .schema_type(Type::Integer)
                     .minimum(Some(1))
                     .maximum(Some(MAX_LIMIT)),
-                Takes::SiteName => string().pattern(Some(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")),
+                Takes::SiteName => string().pattern(Some(SITE_PATTERN)),
                 Takes::EntryId => {
                     string().format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
                 }
@@ -121,11 +121,7 @@ impl utoipa::IntoParams for KpisParams {
 pub(super) fn limit_of(q: &HashMap<String, String>) -> Result<u32, ApiError> {
     match q.get("limit") {
         None => Ok(DEFAULT_LIMIT),
-        Some(l) => parse_limit(l).ok_or_else(|| {
-            bad(format!(
-                "limit must be a whole number from 1 to {MAX_LIMIT}, got {l:?}"
-            ))
-        }),
+        Some(l) => parse_limit(l).map_err(bad),
     }
 }
 

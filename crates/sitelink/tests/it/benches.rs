@@ -32,14 +32,7 @@ fn smoke(args: &[&str], postgres: Option<&str>) -> serde_json::Value {
 fn every_bench_runs_at_smoke_size_on_each_backend() {
     // The PostgreSQL variants need the server the other tests use;
     // fresh_database's rule applies (required in CI).
-    let postgres = std::env::var("SITELINK_TEST_POSTGRES_URL").ok();
-    if postgres.is_none() {
-        assert!(
-            std::env::var("SITELINK_REQUIRE_DATABASES").as_deref() != Ok("1"),
-            "SITELINK_TEST_POSTGRES_URL is not set, and SITELINK_REQUIRE_DATABASES=1 requires it"
-        );
-        eprintln!("SITELINK_TEST_POSTGRES_URL is not set: the PostgreSQL benches are skipped");
-    }
+    let postgres = sitelink_test_support::server_url("SITELINK_TEST_POSTGRES_URL");
     let mut runs: Vec<(Vec<&str>, bool)> = vec![
         (vec!["cached-call"], false),
         (vec!["notifications"], false),
