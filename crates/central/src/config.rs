@@ -126,9 +126,19 @@ pub struct CentralSection {
     /// Connections open at once on the HTTP port; more are closed at once.
     #[serde(default = "default_http_max_connections")]
     pub http_max_connections: usize,
+    /// Connections one client address may hold open on the HTTP port (so
+    /// one address cannot take every slot; raise it behind a reverse proxy,
+    /// where every client has the proxy's address).
+    #[serde(default = "default_http_max_connections_per_address")]
+    pub http_max_connections_per_address: usize,
     /// Connections open at once on the link port.
     #[serde(default = "default_link_max_connections")]
     pub link_max_connections: usize,
+    /// Link connections one client address may hold before a stream on
+    /// them has authenticated (authenticated ones do not count: many sites
+    /// may share one NAT address).
+    #[serde(default = "default_link_unauthenticated_per_address")]
+    pub link_unauthenticated_per_address: usize,
     /// A new connection must complete its TLS handshake and (HTTP) its
     /// request headers, or (link) authenticate a stream, within this; an
     /// HTTP keep-alive connection idle this long is closed too.
@@ -217,6 +227,12 @@ fn default_http_max_connections() -> usize {
 fn default_link_max_connections() -> usize {
     1024
 }
+fn default_http_max_connections_per_address() -> usize {
+    64
+}
+fn default_link_unauthenticated_per_address() -> usize {
+    128
+}
 fn default_setup_timeout_ms() -> u64 {
     5000
 }
@@ -239,7 +255,7 @@ impl CentralConfig {
     fn check_ranges(&self) -> Result<(), String> {
         let c = &self.central;
         let o = self.notification_outbox.as_ref();
-        let keys: [(&str, Option<i128>, i128, i128); 21] = [
+        let keys: [(&str, Option<i128>, i128, i128); 23] = [
             (
                 "central.http_max_connections",
                 Some(c.http_max_connections as i128),
@@ -249,6 +265,18 @@ impl CentralConfig {
             (
                 "central.link_max_connections",
                 Some(c.link_max_connections as i128),
+                1,
+                100_000,
+            ),
+            (
+                "central.http_max_connections_per_address",
+                Some(c.http_max_connections_per_address as i128),
+                1,
+                100_000,
+            ),
+            (
+                "central.link_unauthenticated_per_address",
+                Some(c.link_unauthenticated_per_address as i128),
                 1,
                 100_000,
             ),

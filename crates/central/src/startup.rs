@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use sitelink_commons::contracts::v1::site_link_server::SiteLinkServer;
-use sitelink_net::{http_server, ConnectionLimits, GuardedListener};
+use sitelink_net::{http_server, ConnectionLimits, GuardedListener, PerAddress};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -109,6 +109,8 @@ impl Central {
                 .with_context(|| format!("binding the site link to {}", c.link_bind))?,
             ConnectionLimits {
                 max_connections: c.link_max_connections,
+                max_per_address: c.link_unauthenticated_per_address,
+                per_address: PerAddress::UntilEstablished,
                 setup_timeout,
             },
             "link",
@@ -119,6 +121,8 @@ impl Central {
                 .with_context(|| format!("binding the HTTP API to {}", c.http_bind))?,
             ConnectionLimits {
                 max_connections: c.http_max_connections,
+                max_per_address: c.http_max_connections_per_address,
+                per_address: PerAddress::WhileOpen,
                 setup_timeout,
             },
             "http",

@@ -7,7 +7,11 @@
 //! HTTP/1.1 with hyper's header-read timeout, which runs from the moment
 //! the connection (or the previous answer) is done until the next request's
 //! headers are complete, so a silent socket, a slow-loris header or an idle
-//! keep-alive connection is closed after it. The client's address reaches
+//! keep-alive connection is closed after it. A request's body must then
+//! arrive within the same time ([`DeadlineBody`]): a client that announces
+//! `Content-Length: 100000` and sends two bytes is answered 408 and its
+//! connection closed, so slow bodies cannot hold the port's slots. The
+//! client's address reaches
 //! handlers as axum's `ConnectInfo<SocketAddr>` (the login throttle keys
 //! on it).
 //!
@@ -15,10 +19,25 @@
 //! finishes the request it is serving and closes, and [`serve`] returns
 //! when the last one has.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future as _,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Context as TaskContext, Poll},
+    time::Duration,
+};
 
 use anyhow::Context;
-use axum::{extract::ConnectInfo, Router};
+use axum::{
+    extract::ConnectInfo,
+    http::{header, HeaderValue, StatusCode},
+    response::IntoResponse as _,
+    Router,
+};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
@@ -29,8 +48,9 @@ use crate::listeners::GuardedListener;
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Serves `router` on `listener` until `cancel` fires. The listener's
-/// setup timeout bounds the TLS handshake and, as hyper's header-read
-/// timeout, every request's headers and the idle time before them.
+/// setup timeout bounds the TLS handshake, every request's headers and the
+/// idle time before them (as hyper's header-read timeout), and then every
+/// request's body.
 pub async fn serve(
     listener: GuardedListener,
     router: Router,
@@ -90,9 +110,25 @@ where
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             let mut router = router.clone();
+            let late = Arc::new(AtomicBool::new(false));
+            let req = req.map(|body| {
+                axum::body::Body::new(DeadlineBody {
+                    inner: body,
+                    deadline: Box::pin(tokio::time::sleep(header_timeout)),
+                    late: late.clone(),
+                })
+            });
             async move {
                 use tower_service::Service as _;
-                router.call(req.map(axum::body::Body::new)).await
+                let resp = router.call(req).await?;
+                // Whatever the handler made of the failed read (a 400 from
+                // an extractor, say), the answer is 408, and the connection
+                // closes (hyper cannot read the next request after an
+                // unfinished body).
+                if late.load(Ordering::Relaxed) {
+                    return Ok(too_slow(header_timeout));
+                }
+                Ok::<_, std::convert::Infallible>(resp)
             }
         });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -106,4 +142,56 @@ where
         () = cancel.cancelled() => conn.as_mut().graceful_shutdown(),
     }
     conn.await.map_err(Into::into)
+}
+
+/// A request body that fails once `deadline` has passed before its end.
+struct DeadlineBody {
+    inner: hyper::body::Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Set when the deadline cut the body: the answer becomes 408.
+    late: Arc<AtomicBool>,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = bytes::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.late.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err("the request body did not arrive in time".into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// 408 with the JSON error body, closing the connection.
+fn too_slow(limit: Duration) -> axum::response::Response {
+    let message = format!(
+        "{{\"error\":\"the request body did not arrive within {} ms\"}}",
+        limit.as_millis()
+    );
+    let mut resp = (StatusCode::REQUEST_TIMEOUT, message).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }

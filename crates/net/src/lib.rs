@@ -16,7 +16,7 @@ pub mod http_server;
 pub mod listeners;
 
 pub use listeners::{
-    ConnectionInfo, ConnectionLimits, Established, GuardedListener, GuardedStream,
+    ConnectionInfo, ConnectionLimits, Established, GuardedListener, GuardedStream, PerAddress,
 };
 
 /// Whether `headers` carry `Authorization: Bearer <expected>` (the scheme

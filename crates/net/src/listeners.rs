@@ -7,6 +7,13 @@
 //! [`GuardedStream`] (the accepted socket, holding its place under the cap
 //! until it is dropped).
 //!
+//! The per-address cap: one client address may hold at most
+//! [`ConnectionLimits::max_per_address`] of them, so one address cannot take
+//! every slot. On the HTTP ports it counts every open connection
+//! ([`PerAddress::WhileOpen`]); on the link it counts connections that have
+//! not authenticated yet ([`PerAddress::UntilEstablished`]), because many
+//! sites behind one NAT share an address once they are in.
+//!
 //! The deadline: a [`GuardedStream`] fails its reads with `TimedOut` once
 //! [`ConnectionLimits::setup_timeout`] has passed unless something marked
 //! it [`Established`] first. The site link marks a connection established
@@ -20,9 +27,10 @@
 //! time between two requests.
 
 use std::{
+    collections::HashMap,
     future::Future as _,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -43,22 +51,88 @@ use tokio::{
 pub struct ConnectionLimits {
     /// Connections open at once; more are closed as they arrive.
     pub max_connections: usize,
-    /// A connection not established by then is closed.
+    /// Connections one client address may hold at once (counted as
+    /// `per_address` says); more from it are closed as they arrive.
+    pub max_per_address: usize,
+    /// Which connections count against `max_per_address`.
+    pub per_address: PerAddress,
+    /// A connection not established by then is closed. On the HTTP ports
+    /// it is also the time a request's headers, and then its body, have to
+    /// arrive.
     pub setup_timeout: Duration,
 }
 
+/// Which connections of an address count against its cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PerAddress {
+    /// Every open connection (the HTTP ports).
+    WhileOpen,
+    /// Connections not yet established (the link: until a stream on the
+    /// connection has authenticated).
+    UntilEstablished,
+}
+
 /// Set once a connection has proved itself (the link: an authenticated
-/// stream on it); from then on the setup deadline no longer applies.
+/// stream on it); from then on the setup deadline no longer applies, and
+/// with [`PerAddress::UntilEstablished`] the connection no longer counts
+/// against its address's cap.
 #[derive(Clone, Debug, Default)]
-pub struct Established(Arc<AtomicBool>);
+pub struct Established(Arc<EstablishedInner>);
+
+#[derive(Debug, Default)]
+struct EstablishedInner {
+    set: AtomicBool,
+    /// The address place, with [`PerAddress::UntilEstablished`]: given back
+    /// on `mark` (or when the stream is dropped, whichever comes first).
+    place: Mutex<Option<AddressPlace>>,
+}
 
 impl Established {
     pub fn mark(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.set.store(true, Ordering::Relaxed);
+        self.0.place.lock().expect("place lock").take();
     }
 
     pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.set.load(Ordering::Relaxed)
+    }
+}
+
+/// Open (or unestablished) connections per client address.
+type AddressCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// One connection's place under its address's cap; given back on drop.
+#[derive(Debug)]
+struct AddressPlace {
+    counts: AddressCounts,
+    ip: IpAddr,
+}
+
+impl AddressPlace {
+    /// A place for `ip`, or `None` when it holds `max` already.
+    fn take(counts: &AddressCounts, ip: IpAddr, max: usize) -> Option<Self> {
+        let mut map = counts.lock().expect("address lock");
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().expect("address lock");
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -73,9 +147,11 @@ pub struct ConnectionInfo {
 pub struct GuardedListener {
     listener: TcpListener,
     slots: Arc<Semaphore>,
+    addresses: AddressCounts,
     limits: ConnectionLimits,
     what: &'static str,
     last_warning: Mutex<Option<Instant>>,
+    last_address_warning: Mutex<Option<Instant>>,
 }
 
 impl GuardedListener {
@@ -83,9 +159,11 @@ impl GuardedListener {
         Self {
             listener,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
+            addresses: AddressCounts::default(),
             limits,
             what,
             last_warning: Mutex::new(None),
+            last_address_warning: Mutex::new(None),
         }
     }
 
@@ -97,7 +175,7 @@ impl GuardedListener {
         self.listener.local_addr()
     }
 
-    /// The next connection within the cap (those beyond it are closed).
+    /// The next connection within the caps (those beyond are closed).
     pub async fn accept(&self) -> io::Result<GuardedStream> {
         loop {
             let (socket, peer) = match self.listener.accept().await {
@@ -111,19 +189,35 @@ impl GuardedListener {
                 }
                 Err(e) => return Err(e),
             };
+            // The address first: a full address must not cost a global slot.
+            let Some(place) = AddressPlace::take(
+                &self.addresses,
+                peer.ip().to_canonical(),
+                self.limits.max_per_address,
+            ) else {
+                self.warn_address_full(peer.ip());
+                drop(socket);
+                continue;
+            };
             let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                 self.warn_full();
                 drop(socket);
                 continue;
             };
             let _ = socket.set_nodelay(true);
+            let established = Established::default();
+            let place = match self.limits.per_address {
+                PerAddress::WhileOpen => Some(place),
+                PerAddress::UntilEstablished => {
+                    *established.0.place.lock().expect("place lock") = Some(place);
+                    None
+                }
+            };
             return Ok(GuardedStream {
                 socket,
                 _slot: slot,
-                info: ConnectionInfo {
-                    peer,
-                    established: Established::default(),
-                },
+                _place: place,
+                info: ConnectionInfo { peer, established },
                 deadline: Some(Box::pin(tokio::time::sleep(self.limits.setup_timeout))),
             });
         }
@@ -144,9 +238,7 @@ impl GuardedListener {
     }
 
     fn warn_full(&self) {
-        let mut last = self.last_warning.lock().expect("warning lock");
-        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-            *last = Some(Instant::now());
+        if due(&self.last_warning) {
             tracing::warn!(
                 port = self.what,
                 max = self.limits.max_connections,
@@ -154,6 +246,28 @@ impl GuardedListener {
             );
         }
     }
+
+    fn warn_address_full(&self, ip: IpAddr) {
+        if due(&self.last_address_warning) {
+            tracing::warn!(
+                port = self.what,
+                %ip,
+                max = self.limits.max_per_address,
+                "per-address connection cap reached; new connections from this address are closed \
+                 until some end"
+            );
+        }
+    }
+}
+
+/// Whether a rate-limited warning is due (at most one every 10 s).
+fn due(last: &Mutex<Option<Instant>>) -> bool {
+    let mut last = last.lock().expect("warning lock");
+    let due = last.is_none_or(|t| t.elapsed() > Duration::from_secs(10));
+    if due {
+        *last = Some(Instant::now());
+    }
+    due
 }
 
 fn is_transient_accept_error(e: &io::Error) -> bool {
@@ -167,10 +281,14 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
         .is_some_and(|code| code == 24 || code == 23) // EMFILE, ENFILE
 }
 
-/// An accepted connection: its place under the cap, and its setup deadline.
+/// An accepted connection: its places under the caps, and its setup
+/// deadline.
 pub struct GuardedStream {
     socket: TcpStream,
     _slot: OwnedSemaphorePermit,
+    /// With [`PerAddress::WhileOpen`]; otherwise the place is held by
+    /// `info.established` until it is marked, and given back in `drop`.
+    _place: Option<AddressPlace>,
     info: ConnectionInfo,
     /// Until the connection is established; `None` after.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -195,6 +313,20 @@ impl GuardedStream {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for GuardedStream {
+    fn drop(&mut self) {
+        // `Established` may outlive the stream in a request's extensions;
+        // the address place must not.
+        self.info
+            .established
+            .0
+            .place
+            .lock()
+            .expect("place lock")
+            .take();
     }
 }
 

@@ -115,11 +115,14 @@ impl Site {
     }
 }
 
-/// The admin API's connection cap, and the time a connection has for its
-/// request headers (and may stay idle between requests): a local operator
-/// or a supervisor needs a handful, and nothing may hold them for ever.
+/// The admin API's connection caps (in all, and per client address), and
+/// the time a connection has for its request headers, then its body (and
+/// may stay idle between requests): a local operator or a supervisor needs
+/// a handful, and nothing may hold them for ever.
 const ADMIN_LIMITS: sitelink_net::ConnectionLimits = sitelink_net::ConnectionLimits {
     max_connections: 64,
+    max_per_address: 16,
+    per_address: sitelink_net::PerAddress::WhileOpen,
     setup_timeout: Duration::from_secs(5),
 };
 

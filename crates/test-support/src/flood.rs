@@ -2,7 +2,8 @@
 //! test and `sitelink bench auth`: [`basic_auth_flood`] (many clients, each
 //! from its own loopback address, sending HTTP Basic credentials),
 //! [`Probe`] (one request a while, timing each), and [`rss_kib`] (a
-//! process's resident memory). Requests are plain HTTP/1.1 over a fresh
+//! process's resident memory); and [`slow_bodies`] (connections that
+//! announce a large body and send two bytes of it). Requests are plain HTTP/1.1 over a fresh
 //! connection each (`Connection: close`), written by hand: a client that
 //! must bind a chosen source address is a few lines on a `TcpSocket`.
 //!
@@ -179,4 +180,56 @@ impl RssPeak {
         let _ = self.stop.send(true);
         self.task.await.expect("the sampler panicked")
     }
+}
+
+/// What became of one slow-body connection: when the server closed it, and
+/// what it answered before (empty when it was closed at once).
+pub struct SlowBody {
+    pub closed: Instant,
+    pub answer: String,
+}
+
+/// Opens `n` connections from `from` to `server`, each sending `head` (a
+/// request line and headers announcing `Content-Length: 100000`) and two
+/// bytes of the body, then nothing. One task per connection reads until the
+/// server closes it, and panics if that takes longer than `limit`.
+pub async fn slow_bodies(
+    server: SocketAddr,
+    from: Ipv4Addr,
+    n: usize,
+    head: &str,
+    limit: Duration,
+) -> Vec<tokio::task::JoinHandle<SlowBody>> {
+    let mut readers = Vec::new();
+    for _ in 0..n {
+        let Ok(socket) = TcpSocket::new_v4() else {
+            continue;
+        };
+        if socket.bind(SocketAddr::new(from.into(), 0)).is_err() {
+            continue;
+        }
+        let Ok(mut s) = socket.connect(server).await else {
+            continue;
+        };
+        // A refused connection may be closed already: the write may fail.
+        let _ = s.write_all(format!("{head}ab").as_bytes()).await;
+        readers.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            loop {
+                let left = limit.saturating_sub(started.elapsed());
+                match tokio::time::timeout(left, s.read(&mut buf)).await {
+                    Err(_) => panic!("a slow-body connection still open after {limit:?}"),
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(k)) => got.extend_from_slice(&buf[..k]),
+                }
+            }
+            SlowBody {
+                closed: Instant::now(),
+                answer: String::from_utf8_lossy(&got).into_owned(),
+            }
+        }));
+    }
+    readers
 }

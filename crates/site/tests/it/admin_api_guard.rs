@@ -212,3 +212,61 @@ async fn errors_are_json_with_the_status_that_fits() {
     assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
     cancel.cancel();
 }
+
+/// Issue 20 item 1: 300 slow requests from one address leave the admin
+/// port to another address, and each is closed within the deadline (5 s).
+/// No admin route reads a body, so a slow body is answered at once and its
+/// connection closed (hyper cannot read on after an unfinished body); slow
+/// headers are held until the deadline, at most 16 at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_requests_from_one_address_leave_the_port_to_others() {
+    use sitelink_test_support::flood::{slow_bodies, SlowBody};
+    use std::time::{Duration, Instant};
+    let (url, cancel, dir) = site("").await;
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let limit = Duration::from_secs(8);
+    let from = std::net::Ipv4Addr::LOCALHOST;
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let status = format!("{url}/api/v1/status");
+
+    // Slow bodies: each answered (or refused) and closed at once.
+    let body = format!(
+        "POST /api/v1/scripts/mark/run HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    );
+    let readers = slow_bodies(addr, from, 300, &body, limit).await;
+    assert_eq!(readers.len(), 300, "every slow connection was made");
+    assert_eq!(other.get(&status).send().await.unwrap().status(), 200);
+    let mut ran = 0;
+    for r in readers {
+        let SlowBody { answer, .. } = r.await.unwrap();
+        if !answer.is_empty() {
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            ran += 1;
+        }
+    }
+    assert!(ran >= 1);
+    assert_eq!(runs(dir.path()), ran, "a script runs only when answered");
+
+    // Slow headers: held to the deadline, 16 from one address at most, so
+    // another address is answered meanwhile.
+    let headers = format!("GET /api/v1/status HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ");
+    let readers = slow_bodies(addr, from, 300, &headers, limit).await;
+    assert_eq!(readers.len(), 300, "every slow connection was made");
+    assert_eq!(other.get(&status).send().await.unwrap().status(), 200);
+    let answered = Instant::now();
+    let mut held = 0;
+    for r in readers {
+        let SlowBody { closed, answer } = r.await.unwrap();
+        assert_eq!(answer, "", "slow headers are never answered");
+        held += usize::from(closed > answered);
+    }
+    assert!(
+        (1..=16).contains(&held),
+        "{held} held past the other address's answer"
+    );
+    cancel.cancel();
+}
