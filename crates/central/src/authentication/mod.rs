@@ -18,7 +18,9 @@
 //! - Failed password checks are throttled per user name and per client
 //!   address ([`throttle::LoginThrottle`]: a few free failures, then an
 //!   exponential delay answered 429 with `Retry-After`); a throttled
-//!   attempt is refused before any hashing.
+//!   attempt is refused before any hashing. A blocked user name is refused
+//!   only to addresses that failed recently themselves, so nobody can keep
+//!   an account locked out by failing at it.
 //! - An unknown (or disabled) user costs the same argon2 verification as a
 //!   wrong password (against a dummy hash), so user names cannot be found
 //!   by timing.
@@ -140,7 +142,7 @@ impl Authenticator {
             ));
         }
         let me = &self.inner;
-        let keys = throttle::keys(name, client);
+        let keys = throttle::Keys::new(name, client);
         if let Some(wait) = me.throttle.blocked(&keys) {
             return Err(AuthError::Throttled(wait));
         }

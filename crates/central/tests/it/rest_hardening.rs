@@ -93,8 +93,8 @@ async fn an_internal_error_names_a_reference_only() {
 }
 
 /// Three wrong passwords are answered at once; then 429 with Retry-After,
-/// for the user name from any address and for the address with any user
-/// name; after the delay the right password works. An unknown user is
+/// for the user name from this (failing) address and for the address with
+/// any user name; after the delay the right password works. An unknown user is
 /// throttled the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_are_throttled_and_the_right_password_works_after_the_delay() {
@@ -136,6 +136,92 @@ async fn failed_logins_are_throttled_and_the_right_password_works_after_the_dela
     assert_eq!(r.status(), 401, "no credentials: nothing to throttle");
     let (status, _) = api.get("/api/v1/sites", ("nobody", "x")).await;
     assert_eq!(status, 429, "an unknown user is throttled like a known one");
+}
+
+/// Issue 20 item 3: failing at a user name from one address (as an
+/// attacker trying `alice` once a minute keeps her name blocked) does not
+/// refuse her right password from an address with no failures, through
+/// HTTP Basic or the login form. A blocked name is refused only to
+/// addresses that failed recently themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_at_a_name_from_one_address_do_not_lock_its_owner_out() {
+    let central = spawn_central_with("login_max_delay_seconds = 60").await;
+    users(&central).await;
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    };
+    let sites = format!("{}/api/v1/sites", central.http);
+    let basic = |client: &reqwest::Client, (name, password): (&str, &str)| {
+        client.get(&sites).basic_auth(name, Some(password)).send()
+    };
+    // Address A fails at alice until both A and the name are blocked.
+    let a = from("127.0.0.1");
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            basic(&a, (ADMIN.0, "wrong"))
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429, 429]);
+    assert_eq!(
+        basic(&a, ADMIN).await.unwrap().status(),
+        429,
+        "A itself is blocked"
+    );
+
+    // Address D failed once, at another name: not blocked itself, but
+    // recent, so alice's blocked name is refused to it.
+    let d = from("127.0.0.4");
+    assert_eq!(basic(&d, ("victor", "wrong")).await.unwrap().status(), 401);
+    let r = basic(&d, ADMIN).await.unwrap();
+    assert_eq!(r.status(), 429, "the name is blocked for a failing address");
+    assert!(r.headers().contains_key("retry-after"));
+
+    // Address B has no failures: alice's right password logs in.
+    let b = from("127.0.0.2");
+    assert_eq!(basic(&b, ADMIN).await.unwrap().status(), 200);
+    // And through the login form from C (B's success cleared the name, so
+    // D fails at it until it is blocked again).
+    for _ in 0..3 {
+        basic(&d, (ADMIN.0, "wrong")).await.unwrap();
+    }
+    assert_eq!(basic(&d, ADMIN).await.unwrap().status(), 429);
+    let c = from("127.0.0.3");
+    let form = c
+        .get(format!("{}/login", central.http))
+        .send()
+        .await
+        .unwrap();
+    let cookie = form.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let csrf = field(&form.text().await.unwrap(), "csrf");
+    let r = c
+        .post(format!("{}/login", central.http))
+        .header("cookie", cookie)
+        .header("origin", &central.http)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("name", ADMIN.0),
+            ("password", ADMIN.1),
+            ("next", "/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "the login form from a clean address");
 }
 
 /// Disabling a user stops their password and tokens at the next request,
