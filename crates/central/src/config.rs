@@ -178,7 +178,9 @@ pub struct CentralSection {
     /// The longest block after a failed login.
     #[serde(default = "default_login_max_delay_seconds")]
     pub login_max_delay_seconds: u64,
-    /// When set, `/metrics` wants `Authorization: Bearer <metrics_token>`.
+    /// When set, `/metrics` wants `Authorization: Bearer <metrics_token>`;
+    /// required when `http_bind` is not loopback. Without it `/metrics`
+    /// answers only a `Host` that is an IP address or `localhost`.
     pub metrics_token: Option<String>,
     /// A web UI session unused this long ends (default 8 hours).
     #[serde(default = "default_ui_idle_timeout_minutes")]
@@ -448,6 +450,18 @@ impl CentralConfig {
             .is_some_and(|t| t.len() < 16)
         {
             return Err("central.metrics_token must have at least 16 characters".into());
+        }
+        // A token rather than a Host allow-list: beyond loopback anyone who
+        // reaches the port could read /metrics (site names, counts, the node
+        // name) with a Host of their choosing, and Prometheus sends a bearer
+        // token natively (`authorization.credentials_file`).
+        if !cfg.central.http_bind.ip().is_loopback() && cfg.central.metrics_token.is_none() {
+            return Err(format!(
+                "central.metrics_token is required when http_bind ({}) is not loopback: \
+                 /metrics names every site and its counts; set a token of 16 or more characters \
+                 (Prometheus sends it with authorization.credentials_file)",
+                cfg.central.http_bind
+            ));
         }
         if let Some(o) = &mut cfg.notification_outbox {
             if let Some(ca) = &mut o.smtp_ca_file {

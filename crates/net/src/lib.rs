@@ -32,6 +32,24 @@ pub fn has_bearer(headers: &axum::http::HeaderMap, expected: &str) -> bool {
         .is_some_and(|(_, t)| sitelink_commons::secret_eq(t.trim().as_bytes(), expected.as_bytes()))
 }
 
+/// The name part of a `Host` header ("name", "name:port", "[v6]:port",
+/// "v4:port").
+pub fn host_name(host: &str) -> &str {
+    match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    }
+}
+
+/// Whether a `Host` header names an IP address or `localhost`: what a
+/// browser sends when it was pointed at the address itself, never when a
+/// page's own name was rebound to it (DNS rebinding), the one check shared
+/// by the site admin API and central's tokenless `/metrics`.
+pub fn host_is_address(host: &str) -> bool {
+    let name = host_name(host);
+    name.parse::<std::net::IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost")
+}
+
 /// Logs an internal error under a fresh short reference and returns the
 /// reference: a 500 carries only this, never the database's or a
 /// library's message, and an operator finds the error in the log by it.

@@ -114,14 +114,9 @@ impl AdminGuard {
     }
 
     fn host_allowed(&self, host: &str) -> bool {
-        // "name", "name:port", "[v6]:port", "v4:port".
-        let name = match host.strip_prefix('[') {
-            Some(rest) => rest.split(']').next().unwrap_or_default(),
-            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-        };
+        let name = sitelink_net::host_name(host);
         !name.is_empty()
-            && (name.parse::<std::net::IpAddr>().is_ok()
-                || name.eq_ignore_ascii_case("localhost")
+            && (sitelink_net::host_is_address(host)
                 || self
                     .allowed_hosts
                     .iter()

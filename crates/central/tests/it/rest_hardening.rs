@@ -433,6 +433,63 @@ async fn errors_paging_schemes_and_headers_are_consistent() {
     assert_eq!(api.raw("/healthz", None).await.status(), 200);
 }
 
+/// Issue 20 item 5: beyond loopback central does not start without
+/// `metrics_token`; on loopback without it, `/metrics` answers only a Host
+/// that is an IP address or `localhost` (a rebound name is refused), and
+/// with it any Host that brings the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_safe_from_dns_rebinding() {
+    let refused = sitelink_central::CentralConfig::parse(
+        "[central]\ndatabase_url = \"sqlite://x\"\nhttp_bind = \"0.0.0.0:8080\"",
+        std::path::Path::new("/"),
+    )
+    .unwrap_err();
+    assert!(
+        refused.contains("central.metrics_token is required"),
+        "{refused}"
+    );
+    assert!(refused.contains("0.0.0.0:8080"), "{refused}");
+    sitelink_central::CentralConfig::parse(
+        "[central]\ndatabase_url = \"sqlite://x\"\nhttp_bind = \"0.0.0.0:8080\"\nmetrics_token = \"metrics-token-0123456789\"",
+        std::path::Path::new("/"),
+    )
+    .unwrap();
+
+    let central = spawn_central().await;
+    let http = reqwest::Client::new();
+    let port = central.http.rsplit(':').next().unwrap().to_owned();
+    let metrics = format!("{}/metrics", central.http);
+    let with_host = |host: String| http.get(&metrics).header("host", host).send();
+    let r = with_host(format!("evil.example:{port}")).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("evil.example"),
+        "{body}"
+    );
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        assert_eq!(
+            with_host(host.clone()).await.unwrap().status(),
+            200,
+            "{host}"
+        );
+    }
+
+    let central = spawn_central_with("metrics_token = \"metrics-token-0123456789\"").await;
+    let r = http
+        .get(format!("{}/metrics", central.http))
+        .header("host", "metrics.plant.example")
+        .bearer_auth("metrics-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a name is fine with the token");
+}
+
 /// A value out of its documented range stops the start with the key and
 /// the range.
 #[test]

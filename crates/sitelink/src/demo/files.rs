@@ -26,6 +26,15 @@ pub const SITES: [(&str, &[DemoScript]); 2] = [
 ];
 
 pub fn central_toml(link_port: u16, http: std::net::SocketAddr, smtp_port: u16) -> String {
+    // Beyond loopback central wants a metrics token (README security model).
+    let metrics = if http.ip().is_loopback() {
+        String::new()
+    } else {
+        format!(
+            "metrics_token = \"{:032x}\"   # /metrics wants Authorization: Bearer <this>\n",
+            rand::random::<u128>()
+        )
+    };
     format!(
         r#"# The demo's central (written by `sitelink demo`; edit freely, it is not
 # overwritten). Reference: the README's configuration section.
@@ -35,7 +44,7 @@ link_bind = "127.0.0.1:{link_port}"     # where the sites connect
 http_bind = "{http}"                    # the web UI and the REST API (`--http` overrides)
 reconcile_interval_seconds = 60
 command_timeout_ms = 5000
-
+{metrics}
 # Mail goes to the demo's SMTP sink, which keeps every message in mail/.
 [notification_outbox]
 smtp_host = "127.0.0.1"

@@ -118,6 +118,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     )?;
     let mut central_config = CentralConfig::load(&central_file)?;
     if let Some(http) = args.http {
+        if !http.ip().is_loopback() && central_config.central.metrics_token.is_none() {
+            anyhow::bail!(
+                "--http {http} is not loopback: add metrics_token = \"<16 or more characters>\" \
+                 to the [central] section of {} (or remove the file to have it written anew)",
+                central_file.display()
+            );
+        }
         central_config.central.http_bind = http;
     }
     let http = central_config.central.http_bind;
