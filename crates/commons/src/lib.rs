@@ -30,7 +30,7 @@ mod retry_policy;
 mod secret;
 mod status;
 
-pub use config_range::in_range;
+pub use config_range::{in_range, parse_limit};
 pub use id::{is_hyphenated_uuid, NotificationId, ParseIdError, TrackedOperationId};
 pub use names::{InvalidName, SiteName};
 pub use notification::{

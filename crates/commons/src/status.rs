@@ -6,11 +6,11 @@ use std::{fmt, str::FromStr};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown {what} {input:?} (expected one of: {expected})")]
+#[error("unknown {what} {input:?} (expected one of: {})", .expected.join(", "))]
 pub struct UnknownValue {
     pub what: &'static str,
     pub input: String,
-    pub expected: &'static str,
+    pub expected: &'static [&'static str],
 }
 
 macro_rules! named_enum {
@@ -36,7 +36,7 @@ macro_rules! named_enum {
                     _ => Err(UnknownValue {
                         what: $what,
                         input: s.chars().take(64).collect(),
-                        expected: concat!($(stringify!($variant), " "),+),
+                        expected: &[$(stringify!($variant)),+],
                     }),
                 }
             }

@@ -218,7 +218,7 @@ async fn list_operations(
         .find(|k| !matches!(k.as_str(), "status" | "limit" | "after"))
     {
         return Err(bad(format!(
-            "unknown query parameter {k:?} (status, limit, after)"
+            "unknown query parameter {k:?} (allowed: status, limit, after)"
         )));
     }
     let status = q
@@ -228,15 +228,7 @@ async fn list_operations(
         .map_err(|e| bad(e.to_string()))?;
     let limit = match q.get("limit") {
         None => DEFAULT_LIMIT,
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| {
-                bad(format!(
-                    "limit must be a whole number from 1 to {MAX_LIMIT}, got {l:?}"
-                ))
-            })?,
+        Some(l) => sitelink_commons::parse_limit(l, MAX_LIMIT).map_err(bad)?,
     };
     let after = q.get("after").map(|a| parse_id(a)).transpose()?;
     let items = st.engine.list_local(status, after, limit).await?;

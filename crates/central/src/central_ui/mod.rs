@@ -213,7 +213,12 @@ pub(crate) fn asset_url(plain: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn asset(Path(file): Path<String>) -> Response {
+/// A static file, or the JSON error body (as every non-page error of this
+/// port) naming what was not there.
+async fn asset(file: Result<Path<String>, axum::extract::rejection::PathRejection>) -> Response {
+    let Ok(Path(file)) = file else {
+        return static_error(StatusCode::BAD_REQUEST, "the file name is not UTF-8".into());
+    };
     match ASSETS.iter().find(|a| a.path == file) {
         Some(a) => (
             [
@@ -223,6 +228,16 @@ async fn asset(Path(file): Path<String>) -> Response {
             a.body,
         )
             .into_response(),
-        None => (StatusCode::NOT_FOUND, "no such file").into_response(),
+        None => static_error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no static file {:?}",
+                file.chars().take(80).collect::<String>()
+            ),
+        ),
     }
+}
+
+fn static_error(status: StatusCode, error: String) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": error }))).into_response()
 }

@@ -379,17 +379,32 @@ impl ListQuery {
     pub fn limit_or(&self, default: u32) -> u32 {
         self.limit.unwrap_or(default)
     }
+
+    /// [`no_site`] when the `site` filter names a site central does not
+    /// know (a 404 on a page and in the REST API alike): the KPIs' rule for
+    /// `?site=`, so a mistyped name is said rather than shown as "no calls".
+    /// (Sites are never deleted, only revoked: every row's site is known.)
+    pub async fn unknown_site(
+        &self,
+        db: &Database,
+    ) -> Result<Option<String>, super::sites::SitesError> {
+        match &self.filter.site {
+            Some(s) if db.sites().get(s).await?.is_none() => Ok(Some(no_site(s))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The answer to a `site` parameter that names no registered site.
+pub fn no_site(name: &str) -> String {
+    format!("no site {name:?}")
 }
 
 /// A page size: digits only (no sign, no space: what the OpenAPI document
 /// calls an integer), 1 to [`MAX_LIMIT`]; else the message for the 400.
 /// Every route with a `limit` reads it here.
 pub fn parse_limit(v: &str) -> Result<u32, String> {
-    Some(v)
-        .filter(|v| !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|v| v.parse::<u32>().ok())
-        .filter(|l| (1..=MAX_LIMIT).contains(l))
-        .ok_or_else(|| format!("limit must be a whole number from 1 to {MAX_LIMIT}, got {v:?}"))
+    sitelink_commons::parse_limit(v, MAX_LIMIT)
 }
 
 /// A time filter: RFC 3339; on a page also the browser's `datetime-local`

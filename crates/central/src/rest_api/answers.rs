@@ -152,6 +152,15 @@ pub enum NotFound {
     NotFound(ErrorBody),
 }
 
+/// What a listing with a `site` filter may also answer.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum UnknownSite {
+    /// `site` names no registered site.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+}
+
 /// Every error: what was wrong. (No other field: so that a command
 /// answer, which has an `outcome`, is never mistaken for one.)
 #[derive(Serialize, ToSchema)]

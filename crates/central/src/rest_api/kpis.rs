@@ -11,7 +11,7 @@ use super::{
     errors::{internal, ApiError},
     ApiState,
 };
-use crate::health_monitoring::KpiSource;
+use crate::{configuration_database::listing::no_site, health_monitoring::KpiSource};
 
 /// Global KPIs with `per_site`, or one site's with `?site=` (404 for a site
 /// central does not know; zeros for a known site with no rows).
@@ -23,10 +23,7 @@ pub(super) async fn kpis_answer(
     if let Some(site) = site {
         return match st.health.site_kpis(source, site).await.map_err(internal)? {
             Some(one) => Ok(Json(one).into_response()),
-            None => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no site {site:?}"),
-            )),
+            None => Err(ApiError::new(StatusCode::NOT_FOUND, no_site(site))),
         };
     }
     let view = st.health.kpis(source).await.map_err(internal)?;

@@ -29,13 +29,16 @@ use crate::{
 };
 
 #[utoipa::path(get, path = "/api/v1/notifications", tag = "notifications", params(NotificationListParams),
-    responses((status = 200, body = answers::NotificationsPage), Errors, Busy))]
+    responses((status = 200, body = answers::NotificationsPage), Errors, Busy, answers::UnknownSite))]
 pub(super) async fn list(
     State(st): State<ApiState>,
     _: Authenticated,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let q = ListQuery::parse(&q, Listed::Notifications, Dialect::Api).map_err(|e| bad(e.0))?;
+    if let Some(m) = q.unknown_site(&st.db).await.map_err(internal)? {
+        return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, m));
+    }
     let listing = st
         .db
         .notifications()
@@ -91,7 +94,7 @@ async fn operate(
 }
 
 #[utoipa::path(get, path = "/api/v1/kpis/notifications", tag = "KPIs", params(KpisParams),
-    responses((status = 200, description = "global KPIs with per_site, or one site's without it", body = answers::GlobalKpis), Errors, Busy, NotFound))]
+    responses((status = 200, description = "global KPIs with per_site, or one site's without it", body = answers::GlobalKpis), Errors, Busy, answers::UnknownSite))]
 pub(super) async fn kpis(
     State(st): State<ApiState>,
     _: Authenticated,

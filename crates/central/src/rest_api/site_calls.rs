@@ -27,13 +27,16 @@ use crate::{
 };
 
 #[utoipa::path(get, path = "/api/v1/site-calls", tag = "site calls", params(SiteCallListParams),
-    responses((status = 200, body = SiteCallsPage), Errors, Busy))]
+    responses((status = 200, body = SiteCallsPage), Errors, Busy, answers::UnknownSite))]
 pub(super) async fn list_site_calls(
     State(st): State<ApiState>,
     _: Authenticated,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let q = ListQuery::parse(&q, Listed::SiteCalls, Dialect::Api).map_err(|e| bad(e.0))?;
+    if let Some(m) = q.unknown_site(&st.db).await.map_err(internal)? {
+        return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, m));
+    }
     let listing = st
         .db
         .site_calls()
@@ -95,7 +98,7 @@ pub(super) async fn relay(
 }
 
 #[utoipa::path(get, path = "/api/v1/kpis/site-calls", tag = "KPIs", params(KpisParams),
-    responses((status = 200, description = "global KPIs with per_site, or one site's without it", body = answers::GlobalKpis), Errors, Busy, NotFound))]
+    responses((status = 200, description = "global KPIs with per_site, or one site's without it", body = answers::GlobalKpis), Errors, Busy, answers::UnknownSite))]
 pub(super) async fn kpis(
     State(st): State<ApiState>,
     _: Authenticated,

@@ -72,6 +72,7 @@ async fn the_page_and_the_rest_api_list_the_same_rows_with_the_same_cursors() {
         .unwrap();
     for site in ["north", "south"] {
         let name = SiteName::parse(site).unwrap();
+        c.db.sites().add(&name).await.unwrap();
         let rows: Vec<TrackingRecord> = (0..400).map(|i| call(site, i)).collect();
         c.db.site_calls().ingest(&name, &rows, None).await.unwrap();
         for i in 0..130 {

@@ -9,6 +9,7 @@ mod component_docs;
 mod convergence;
 mod crash_recovery;
 mod demo;
+mod error_answers;
 mod failover;
 mod layering;
 mod notify_crash;

@@ -201,6 +201,13 @@ pub async fn list<S: Pages>(
             return Ok(resp);
         }
     };
+    if let Some(m) = req.unknown_site(&st.db).await.map_err(UiError::internal)? {
+        page.filters = Filters::of(&req.filter);
+        page.error = Some(m);
+        let mut resp = render(&page);
+        *resp.status_mut() = axum::http::StatusCode::NOT_FOUND;
+        return Ok(resp);
+    }
     if let Some(id) = req.id {
         return Ok(Redirect::to(&format!("{}/{id}", base(subject))).into_response());
     }
