@@ -28,6 +28,12 @@ use crate::{
     operator_actions::Subject,
 };
 
+/// Notifications, newest first, one page at a time.
+///
+/// Two rules that OpenAPI cannot state, each answered 400 with the error
+/// body naming it: `from` must not be later than `to`, and `after` and
+/// `before` are not given together. A `site` that names no registered site
+/// is 404.
 #[utoipa::path(get, path = "/api/v1/notifications", tag = "notifications", params(NotificationListParams),
     responses((status = 200, body = answers::NotificationsPage), Errors, Busy, answers::UnknownSite))]
 pub(super) async fn list(

@@ -26,6 +26,12 @@ use crate::{
     operator_actions::Subject,
 };
 
+/// Site calls, newest first, one page at a time.
+///
+/// Two rules that OpenAPI cannot state, each answered 400 with the error
+/// body naming it: `from` must not be later than `to`, and `after` and
+/// `before` are not given together. A `site` that names no registered site
+/// is 404.
 #[utoipa::path(get, path = "/api/v1/site-calls", tag = "site calls", params(SiteCallListParams),
     responses((status = 200, body = SiteCallsPage), Errors, Busy, answers::UnknownSite))]
 pub(super) async fn list_site_calls(
