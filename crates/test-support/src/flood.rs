@@ -185,6 +185,8 @@ impl RssPeak {
 /// What became of one slow-body connection: when the server closed it, and
 /// what it answered before (empty when it was closed at once).
 pub struct SlowBody {
+    /// When the connection was made.
+    pub opened: Instant,
     pub closed: Instant,
     pub answer: String,
 }
@@ -211,6 +213,7 @@ pub async fn slow_bodies(
         let Ok(mut s) = socket.connect(server).await else {
             continue;
         };
+        let opened = Instant::now();
         // A refused connection may be closed already: the write may fail.
         let _ = s.write_all(format!("{head}ab").as_bytes()).await;
         readers.push(tokio::spawn(async move {
@@ -226,6 +229,7 @@ pub async fn slow_bodies(
                 }
             }
             SlowBody {
+                opened,
                 closed: Instant::now(),
                 answer: String::from_utf8_lossy(&got).into_owned(),
             }

@@ -260,13 +260,21 @@ async fn slow_requests_from_one_address_leave_the_port_to_others() {
     let answered = Instant::now();
     let mut held = 0;
     for r in readers {
-        let SlowBody { closed, answer } = r.await.unwrap();
+        let SlowBody {
+            opened,
+            closed,
+            answer,
+        } = r.await.unwrap();
         assert_eq!(answer, "", "slow headers are never answered");
-        held += usize::from(closed > answered);
+        // Held to the 5 s deadline (a refused one closes at once).
+        if closed.duration_since(opened) >= Duration::from_millis(2500) {
+            assert!(
+                closed > answered,
+                "held, and closed before the other address's answer"
+            );
+            held += 1;
+        }
     }
-    assert!(
-        (1..=16).contains(&held),
-        "{held} held past the other address's answer"
-    );
+    assert!((1..=16).contains(&held), "{held} held");
     cancel.cancel();
 }
