@@ -13,6 +13,8 @@
 //!   a notification, checked at the site and enforced again at central.
 //! - [`secret_eq`]: comparing a presented token without a timing leak.
 //! - [`in_range`]: the range check of every numeric configuration key.
+//! - [`fingerprint`]: an error text without its variable parts, the key of
+//!   a failure group.
 //! - [`RetryPolicy`]: interval, backoff, cap, jitter and retry budget, the
 //!   same for a site's targets and central's SMTP server.
 //!
@@ -21,6 +23,7 @@
 
 mod config_range;
 pub mod contracts;
+mod fingerprint;
 mod id;
 pub mod lifecycle;
 mod names;
@@ -31,6 +34,7 @@ mod secret;
 mod status;
 
 pub use config_range::{in_range, parse_limit};
+pub use fingerprint::{fingerprint, FINGERPRINT_MAX_CHARS};
 pub use id::{is_hyphenated_uuid, NotificationId, ParseIdError, TrackedOperationId};
 pub use names::{InvalidName, SiteName};
 pub use notification::{

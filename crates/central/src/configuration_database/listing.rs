@@ -56,6 +56,9 @@ pub struct ListFilter {
     pub from_ms: Option<i64>,
     /// Created before (ms since epoch).
     pub to_ms: Option<i64>,
+    /// The last error has this fingerprint (a failure group; site calls
+    /// only).
+    pub fingerprint: Option<String>,
 }
 
 /// Where a page of the newest-first listing continues: the last row's
@@ -204,6 +207,7 @@ enum Value {
     Kind,
     Statuses,
     Text,
+    Fingerprint,
     Time,
     Limit,
     Cursor,
@@ -223,6 +227,12 @@ const PARAMS: &[(&str, Value, &str)] = &[
         "target",
         Value::Text,
         "The target summary (a notification's list) contains this text (at most 200 characters).",
+    ),
+    (
+        "fingerprint",
+        Value::Fingerprint,
+        "Only calls whose last error has this fingerprint: a failure group's key, as \
+         `/api/v1/site-calls/groups` gives it (at most 200 characters).",
     ),
     (
         "from",
@@ -253,7 +263,7 @@ const CURSOR_PATTERN: &str =
     r"^[0-9]{1,15}\.[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 
 fn applies(listed: Listed, name: &str) -> bool {
-    listed == Listed::SiteCalls || name != "kind"
+    listed == Listed::SiteCalls || !matches!(name, "kind" | "fingerprint")
 }
 
 impl ListQuery {
@@ -345,6 +355,18 @@ impl ListQuery {
                     }
                     q.filter.target_contains = Some(v.to_owned());
                 }
+                (_, Value::Fingerprint) => {
+                    if v.chars().count() > sitelink_commons::FINGERPRINT_MAX_CHARS {
+                        return Err(bad(format!(
+                            "fingerprint: at most {} characters",
+                            sitelink_commons::FINGERPRINT_MAX_CHARS
+                        )));
+                    }
+                    if v.is_empty() {
+                        return Err(bad("fingerprint must not be empty".into()));
+                    }
+                    q.filter.fingerprint = Some(v.to_owned());
+                }
                 (name, Value::Time) => {
                     let ms = parse_time(name, v, dialect).map_err(bad)?;
                     if *name == "from" {
@@ -388,10 +410,19 @@ impl ListQuery {
         &self,
         db: &Database,
     ) -> Result<Option<String>, super::sites::SitesError> {
-        match &self.filter.site {
-            Some(s) if db.sites().get(s).await?.is_none() => Ok(Some(no_site(s))),
-            _ => Ok(None),
-        }
+        unknown_site(db, self.filter.site.as_deref()).await
+    }
+}
+
+/// [`no_site`] when `site` names a site central does not know: the one
+/// rule of every `site` parameter (listings, groups, KPIs).
+pub async fn unknown_site(
+    db: &Database,
+    site: Option<&str>,
+) -> Result<Option<String>, super::sites::SitesError> {
+    match site {
+        Some(s) if db.sites().get(s).await?.is_none() => Ok(Some(no_site(s))),
+        _ => Ok(None),
     }
 }
 
@@ -455,6 +486,11 @@ fn openapi_params(listed: Listed) -> Vec<Parameter> {
                 Value::Text => string()
                     .min_length(Some(1))
                     .max_length(Some(MAX_TARGET_CHARS))
+                    .pattern(Some("^[^\\x00]*$"))
+                    .into(),
+                Value::Fingerprint => string()
+                    .min_length(Some(1))
+                    .max_length(Some(sitelink_commons::FINGERPRINT_MAX_CHARS))
                     .pattern(Some("^[^\\x00]*$"))
                     .into(),
                 Value::Time => string()
@@ -622,6 +658,10 @@ pub(super) fn page_sql(
     if let Some(t) = &f.target_contains {
         let p = next(Bind::Text(contains_pattern(t)), &mut binds);
         conds.push(format!("{target} LIKE {p} ESCAPE '!'"));
+    }
+    if let Some(fp) = &f.fingerprint {
+        let p = next(Bind::Text(fp.clone()), &mut binds);
+        conds.push(format!("fingerprint = {p}"));
     }
     if let Some(ms) = f.from_ms {
         let p = next(Bind::Int(ms), &mut binds);

@@ -277,7 +277,38 @@ const MIGRATIONS: &[Migration] = &[
     // `admin` would be two accounts an operator reads as one). Both
     // backends index an expression.
     both(&["CREATE UNIQUE INDEX users_name_nocase ON users (lower(name))"]),
+    // 11: failure groups (issue 21): the fingerprint of a row's last
+    // error (sitelink_commons::fingerprint), set at ingest, and an index
+    // that holds only Parked and Failed rows (a few percent of a fleet's)
+    // in group order, covering what the groups show, so grouping reads the
+    // index alone. Rows stored before get theirs from `backfill`.
+    both(&[
+        "ALTER TABLE site_calls ADD COLUMN fingerprint TEXT",
+        "CREATE INDEX site_calls_groups ON site_calls
+            (target_summary, fingerprint, source_site, status, kind, created_at_ms, updated_at_ms)
+         WHERE status IN ('Parked', 'Failed')",
+    ]),
 ];
+
+/// Rust run after a migration's SQL, in its transaction: what SQL cannot
+/// compute (migration 11: the fingerprints of the rows stored before).
+async fn backfill(version: i64, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> anyhow::Result<()> {
+    if version != 11 {
+        return Ok(());
+    }
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, last_error FROM site_calls WHERE last_error IS NOT NULL")
+            .fetch_all(&mut **tx)
+            .await?;
+    for (id, error) in rows {
+        sqlx::query("UPDATE site_calls SET fingerprint = $1 WHERE id = $2")
+            .bind(sitelink_commons::fingerprint(&error))
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
 
 pub(super) async fn apply(db: &Database) -> anyhow::Result<()> {
     let mut conn = db.pool().acquire().await?;
@@ -320,6 +351,9 @@ async fn apply_locked(conn: &mut sqlx::AnyConnection, backend: Backend) -> anyho
                 .await
                 .with_context(|| format!("central migration {version}"))?;
         }
+        backfill(version, &mut tx)
+            .await
+            .with_context(|| format!("central migration {version}: backfill"))?;
         sqlx::query("INSERT INTO sitelink_migrations (version, applied_at_ms) VALUES ($1, $2)")
             .bind(version)
             .bind(super::now_ms())

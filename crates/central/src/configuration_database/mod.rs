@@ -36,7 +36,10 @@ pub use notifications::{
     DueNotification, NewNotification, NotificationCommand, NotificationRecord, Notifications,
     SendOutcome,
 };
-pub use site_calls::{IngestJob, IngestOutcome, Kpis, SiteCalls, ROWS_PER_STATEMENT};
+pub use site_calls::{
+    FailureGroup, GroupFilter, GroupParams, IngestJob, IngestOutcome, Kpis, SiteCalls,
+    ROWS_PER_STATEMENT,
+};
 pub use sites::{SiteRecord, SiteToken, Sites, SitesError};
 pub use ui_sessions::{random_secret, UiSession, UiSessions};
 pub use users::{

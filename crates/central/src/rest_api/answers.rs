@@ -152,6 +152,14 @@ pub enum NotFound {
     NotFound(ErrorBody),
 }
 
+/// `GET /api/v1/site-calls/groups`: the failure groups, largest first.
+#[derive(Serialize, ToSchema)]
+pub struct GroupsAnswer {
+    pub groups: Vec<crate::configuration_database::FailureGroup>,
+    /// Groups in all (more than `groups` holds when `limit` cut them).
+    pub total_groups: u64,
+}
+
 /// What a listing with a `site` filter may also answer.
 #[derive(IntoResponses)]
 #[allow(dead_code)]

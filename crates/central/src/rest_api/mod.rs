@@ -47,6 +47,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/sites", get(sites::sites))
         .route("/api/v1/cluster", get(sites::cluster))
         .route("/api/v1/site-calls", get(site_calls::list_site_calls))
+        .route("/api/v1/site-calls/groups", get(site_calls::groups))
         .route("/api/v1/site-calls/{id}", get(site_calls::get_site_call))
         .route("/api/v1/site-calls/{id}/retry", post(site_calls::retry))
         .route("/api/v1/site-calls/{id}/discard", post(site_calls::discard))

@@ -11,8 +11,8 @@ use utoipa::{
 };
 
 use super::answers::{
-    AuditPage, CommandAnswer, ErrorBody, GlobalKpis, NotificationsPage, SiteCallsPage, SiteView,
-    SitesPage, UnavailableAnswer,
+    AuditPage, CommandAnswer, ErrorBody, GlobalKpis, GroupsAnswer, NotificationsPage,
+    SiteCallsPage, SiteView, SitesPage, UnavailableAnswer,
 };
 use crate::configuration_database::{AuditEntry, Kpis, NotificationRecord};
 
@@ -43,6 +43,7 @@ impl Modify for Security {
         super::site_calls::retry,
         super::site_calls::discard,
         super::site_calls::kpis,
+        super::site_calls::groups,
         super::audit_log::audit_log,
         super::notifications::list,
         super::notifications::get_one,
@@ -50,7 +51,7 @@ impl Modify for Security {
         super::notifications::discard,
         super::notifications::kpis,
     ),
-    components(schemas(SiteView, SitesPage, SiteCallsPage, NotificationsPage, AuditPage, CommandAnswer, GlobalKpis, ErrorBody, UnavailableAnswer, TrackingRecord, NotificationRecord, Kpis, AuditEntry, crate::cluster::ClusterView, crate::cluster::NodeView, crate::cluster::LeaseView)),
+    components(schemas(SiteView, SitesPage, SiteCallsPage, GroupsAnswer, crate::configuration_database::FailureGroup, NotificationsPage, AuditPage, CommandAnswer, GlobalKpis, ErrorBody, UnavailableAnswer, TrackingRecord, NotificationRecord, Kpis, AuditEntry, crate::cluster::ClusterView, crate::cluster::NodeView, crate::cluster::LeaseView)),
     modifiers(&Security),
     security(("basic" = []), ("bearer" = []))
 )]

@@ -19,8 +19,8 @@ use super::{
 };
 use crate::{
     configuration_database::{
-        listing::{SiteCallListParams, DEFAULT_LIMIT},
-        Dialect, ListQuery, Listed,
+        listing::{unknown_site, SiteCallListParams, DEFAULT_LIMIT},
+        Dialect, GroupFilter, GroupParams, ListQuery, Listed,
     },
     health_monitoring::KpiSource,
     operator_actions::Subject,
@@ -101,6 +101,39 @@ pub(super) async fn relay(
     retry: bool,
 ) -> Result<Response, ApiError> {
     act(&st, &user, Subject::SiteCall, retry, &id).await
+}
+
+/// Failure groups: the Parked and Failed calls by target and error
+/// fingerprint, largest first, each with its count per site, first and
+/// last seen, and one sample error.
+///
+/// A group's calls are the listing's `status=Parked&status=Failed&target=<target>&fingerprint=<fingerprint>`.
+/// A `site` that names no registered site is 404.
+#[utoipa::path(get, path = "/api/v1/site-calls/groups", tag = "site calls", params(GroupParams),
+    responses((status = 200, body = answers::GroupsAnswer), Errors, Busy, answers::UnknownSite))]
+pub(super) async fn groups(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let (filter, limit) = GroupFilter::parse(&q, Dialect::Api).map_err(bad)?;
+    if let Some(m) = unknown_site(&st.db, filter.site.as_deref())
+        .await
+        .map_err(internal)?
+    {
+        return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, m));
+    }
+    let (groups, total) = st
+        .db
+        .site_calls()
+        .groups(&filter, limit.unwrap_or(DEFAULT_LIMIT) as usize)
+        .await
+        .map_err(internal)?;
+    Ok(Json(answers::GroupsAnswer {
+        groups,
+        total_groups: total as u64,
+    })
+    .into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/kpis/site-calls", tag = "KPIs", params(KpisParams),

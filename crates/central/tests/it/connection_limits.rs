@@ -233,6 +233,7 @@ async fn slow_request_bodies_from_one_address_leave_the_port_to_others() {
         let SlowBody {
             closed,
             answer: got,
+            ..
         } = r.await.unwrap();
         if !got.is_empty() {
             assert!(got.starts_with("HTTP/1.1 408"), "{got}");

@@ -199,8 +199,27 @@ fn failed(name: &str, e: &sqlx::Error) -> GatewayError {
     GatewayError::Failed {
         target: name.into(),
         class: classify(e),
-        message: e.to_string(),
+        message: describe(e),
     }
+}
+
+/// The error as `last_error` shows it: a database's own error led by its
+/// code (`SQLSTATE 55P03: …`, `MySQL 1205: …`, `SQLite 5: …`), which an
+/// operator can look up and central's failure groups keep (the
+/// fingerprint); anything else as sqlx words it.
+fn describe(e: &sqlx::Error) -> String {
+    if let sqlx::Error::Database(db) = e {
+        if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+            return format!("SQLSTATE {}: {}", pg.code(), pg.message());
+        }
+        if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+            return format!("MySQL {}: {}", my.number(), my.message());
+        }
+        if let Some(code) = db.code() {
+            return format!("SQLite {code}: {}", db.message());
+        }
+    }
+    e.to_string()
 }
 
 fn bindable(name: &str, params: &[Value]) -> Result<(), GatewayError> {

@@ -1,7 +1,8 @@
 //! Ingest into the mirror (SPEC §3): insert if not exists; otherwise
 //! update only when the incoming revision is higher and the stored row is
 //! not terminal, in one SQL upsert per 50 rows, and the site's reconcile
-//! cursor advanced in the same transaction over complete ranges.
+//! cursor advanced in the same transaction over complete ranges. Each row
+//! is stored with the fingerprint of its last error (its failure group).
 
 use std::collections::HashMap;
 
@@ -114,18 +115,18 @@ fn upsert_sql(n: usize) -> &'static str {
             .map(|rows| {
                 let values: Vec<String> = (0..rows)
                     .map(|i| {
-                        let p: Vec<String> = (1..=12).map(|k| format!("${}", i * 12 + k)).collect();
+                        let p: Vec<String> = (1..=13).map(|k| format!("${}", i * 13 + k)).collect();
                         format!("({})", p.join(","))
                     })
                     .collect();
                 format!(
                     "INSERT INTO site_calls (id, source_site, kind, target_summary, status, retry_count, last_error,
-                        provenance, created_at_ms, updated_at_ms, terminal_at_ms, revision) VALUES {}
+                        provenance, created_at_ms, updated_at_ms, terminal_at_ms, revision, fingerprint) VALUES {}
                      ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, target_summary = excluded.target_summary,
                         status = excluded.status, retry_count = excluded.retry_count, last_error = excluded.last_error,
                         provenance = excluded.provenance, created_at_ms = excluded.created_at_ms,
                         updated_at_ms = excluded.updated_at_ms, terminal_at_ms = excluded.terminal_at_ms,
-                        revision = excluded.revision
+                        revision = excluded.revision, fingerprint = excluded.fingerprint
                      WHERE excluded.revision > site_calls.revision
                        AND site_calls.terminal_at_ms IS NULL
                        AND site_calls.source_site = excluded.source_site",
@@ -188,6 +189,9 @@ async fn ingest_in(
         let sql = upsert_sql(chunk.len());
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for r in chunk {
+            // The failure group's key, computed once here so that grouping
+            // is an indexed GROUP BY (issue 21).
+            let fingerprint = r.last_error.as_deref().map(sitelink_commons::fingerprint);
             q = q
                 .bind(r.tracked_operation_id.to_string())
                 .bind(r.source_site)
@@ -200,7 +204,8 @@ async fn ingest_in(
                 .bind(utc_to_unix_ms(r.created_at_utc))
                 .bind(utc_to_unix_ms(r.updated_at_utc))
                 .bind(r.terminal_at_utc.map(utc_to_unix_ms))
-                .bind(r.revision as i64);
+                .bind(r.revision as i64)
+                .bind(fingerprint);
         }
         out.applied += q.execute(&mut **tx).await?.rows_affected();
     }
