@@ -73,6 +73,7 @@ pub fn router(state: UiState) -> Router {
         .route("/dashboard", get(views::dashboard::page))
         .route("/dashboard/live", get(views::dashboard::live))
         .route("/site-calls", get(records::list::<SiteCallPages>))
+        .route("/site-calls/groups", get(records::groups))
         .route("/site-calls/{id}", get(records::detail::<SiteCallPages>))
         .route(
             "/site-calls/{id}/record",

@@ -290,3 +290,67 @@ async fn realistic_errors_fall_into_the_expected_groups_on_every_backend() {
         }
     }
 }
+
+/// The Groups view shows the same groups as the REST API, and each group's
+/// "Show calls" lists exactly its calls on the Site Calls page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_groups_view_shows_the_groups_and_links_to_exactly_their_calls() {
+    let c = spawn_central().await;
+    sitelink_central::authentication::add_user(&c.db, USER.0, USER.1, Role::Viewer)
+        .await
+        .unwrap();
+    let rows = afternoon();
+    for site in ["north", "south"] {
+        let name = SiteName::parse(site).unwrap();
+        c.db.sites().add(&name).await.unwrap();
+        let mine: Vec<TrackingRecord> = rows
+            .iter()
+            .filter(|r| r.source_site == site)
+            .cloned()
+            .collect();
+        c.db.site_calls().ingest(&name, &mine, None).await.unwrap();
+    }
+    let mut p = Pages::new(&c);
+    assert_eq!(p.login(USER.0, USER.1).await.status, 303);
+    let list = p.get("/site-calls").await;
+    assert_eq!(
+        attrs(&list.body, "a#to-groups", "href"),
+        ["/site-calls/groups"]
+    );
+
+    let page = p.get("/site-calls/groups").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(
+        texts(&page.body, "#groups td.group-count"),
+        ["5", "4", "3", "2"]
+    );
+    assert!(texts(&page.body, "#groups tbody tr")
+        .concat()
+        .contains("north: 3, south: 2"));
+    let links = attrs(&page.body, "#groups a.group-calls", "href");
+    for (link, count) in links.iter().zip([5, 4, 3, 2]) {
+        let calls = p.get(link).await;
+        assert_eq!(calls.status, 200, "{link}");
+        assert_eq!(
+            attrs(&calls.body, "#rows tbody tr", "data-id").len(),
+            count,
+            "{link}"
+        );
+        // The group stays in the form, so filtering on keeps it.
+        assert!(
+            has(&calls.body, "#f-group input[name=fingerprint]"),
+            "{link}"
+        );
+    }
+
+    // Filters, and what is refused.
+    let failed = p.get("/site-calls/groups?status=Failed").await;
+    assert_eq!(texts(&failed.body, "#groups td.group-count"), ["3"]);
+    let bad = p.get("/site-calls/groups?status=Delivered").await;
+    assert_eq!(bad.status, 400);
+    assert!(texts(&bad.body, "#filter-error")
+        .concat()
+        .contains("Parked or Failed"));
+    let nowhere = p.get("/site-calls/groups?site=nowhere").await;
+    assert_eq!(nowhere.status, 404);
+}

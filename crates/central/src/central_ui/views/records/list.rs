@@ -33,6 +33,7 @@ pub struct Filters {
     pub target: String,
     pub from: String,
     pub to: String,
+    pub fingerprint: String,
 }
 
 impl Filters {
@@ -45,6 +46,7 @@ impl Filters {
             ("target", &self.target),
             ("from", &self.from),
             ("to", &self.to),
+            ("fingerprint", &self.fingerprint),
         ] {
             if !v.is_empty() {
                 q.push(format!("{k}={}", encode(v)));
@@ -68,6 +70,7 @@ impl Filters {
             target: f.target_contains.clone().unwrap_or_default(),
             from: f.from_ms.map(form_time).unwrap_or_default(),
             to: f.to_ms.map(form_time).unwrap_or_default(),
+            fingerprint: f.fingerprint.clone().unwrap_or_default(),
         }
     }
 }

@@ -4,15 +4,18 @@
 //! one id with its audit-log entries, and Retry/Discard behind a
 //! confirmation page, through [`OperatorActions`] like the REST API.
 //!
-//! [`list`] has the list page, [`detail`] the detail page, its htmx
-//! partial, the confirmation page and the action.
+//! [`list`] has the list page, [`groups`] the failure groups of the Site
+//! Calls page, [`detail`] the detail page, its htmx partial, the
+//! confirmation page and the action.
 //!
 //! [`OperatorActions`]: crate::operator_actions::OperatorActions
 
 mod detail;
+mod groups;
 mod list;
 
 pub use detail::{act, confirm, detail, partial, ConfirmPage};
+pub use groups::groups;
 pub use list::list;
 
 use crate::operator_actions::Subject;

@@ -1,0 +1,140 @@
+//! The Groups view of the Site Calls page (issue 21): the Parked and
+//! Failed calls by target and error fingerprint, largest first, each with
+//! its count per site, first and last seen, a sample error, and a link to
+//! the list of exactly its calls (the listing's own filter). The query is
+//! parsed by [`GroupFilter::parse`] and read by `SiteCalls::groups`, the
+//! same two steps as `GET /api/v1/site-calls/groups`.
+
+use askama::Template;
+use axum::{
+    extract::{Query, State},
+    response::Response,
+};
+
+use crate::{
+    central_ui::{
+        format,
+        session::Operator,
+        views::{encode, render, Nav, UiError},
+        UiState,
+    },
+    configuration_database::{listing::unknown_site, Dialect, FailureGroup, GroupFilter},
+};
+
+/// Groups a page shows at most.
+const GROUPS_SHOWN: usize = 200;
+
+/// One group, ready to show.
+pub struct GroupRow {
+    pub target: String,
+    pub fingerprint: String,
+    pub count: u64,
+    pub per_site: String,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub sample_error: String,
+    /// The Site Calls list of exactly this group's calls.
+    pub calls_href: String,
+}
+
+#[derive(Template)]
+#[template(path = "groups.html")]
+struct GroupsPage {
+    nav: Nav,
+    site_names: Vec<String>,
+    site: String,
+    kind: String,
+    status: String,
+    groups: Vec<GroupRow>,
+    total: usize,
+    error: Option<String>,
+}
+
+fn row(g: FailureGroup, f: &GroupFilter) -> GroupRow {
+    let fingerprint = g.fingerprint.unwrap_or_default();
+    let mut q = match f.status {
+        Some(s) => format!("status={s}"),
+        None => "status=Parked&status=Failed".to_owned(),
+    };
+    q.push_str(&format!("&target={}", encode(&g.target)));
+    if !fingerprint.is_empty() {
+        q.push_str(&format!("&fingerprint={}", encode(&fingerprint)));
+    }
+    if let Some(site) = &f.site {
+        q.push_str(&format!("&site={}", encode(site)));
+    }
+    if let Some(kind) = f.kind {
+        q.push_str(&format!("&kind={kind}"));
+    }
+    let ms = |t: time::OffsetDateTime| sitelink_commons::utc_to_unix_ms(t);
+    GroupRow {
+        calls_href: format!("/site-calls?{q}"),
+        target: g.target,
+        fingerprint,
+        count: g.count,
+        per_site: g
+            .per_site
+            .iter()
+            .map(|(s, n)| format!("{s}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        first_seen: format::utc(ms(g.first_seen)),
+        last_seen: format::utc(ms(g.last_seen)),
+        sample_error: g.sample_error.unwrap_or_default(),
+    }
+}
+
+/// `GET /site-calls/groups`.
+pub async fn groups(
+    State(st): State<UiState>,
+    op: Operator,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Response, UiError> {
+    let site_names: Vec<String> = st
+        .db
+        .sites()
+        .list()
+        .await
+        .map_err(UiError::internal)?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    let mut page = GroupsPage {
+        nav: Nav::of(&op, "site-calls"),
+        site_names,
+        site: String::new(),
+        kind: String::new(),
+        status: String::new(),
+        groups: Vec::new(),
+        total: 0,
+        error: None,
+    };
+    let refuse = |mut page: GroupsPage, status, message| {
+        page.error = Some(message);
+        let mut resp = render(&page);
+        *resp.status_mut() = status;
+        Ok(resp)
+    };
+    let (filter, _) = match GroupFilter::parse(&q, Dialect::Page) {
+        Ok(f) => f,
+        Err(e) => return refuse(page, axum::http::StatusCode::BAD_REQUEST, e),
+    };
+    page.site = filter.site.clone().unwrap_or_default();
+    page.kind = filter.kind.map(|k| k.to_string()).unwrap_or_default();
+    page.status = filter.status.map(|s| s.to_string()).unwrap_or_default();
+    if let Some(m) = unknown_site(&st.db, filter.site.as_deref())
+        .await
+        .map_err(UiError::internal)?
+    {
+        return refuse(page, axum::http::StatusCode::NOT_FOUND, m);
+    }
+    let (groups, total) = st
+        .db
+        .site_calls()
+        .groups(&filter, GROUPS_SHOWN)
+        .await
+        .map_err(UiError::internal)?;
+    page.groups = groups.into_iter().map(|g| row(g, &filter)).collect();
+    page.total = total;
+    Ok(render(&page))
+}
