@@ -147,7 +147,8 @@ async fn plain_upsert(
                 })
                 .collect();
             format!(
-                "INSERT INTO {table} VALUES {} ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+                "INSERT INTO {table} (id, source_site, kind, target_summary, status, retry_count, last_error,
+                 provenance, created_at_ms, updated_at_ms, terminal_at_ms, revision) VALUES {} ON CONFLICT (id) DO UPDATE SET status = excluded.status,
                  retry_count = excluded.retry_count, last_error = excluded.last_error,
                  updated_at_ms = excluded.updated_at_ms, terminal_at_ms = excluded.terminal_at_ms,
                  revision = excluded.revision",
