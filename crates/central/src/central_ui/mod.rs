@@ -74,6 +74,11 @@ pub fn router(state: UiState) -> Router {
         .route("/dashboard/live", get(views::dashboard::live))
         .route("/site-calls", get(records::list::<SiteCallPages>))
         .route("/site-calls/groups", get(records::groups))
+        .route("/site-calls/export", get(records::export::<SiteCallPages>))
+        .route(
+            "/notifications/export",
+            get(records::export::<NotificationPages>),
+        )
         .route("/site-calls/{id}", get(records::detail::<SiteCallPages>))
         .route(
             "/site-calls/{id}/record",

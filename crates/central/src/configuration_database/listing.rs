@@ -461,11 +461,72 @@ fn parse_time(key: &str, v: &str, dialect: Dialect) -> Result<i64, String> {
         .map_err(|_| format!("{key} must be a UTC time like 2026-01-31T08:00, got {shown:?}"))
 }
 
+/// Rows an export reads ahead of the client (its memory bound).
+const EXPORT_BUFFER: usize = 256;
+
+/// Every row of `select` that `f` matches, newest first, decoded by
+/// `decode`, as a stream that holds one pooled connection and at most
+/// [`EXPORT_BUFFER`] rows: a task reads the rows into a bounded channel,
+/// so memory stays flat at any count, and it stops as soon as the stream
+/// is dropped (the client went away) or a row fails.
+pub(super) fn export_rows<T: Send + 'static>(
+    db: &Database,
+    (select, target): (&str, &str),
+    f: &ListFilter,
+    decode: fn(&sqlx::any::AnyRow) -> Result<T, sqlx::Error>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<T, sqlx::Error>> {
+    use futures::StreamExt as _;
+    let (sql, binds) = export_sql(select, target, f);
+    let pool = db.pool().clone();
+    let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_BUFFER);
+    tokio::spawn(async move {
+        let q = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), binds);
+        let mut rows = q.fetch(&pool);
+        while let Some(row) = rows.next().await {
+            let item = row.and_then(|r| decode(&r));
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 /// The OpenAPI parameters of a listing, from the table the parser reads.
 fn openapi_params(listed: Listed) -> Vec<Parameter> {
+    openapi_params_where(listed, |_| true)
+}
+
+/// The OpenAPI parameters of an export: the listing's filters (no page),
+/// and `format`.
+fn openapi_export_params(listed: Listed) -> Vec<Parameter> {
+    let mut params =
+        openapi_params_where(listed, |name| !matches!(name, "limit" | "after" | "before"));
+    params.insert(
+        0,
+        ParameterBuilder::new()
+            .name("format")
+            .parameter_in(ParameterIn::Query)
+            .required(Required::True)
+            .description(Some(
+                "`csv` (RFC 4180, a header line; a field that a spreadsheet would read as a \
+                 formula starts with `'`) or `jsonl` (one JSON record a line).",
+            ))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["csv", "jsonl"])),
+            ))
+            .build(),
+    );
+    params
+}
+
+fn openapi_params_where(listed: Listed, keep: impl Fn(&str) -> bool) -> Vec<Parameter> {
     PARAMS
         .iter()
-        .filter(|(name, ..)| applies(listed, name))
+        .filter(|(name, ..)| applies(listed, name) && keep(name))
         .map(|(name, value, description)| {
             let string = || ObjectBuilder::new().schema_type(Type::String);
             let schema: utoipa::openapi::Schema = match value {
@@ -526,6 +587,24 @@ pub struct SiteCallListParams;
 impl utoipa::IntoParams for SiteCallListParams {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
         openapi_params(Listed::SiteCalls)
+    }
+}
+
+/// The query parameters of `GET /api/v1/site-calls/export`.
+pub struct SiteCallExportParams;
+
+impl utoipa::IntoParams for SiteCallExportParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        openapi_export_params(Listed::SiteCalls)
+    }
+}
+
+/// The query parameters of `GET /api/v1/notifications/export`.
+pub struct NotificationExportParams;
+
+impl utoipa::IntoParams for NotificationExportParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        openapi_export_params(Listed::Notifications)
     }
 }
 
@@ -614,26 +693,20 @@ fn contains_pattern(text: &str) -> String {
     p
 }
 
-/// The text and values of [`page_query`].
-pub(super) fn page_sql(
-    select: &str,
-    target: &str,
-    f: &ListFilter,
-    page: &Page,
-    limit: u32,
-) -> (String, Vec<Bind>) {
+/// The conditions of `f` (values appended to `binds`), the same for a page
+/// and an export.
+fn filter_conditions(target: &str, f: &ListFilter, binds: &mut Vec<Bind>) -> Vec<String> {
     let mut conds: Vec<String> = Vec::new();
-    let mut binds: Vec<Bind> = Vec::new();
     let next = |b: Bind, binds: &mut Vec<Bind>| {
         binds.push(b);
         format!("${}", binds.len())
     };
     if let Some(s) = &f.site {
-        let p = next(Bind::Text(s.clone()), &mut binds);
+        let p = next(Bind::Text(s.clone()), binds);
         conds.push(format!("source_site = {p}"));
     }
     if let Some(k) = f.kind {
-        let p = next(Bind::Text(k.as_str().into()), &mut binds);
+        let p = next(Bind::Text(k.as_str().into()), binds);
         conds.push(format!("kind = {p}"));
     }
     if !f.statuses.is_empty() {
@@ -642,7 +715,7 @@ pub(super) fn page_sql(
         statuses.dedup();
         let ps: Vec<String> = statuses
             .iter()
-            .map(|s| next(Bind::Text(s.as_str().into()), &mut binds))
+            .map(|s| next(Bind::Text(s.as_str().into()), binds))
             .collect();
         conds.push(match ps.as_slice() {
             [one] => format!("status = {one}"),
@@ -656,21 +729,54 @@ pub(super) fn page_sql(
         }
     }
     if let Some(t) = &f.target_contains {
-        let p = next(Bind::Text(contains_pattern(t)), &mut binds);
+        let p = next(Bind::Text(contains_pattern(t)), binds);
         conds.push(format!("{target} LIKE {p} ESCAPE '!'"));
     }
     if let Some(fp) = &f.fingerprint {
-        let p = next(Bind::Text(fp.clone()), &mut binds);
+        let p = next(Bind::Text(fp.clone()), binds);
         conds.push(format!("fingerprint = {p}"));
     }
     if let Some(ms) = f.from_ms {
-        let p = next(Bind::Int(ms), &mut binds);
+        let p = next(Bind::Int(ms), binds);
         conds.push(format!("created_at_ms >= {p}"));
     }
     if let Some(ms) = f.to_ms {
-        let p = next(Bind::Int(ms), &mut binds);
+        let p = next(Bind::Int(ms), binds);
         conds.push(format!("created_at_ms < {p}"));
     }
+    conds
+}
+
+/// Every row of `select` (see [`page_query`]) that `f` matches, newest
+/// first, for an export: the listing's filter and order, without a page.
+pub(super) fn export_sql(select: &str, target: &str, f: &ListFilter) -> (String, Vec<Bind>) {
+    let mut binds = Vec::new();
+    let conds = filter_conditions(target, f, &mut binds);
+    let filter = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    (
+        format!("{select}{filter} ORDER BY created_at_ms DESC, id DESC"),
+        binds,
+    )
+}
+
+/// The text and values of [`page_query`].
+pub(super) fn page_sql(
+    select: &str,
+    target: &str,
+    f: &ListFilter,
+    page: &Page,
+    limit: u32,
+) -> (String, Vec<Bind>) {
+    let mut binds: Vec<Bind> = Vec::new();
+    let mut conds = filter_conditions(target, f, &mut binds);
+    let next = |b: Bind, binds: &mut Vec<Bind>| {
+        binds.push(b);
+        format!("${}", binds.len())
+    };
     let order = match page {
         Page::First => "DESC",
         Page::After(c) | Page::Before(c) => {

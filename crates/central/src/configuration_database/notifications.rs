@@ -13,7 +13,7 @@ use sitelink_commons::{
 use sqlx::Row;
 
 use super::{
-    listing::{page_rows, ListFilter, Listing, Page, PageCursor},
+    listing::{export_rows, page_rows, ListFilter, Listing, Page, PageCursor},
     site_calls::{decode, kpis_with, purge_terminal},
     Database, Kpis,
 };
@@ -315,6 +315,20 @@ impl<'a> Notifications<'a> {
             |n| PageCursor::of(&n.tracking),
         )
         .await
+    }
+
+    /// Every notification `f` matches (with body and recipients), newest
+    /// first, streamed in constant memory (see [`export_rows`]).
+    pub fn export(
+        &self,
+        f: &ListFilter,
+    ) -> tokio_stream::wrappers::ReceiverStream<Result<NotificationRecord, sqlx::Error>> {
+        let f = ListFilter {
+            kind: None,
+            fingerprint: None,
+            ..f.clone()
+        };
+        export_rows(self.db, (SELECT, "list_name"), &f, |r| record(r, true))
     }
 
     /// KPIs per site in the shape of Site Call Audit's. Open notifications

@@ -9,9 +9,13 @@
 //! - A notification's command acts on central's own row (central is the
 //!   deliverer); a Retry wakes the dispatcher.
 //!
+//! [`export`] streams a filtered set as CSV or JSON lines (the REST API and
+//! the pages' Export links).
+//!
 //! Invariant: every attempt is written to the audit log (who, when, which
 //! id, outcome), a refused one too (outcome `Forbidden`).
 
+pub mod export;
 pub mod relay;
 
 use std::time::Duration;

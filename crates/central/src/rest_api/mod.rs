@@ -48,11 +48,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/cluster", get(sites::cluster))
         .route("/api/v1/site-calls", get(site_calls::list_site_calls))
         .route("/api/v1/site-calls/groups", get(site_calls::groups))
+        .route("/api/v1/site-calls/export", get(site_calls::export))
         .route("/api/v1/site-calls/{id}", get(site_calls::get_site_call))
         .route("/api/v1/site-calls/{id}/retry", post(site_calls::retry))
         .route("/api/v1/site-calls/{id}/discard", post(site_calls::discard))
         .route("/api/v1/kpis/site-calls", get(site_calls::kpis))
         .route("/api/v1/notifications", get(notifications::list))
+        .route("/api/v1/notifications/export", get(notifications::export))
         .route("/api/v1/notifications/{id}", get(notifications::get_one))
         .route(
             "/api/v1/notifications/{id}/retry",

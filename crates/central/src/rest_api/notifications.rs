@@ -21,12 +21,30 @@ use super::{
 };
 use crate::{
     configuration_database::{
-        listing::{NotificationListParams, DEFAULT_LIMIT},
+        listing::{NotificationExportParams, NotificationListParams, DEFAULT_LIMIT},
         Dialect, ListQuery, Listed,
     },
     health_monitoring::KpiSource,
     operator_actions::Subject,
 };
+
+/// The listing's filters (not its paging) and `format`: every notification that
+/// the listing shows for them, newest first, streamed. `csv` has a header
+/// line; `jsonl` one record a line, in the shape of the listing's items.
+/// The listing's rule that OpenAPI cannot state holds here too: `from` must
+/// not be later than `to` (400 with the error body). A `site` that names no
+/// registered site is 404.
+#[utoipa::path(get, path = "/api/v1/notifications/export", tag = "notifications", params(NotificationExportParams),
+    responses((status = 200, description = "the notifications (with body and recipients), streamed", content((String = "text/csv"), (String = "application/x-ndjson"))), Errors, Busy, answers::UnknownSite))]
+pub(super) async fn export(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    crate::operator_actions::export::answer(&st.db, &q, Listed::Notifications, Dialect::Api)
+        .await
+        .map_err(super::site_calls::export_error)
+}
 
 /// Notifications, newest first, one page at a time.
 ///

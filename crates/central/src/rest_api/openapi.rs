@@ -44,6 +44,8 @@ impl Modify for Security {
         super::site_calls::discard,
         super::site_calls::kpis,
         super::site_calls::groups,
+        super::site_calls::export,
+        super::notifications::export,
         super::audit_log::audit_log,
         super::notifications::list,
         super::notifications::get_one,

@@ -19,11 +19,11 @@ use super::{
 };
 use crate::{
     configuration_database::{
-        listing::{unknown_site, SiteCallListParams, DEFAULT_LIMIT},
+        listing::{unknown_site, SiteCallExportParams, SiteCallListParams, DEFAULT_LIMIT},
         Dialect, GroupFilter, GroupParams, ListQuery, Listed,
     },
     health_monitoring::KpiSource,
-    operator_actions::Subject,
+    operator_actions::{export, Subject},
 };
 
 /// Site calls, newest first, one page at a time.
@@ -101,6 +101,33 @@ pub(super) async fn relay(
     retry: bool,
 ) -> Result<Response, ApiError> {
     act(&st, &user, Subject::SiteCall, retry, &id).await
+}
+
+/// The listing's filters (not its paging) and `format`: every site call that
+/// the listing shows for them, newest first, streamed. `csv` has a header
+/// line; `jsonl` one record a line, in the shape of the listing's items.
+/// The listing's rule that OpenAPI cannot state holds here too: `from` must
+/// not be later than `to` (400 with the error body). A `site` that names no
+/// registered site is 404.
+#[utoipa::path(get, path = "/api/v1/site-calls/export", tag = "site calls", params(SiteCallExportParams),
+    responses((status = 200, description = "the calls, streamed", content((String = "text/csv"), (String = "application/x-ndjson"))), Errors, Busy, answers::UnknownSite))]
+pub(super) async fn export(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    export::answer(&st.db, &q, Listed::SiteCalls, Dialect::Api)
+        .await
+        .map_err(export_error)
+}
+
+/// An export's refusal as the API's error answer.
+pub(super) fn export_error(e: export::ExportError) -> ApiError {
+    match e {
+        export::ExportError::BadQuery(m) => bad(m),
+        export::ExportError::UnknownSite(m) => ApiError::new(axum::http::StatusCode::NOT_FOUND, m),
+        export::ExportError::Internal(e) => internal(e),
+    }
 }
 
 /// Failure groups: the Parked and Failed calls by target and error

@@ -8,6 +8,7 @@ mod cluster;
 mod common;
 mod configuration_database;
 mod connection_limits;
+mod export;
 mod failure_groups;
 mod link;
 mod link_security;

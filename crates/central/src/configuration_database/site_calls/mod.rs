@@ -10,7 +10,7 @@ use sitelink_commons::{unix_ms_to_utc, TrackedOperationId, TrackingRecord};
 use sqlx::Row;
 
 use super::{
-    listing::{page_rows, ListFilter, Listing, Page, PageCursor},
+    listing::{export_rows, page_rows, ListFilter, Listing, Page, PageCursor},
     Database,
 };
 
@@ -71,6 +71,15 @@ impl<'a> SiteCalls<'a> {
             PageCursor::of,
         )
         .await
+    }
+
+    /// Every row `f` matches, newest first, streamed in constant memory
+    /// (see [`export_rows`]).
+    pub fn export(
+        &self,
+        f: &ListFilter,
+    ) -> tokio_stream::wrappers::ReceiverStream<Result<TrackingRecord, sqlx::Error>> {
+        export_rows(self.db, (SELECT, "target_summary"), f, record)
     }
 }
 

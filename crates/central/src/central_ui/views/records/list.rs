@@ -21,7 +21,7 @@ use crate::{
         UiState,
     },
     configuration_database::{now_ms, Dialect, ListFilter, ListQuery, Listed, Listing, PageCursor},
-    operator_actions::Subject,
+    operator_actions::{export, Subject},
 };
 
 /// The filters as the form shows them (and as the URL carries them).
@@ -119,6 +119,8 @@ struct ListPage {
     error: Option<String>,
     older: Option<String>,
     newer: Option<String>,
+    /// The export links' query (the filters, no paging).
+    export_query: String,
 }
 
 fn row(
@@ -144,6 +146,27 @@ fn row(
         last_error: format::one_line(&last_error, SHORT_TEXT),
         last_error_full: last_error,
     }
+}
+
+/// `GET /site-calls/export`, `GET /notifications/export`: the list's
+/// filters as CSV or JSON lines, by the same function as the REST API's
+/// export.
+pub async fn export<S: Pages>(
+    State(st): State<UiState>,
+    _: Operator,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Response, UiError> {
+    let listed = match S::SUBJECT {
+        Subject::SiteCall => Listed::SiteCalls,
+        Subject::Notification => Listed::Notifications,
+    };
+    export::answer(&st.db, &q, listed, Dialect::Page)
+        .await
+        .map_err(|e| match e {
+            export::ExportError::BadQuery(m) => UiError::BadRequest(m),
+            export::ExportError::UnknownSite(m) => UiError::NotFound(m),
+            export::ExportError::Internal(e) => UiError::internal(e),
+        })
 }
 
 /// `GET /site-calls`, `GET /notifications`.
@@ -189,6 +212,7 @@ pub async fn list<S: Pages>(
         error: None,
         older: None,
         newer: None,
+        export_query: String::new(),
     };
     let listed = if notifications {
         Listed::Notifications
@@ -271,6 +295,11 @@ pub async fn list<S: Pages>(
         _ => None,
     };
     page.rows = listing.items;
+    page.export_query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("&{query}")
+    };
     page.filters = filters;
     Ok(render(&page))
 }

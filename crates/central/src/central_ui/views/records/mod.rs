@@ -16,7 +16,7 @@ mod list;
 
 pub use detail::{act, confirm, detail, partial, ConfirmPage};
 pub use groups::groups;
-pub use list::list;
+pub use list::{export, list};
 
 use crate::operator_actions::Subject;
 
