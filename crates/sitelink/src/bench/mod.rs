@@ -12,6 +12,7 @@ mod central_world;
 mod failover;
 mod ingest;
 mod notifications;
+mod operator;
 mod queries;
 mod reconcile;
 mod ui;
@@ -100,6 +101,20 @@ pub enum BenchName {
         #[arg(long, conflicts_with = "quick")]
         smoke: bool,
     },
+    /// The operator tools at fleet size: failure groups (p99 against
+    /// 200 ms) on a table of `--rows` rows with 1 % Parked and 1 % Failed,
+    /// and the export of a tenth of it (rows/s, resident memory).
+    Operator {
+        #[arg(long, value_enum, default_value = "sqlite")]
+        db: central_world::Db,
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: usize,
+        #[arg(long)]
+        quick: bool,
+        /// A few seconds: only that the bench runs (CI).
+        #[arg(long, conflicts_with = "quick")]
+        smoke: bool,
+    },
     /// KPI query and first pages of filtered Site Calls listings on a table
     /// of `--rows` rows (p50/p99 against 50 ms and 100 ms).
     Queries {
@@ -161,6 +176,12 @@ pub async fn run(name: BenchName) -> anyhow::Result<()> {
             quick,
             smoke,
         } => queries::run(db, rows, Size::of(quick, smoke)).await,
+        BenchName::Operator {
+            db,
+            rows,
+            quick,
+            smoke,
+        } => operator::run(db, rows, Size::of(quick, smoke)).await,
         BenchName::Notifications { quick, smoke } => {
             notifications::run(Size::of(quick, smoke)).await
         }
