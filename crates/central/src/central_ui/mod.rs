@@ -73,7 +73,11 @@ pub fn router(state: UiState) -> Router {
         .route("/dashboard", get(views::dashboard::page))
         .route("/dashboard/live", get(views::dashboard::live))
         .route("/site-calls", get(records::list::<SiteCallPages>))
-        .route("/site-calls/groups", get(records::groups))
+        .route("/site-calls/groups", get(records::groups::<SiteCallPages>))
+        .route(
+            "/notifications/groups",
+            get(records::groups::<NotificationPages>),
+        )
         .route("/site-calls/export", get(records::export::<SiteCallPages>))
         .route(
             "/notifications/export",

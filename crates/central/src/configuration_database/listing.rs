@@ -56,8 +56,7 @@ pub struct ListFilter {
     pub from_ms: Option<i64>,
     /// Created before (ms since epoch).
     pub to_ms: Option<i64>,
-    /// The last error has this fingerprint (a failure group; site calls
-    /// only).
+    /// The last error has this fingerprint (a failure group).
     pub fingerprint: Option<String>,
 }
 
@@ -231,8 +230,9 @@ const PARAMS: &[(&str, Value, &str)] = &[
     (
         "fingerprint",
         Value::Fingerprint,
-        "Only calls whose last error has this fingerprint: a failure group's key, as \
-         `/api/v1/site-calls/groups` gives it (at most 200 characters).",
+        "Only rows whose last error has this fingerprint: a failure group's key, as \
+         `/api/v1/site-calls/groups` (or `/api/v1/notifications/groups`) gives it (at most 200 \
+         characters).",
     ),
     (
         "from",
@@ -263,7 +263,7 @@ const CURSOR_PATTERN: &str =
     r"^[0-9]{1,15}\.[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 
 fn applies(listed: Listed, name: &str) -> bool {
-    listed == Listed::SiteCalls || !matches!(name, "kind" | "fingerprint")
+    listed == Listed::SiteCalls || name != "kind"
 }
 
 impl ListQuery {

@@ -288,24 +288,38 @@ const MIGRATIONS: &[Migration] = &[
             (target_summary, fingerprint, source_site, status, kind, created_at_ms, updated_at_ms)
          WHERE status IN ('Parked', 'Failed')",
     ]),
+    // 12: failure groups of the Notification Outbox (issue 21): the same
+    // for notifications, whose target is their list.
+    both(&[
+        "ALTER TABLE notifications ADD COLUMN fingerprint TEXT",
+        "CREATE INDEX notifications_groups ON notifications
+            (list_name, fingerprint, source_site, status, created_at_ms, updated_at_ms)
+         WHERE status IN ('Parked', 'Failed')",
+    ]),
 ];
 
 /// Rust run after a migration's SQL, in its transaction: what SQL cannot
-/// compute (migration 11: the fingerprints of the rows stored before).
+/// compute (migrations 11 and 12: the fingerprints of the rows stored
+/// before).
 async fn backfill(version: i64, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> anyhow::Result<()> {
-    if version != 11 {
-        return Ok(());
-    }
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT id, last_error FROM site_calls WHERE last_error IS NOT NULL")
-            .fetch_all(&mut **tx)
-            .await?;
+    let table = match version {
+        11 => "site_calls",
+        12 => "notifications",
+        _ => return Ok(()),
+    };
+    let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, last_error FROM {table} WHERE last_error IS NOT NULL"
+    )))
+    .fetch_all(&mut **tx)
+    .await?;
     for (id, error) in rows {
-        sqlx::query("UPDATE site_calls SET fingerprint = $1 WHERE id = $2")
-            .bind(sitelink_commons::fingerprint(&error))
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET fingerprint = $1 WHERE id = $2"
+        )))
+        .bind(sitelink_commons::fingerprint(&error))
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }

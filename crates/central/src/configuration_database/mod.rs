@@ -14,6 +14,7 @@
 //! ([`is_unique_violation`]), never by message text.
 
 mod audit_log;
+pub mod groups;
 pub mod leader_lease;
 pub mod listing;
 mod migrations;
@@ -29,6 +30,7 @@ use anyhow::Context;
 use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
 
 pub use audit_log::{AuditEntry, AuditLog};
+pub use groups::{FailureGroup, GroupFilter, GroupParams, Grouped, NotificationGroupParams};
 pub use listing::{
     Dialect, ListFilter, ListQuery, ListQueryError, Listed, Listing, Page, PageCursor,
 };
@@ -36,10 +38,7 @@ pub use notifications::{
     DueNotification, NewNotification, NotificationCommand, NotificationRecord, Notifications,
     SendOutcome,
 };
-pub use site_calls::{
-    FailureGroup, GroupFilter, GroupParams, IngestJob, IngestOutcome, Kpis, SiteCalls,
-    ROWS_PER_STATEMENT,
-};
+pub use site_calls::{IngestJob, IngestOutcome, Kpis, SiteCalls, ROWS_PER_STATEMENT};
 pub use sites::{SiteRecord, SiteToken, Sites, SitesError};
 pub use ui_sessions::{random_secret, UiSession, UiSessions};
 pub use users::{

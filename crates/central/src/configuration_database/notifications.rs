@@ -13,6 +13,7 @@ use sitelink_commons::{
 use sqlx::Row;
 
 use super::{
+    groups::{self, FailureGroup, GroupFilter, Grouped},
     listing::{export_rows, page_rows, ListFilter, Listing, Page, PageCursor},
     site_calls::{decode, kpis_with, purge_terminal},
     Database, Kpis,
@@ -123,11 +124,12 @@ impl<'a> Notifications<'a> {
                 Ok(to) => (Pending, 1i64, None, None, Some(now_ms), to.join(",")),
                 Err(why) => (Failed, 2, Some(why), Some(now_ms), None, String::new()),
             };
+            let fingerprint = last_error.as_deref().map(sitelink_commons::fingerprint);
             let done = sqlx::query(
                 "INSERT INTO notifications (id, source_site, list_name, subject, body, recipients, status,
                      retry_count, last_error, provenance, created_at_ms, updated_at_ms, terminal_at_ms,
-                     next_attempt_at_ms, revision)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14)
+                     next_attempt_at_ms, revision, fingerprint)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14, $15)
                  ON CONFLICT (id) DO NOTHING",
             )
             .bind(n.id.to_string())
@@ -144,6 +146,7 @@ impl<'a> Notifications<'a> {
             .bind(terminal)
             .bind(next)
             .bind(revision)
+            .bind(fingerprint)
             .execute(&mut *tx)
             .await?;
             new.push(done.rows_affected() == 1);
@@ -317,6 +320,16 @@ impl<'a> Notifications<'a> {
         .await
     }
 
+    /// The failure groups of `f`: by list and error fingerprint (see
+    /// [`groups`]).
+    pub async fn groups(
+        &self,
+        f: &GroupFilter,
+        limit: usize,
+    ) -> Result<(Vec<FailureGroup>, usize), sqlx::Error> {
+        groups::groups(self.db, Grouped::Notifications, f, limit).await
+    }
+
     /// Every notification `f` matches (with body and recipients), newest
     /// first, streamed in constant memory (see [`export_rows`]).
     pub fn export(
@@ -325,7 +338,6 @@ impl<'a> Notifications<'a> {
     ) -> tokio_stream::wrappers::ReceiverStream<Result<NotificationRecord, sqlx::Error>> {
         let f = ListFilter {
             kind: None,
-            fingerprint: None,
             ..f.clone()
         };
         export_rows(self.db, (SELECT, "list_name"), &f, |r| record(r, true))
@@ -384,7 +396,7 @@ async fn change_row(
         "UPDATE notifications SET status = $1,
              retry_count = CASE WHEN $2 THEN retry_count ELSE $3 END,
              last_error = $4, next_attempt_at_ms = $5, updated_at_ms = $6,
-             terminal_at_ms = $7, revision = revision + 1
+             terminal_at_ms = $7, revision = revision + 1, fingerprint = $10
          WHERE id = $8 AND revision = $9",
     )
     .bind(c.to.as_str())
@@ -399,6 +411,7 @@ async fn change_row(
     .bind(c.to.is_terminal().then_some(now_ms))
     .bind(id.to_string())
     .bind(revision)
+    .bind(c.last_error.map(sitelink_commons::fingerprint))
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)

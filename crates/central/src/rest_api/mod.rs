@@ -55,6 +55,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/kpis/site-calls", get(site_calls::kpis))
         .route("/api/v1/notifications", get(notifications::list))
         .route("/api/v1/notifications/export", get(notifications::export))
+        .route("/api/v1/notifications/groups", get(notifications::groups))
         .route("/api/v1/notifications/{id}", get(notifications::get_one))
         .route(
             "/api/v1/notifications/{id}/retry",

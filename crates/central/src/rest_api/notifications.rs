@@ -22,7 +22,7 @@ use super::{
 use crate::{
     configuration_database::{
         listing::{NotificationExportParams, NotificationListParams, DEFAULT_LIMIT},
-        Dialect, ListQuery, Listed,
+        Dialect, Grouped, ListQuery, Listed, NotificationGroupParams,
     },
     health_monitoring::KpiSource,
     operator_actions::Subject,
@@ -44,6 +44,22 @@ pub(super) async fn export(
     crate::operator_actions::export::answer(&st.db, &q, Listed::Notifications, Dialect::Api)
         .await
         .map_err(super::site_calls::export_error)
+}
+
+/// Failure groups of the Notification Outbox: the Parked and Failed
+/// notifications by list and error fingerprint, largest first, each with
+/// its count per site, first and last seen, and one sample error.
+///
+/// A group's notifications are the listing's `status=Parked&status=Failed&target=<list>&fingerprint=<fingerprint>`.
+/// A `site` that names no registered site is 404.
+#[utoipa::path(get, path = "/api/v1/notifications/groups", tag = "notifications", params(NotificationGroupParams),
+    responses((status = 200, body = answers::GroupsAnswer), Errors, Busy, answers::UnknownSite))]
+pub(super) async fn groups(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    super::site_calls::groups_answer(&st, &q, Grouped::Notifications).await
 }
 
 /// Notifications, newest first, one page at a time.

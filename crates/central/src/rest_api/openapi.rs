@@ -46,6 +46,7 @@ impl Modify for Security {
         super::site_calls::groups,
         super::site_calls::export,
         super::notifications::export,
+        super::notifications::groups,
         super::audit_log::audit_log,
         super::notifications::list,
         super::notifications::get_one,

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     configuration_database::{
         listing::{unknown_site, SiteCallExportParams, SiteCallListParams, DEFAULT_LIMIT},
-        Dialect, GroupFilter, GroupParams, ListQuery, Listed,
+        Dialect, GroupFilter, GroupParams, Grouped, ListQuery, Listed,
     },
     health_monitoring::KpiSource,
     operator_actions::{export, Subject},
@@ -143,19 +143,28 @@ pub(super) async fn groups(
     _: Authenticated,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let (filter, limit) = GroupFilter::parse(&q, Dialect::Api).map_err(bad)?;
+    groups_answer(&st, &q, Grouped::SiteCalls).await
+}
+
+/// The groups answer of a parsed query (both sources).
+pub(super) async fn groups_answer(
+    st: &ApiState,
+    q: &[(String, String)],
+    grouped: Grouped,
+) -> Result<Response, ApiError> {
+    let (filter, limit) = GroupFilter::parse(q, grouped, Dialect::Api).map_err(bad)?;
     if let Some(m) = unknown_site(&st.db, filter.site.as_deref())
         .await
         .map_err(internal)?
     {
         return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, m));
     }
-    let (groups, total) = st
-        .db
-        .site_calls()
-        .groups(&filter, limit.unwrap_or(DEFAULT_LIMIT) as usize)
-        .await
-        .map_err(internal)?;
+    let limit = limit.unwrap_or(DEFAULT_LIMIT) as usize;
+    let (groups, total) = match grouped {
+        Grouped::SiteCalls => st.db.site_calls().groups(&filter, limit).await,
+        Grouped::Notifications => st.db.notifications().groups(&filter, limit).await,
+    }
+    .map_err(internal)?;
     Ok(Json(answers::GroupsAnswer {
         groups,
         total_groups: total as u64,

@@ -354,3 +354,78 @@ async fn the_groups_view_shows_the_groups_and_links_to_exactly_their_calls() {
     let nowhere = p.get("/site-calls/groups?site=nowhere").await;
     assert_eq!(nowhere.status, 404);
 }
+
+/// The Notification Outbox has its groups too: by list and cause, through
+/// REST and its page, each linking to exactly its notifications.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_are_grouped_by_list_and_cause() {
+    use sitelink_central::configuration_database::NewNotification;
+    let c = spawn_central().await;
+    sitelink_central::authentication::add_user(&c.db, USER.0, USER.1, Role::Viewer)
+        .await
+        .unwrap();
+    for site in ["north", "south"] {
+        let name = SiteName::parse(site).unwrap();
+        c.db.sites().add(&name).await.unwrap();
+        for i in 0..3i64 {
+            let n = NewNotification {
+                id: TrackedOperationId::new(),
+                list: "night-shift".into(),
+                subject: format!("alarm {i}"),
+                body: "b".into(),
+                provenance: "line1/alarms".into(),
+                created_at_ms: 1_790_000_000_000 + i,
+            };
+            // Refused at acceptance: Failed, with its reason as last error.
+            c.db.notifications()
+                .accept(
+                    &name,
+                    &n,
+                    Err(format!(
+                        "550 5.1.1 <lead{i}@plant.example>: mailbox unavailable"
+                    )),
+                    1_790_000_000_000,
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let api = Api::new(&c);
+    let (status, v) = api.get("/api/v1/notifications/groups", USER).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["total_groups"], 1, "{v}");
+    let g = &v["groups"][0];
+    assert_eq!(g["target"], "night-shift");
+    assert_eq!(g["count"], 6);
+    assert_eq!(g["per_site"], serde_json::json!({"north": 3, "south": 3}));
+    assert_eq!(
+        g["fingerprint"],
+        "<n> <n>.<n>.<n> <lead<n>@plant.example>: mailbox unavailable"
+    );
+    let (status, bad) = api
+        .get("/api/v1/notifications/groups?kind=ExternalCall", USER)
+        .await;
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad["error"]
+        .as_str()
+        .unwrap()
+        .contains("(allowed: status, site, limit)"));
+
+    let mut p = Pages::new(&c);
+    assert_eq!(p.login(USER.0, USER.1).await.status, 303);
+    let page = p.get("/notifications/groups").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(texts(&page.body, "#groups td.group-count"), ["6"]);
+    let link = attrs(&page.body, "#groups a.group-calls", "href").remove(0);
+    let listed = p.get(&link).await;
+    assert_eq!(
+        attrs(&listed.body, "#rows tbody tr", "data-id").len(),
+        6,
+        "{link}"
+    );
+    let list = p.get("/notifications").await;
+    assert_eq!(
+        attrs(&list.body, "a#to-groups", "href"),
+        ["/notifications/groups"]
+    );
+}

@@ -10,16 +10,15 @@ use sitelink_commons::{unix_ms_to_utc, TrackedOperationId, TrackingRecord};
 use sqlx::Row;
 
 use super::{
+    groups::{self, FailureGroup, GroupFilter, Grouped},
     listing::{export_rows, page_rows, ListFilter, Listing, Page, PageCursor},
     Database,
 };
 
-mod groups;
 mod ingest;
 mod kpis;
 mod retention;
 
-pub use groups::{FailureGroup, GroupFilter, GroupParams};
 pub use ingest::{IngestJob, IngestOutcome, ROWS_PER_STATEMENT};
 pub(super) use kpis::kpis_with;
 pub use kpis::Kpis;
@@ -71,6 +70,15 @@ impl<'a> SiteCalls<'a> {
             PageCursor::of,
         )
         .await
+    }
+
+    /// The failure groups of `f` (see [`groups`]).
+    pub async fn groups(
+        &self,
+        f: &GroupFilter,
+        limit: usize,
+    ) -> Result<(Vec<FailureGroup>, usize), sqlx::Error> {
+        groups::groups(self.db, Grouped::SiteCalls, f, limit).await
     }
 
     /// Every row `f` matches, newest first, streamed in constant memory
@@ -281,7 +289,7 @@ mod tests {
                 "site_calls_groups|site_calls_by_site_status_created",
             ),
         ] {
-            let (sql, binds) = groups::groups_sql(&filter, db.backend());
+            let (sql, binds) = groups::groups_sql(Grouped::SiteCalls, &filter, db.backend());
             let shown = self::plan(db, &sql, binds).await;
             let index = match db.backend() {
                 Backend::Sqlite => "site_calls_groups",

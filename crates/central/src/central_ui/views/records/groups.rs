@@ -1,9 +1,10 @@
-//! The Groups view of the Site Calls page (issue 21): the Parked and
-//! Failed calls by target and error fingerprint, largest first, each with
-//! its count per site, first and last seen, a sample error, and a link to
-//! the list of exactly its calls (the listing's own filter). The query is
-//! parsed by [`GroupFilter::parse`] and read by `SiteCalls::groups`, the
-//! same two steps as `GET /api/v1/site-calls/groups`.
+//! The Groups views of the Site Calls and Notification Outbox pages
+//! (issue 21): the Parked and Failed rows by target (a notification's
+//! list) and error fingerprint, largest first, each with its count per
+//! site, first and last seen, a sample error, and a link to the list of
+//! exactly its rows (the listing's own filter). The query is parsed by
+//! [`GroupFilter::parse`] and read by the repository's `groups`, the same
+//! two steps as `GET /api/v1/{site-calls,notifications}/groups`.
 
 use askama::Template;
 use axum::{
@@ -11,6 +12,7 @@ use axum::{
     response::Response,
 };
 
+use super::{base, Pages};
 use crate::{
     central_ui::{
         format,
@@ -18,7 +20,8 @@ use crate::{
         views::{encode, render, Nav, UiError},
         UiState,
     },
-    configuration_database::{listing::unknown_site, Dialect, FailureGroup, GroupFilter},
+    configuration_database::{listing::unknown_site, Dialect, FailureGroup, GroupFilter, Grouped},
+    operator_actions::Subject,
 };
 
 /// Groups a page shows at most.
@@ -41,6 +44,8 @@ pub struct GroupRow {
 #[template(path = "groups.html")]
 struct GroupsPage {
     nav: Nav,
+    notifications: bool,
+    base: &'static str,
     site_names: Vec<String>,
     site: String,
     kind: String,
@@ -50,7 +55,7 @@ struct GroupsPage {
     error: Option<String>,
 }
 
-fn row(g: FailureGroup, f: &GroupFilter) -> GroupRow {
+fn row(g: FailureGroup, f: &GroupFilter, base: &str) -> GroupRow {
     let fingerprint = g.fingerprint.unwrap_or_default();
     let mut q = match f.status {
         Some(s) => format!("status={s}"),
@@ -68,7 +73,7 @@ fn row(g: FailureGroup, f: &GroupFilter) -> GroupRow {
     }
     let ms = |t: time::OffsetDateTime| sitelink_commons::utc_to_unix_ms(t);
     GroupRow {
-        calls_href: format!("/site-calls?{q}"),
+        calls_href: format!("{base}?{q}"),
         target: g.target,
         fingerprint,
         count: g.count,
@@ -84,8 +89,8 @@ fn row(g: FailureGroup, f: &GroupFilter) -> GroupRow {
     }
 }
 
-/// `GET /site-calls/groups`.
-pub async fn groups(
+/// `GET /site-calls/groups`, `GET /notifications/groups`.
+pub async fn groups<S: Pages>(
     State(st): State<UiState>,
     op: Operator,
     Query(q): Query<Vec<(String, String)>>,
@@ -99,8 +104,23 @@ pub async fn groups(
         .into_iter()
         .map(|s| s.name)
         .collect();
+    let notifications = S::SUBJECT == Subject::Notification;
+    let grouped = if notifications {
+        Grouped::Notifications
+    } else {
+        Grouped::SiteCalls
+    };
     let mut page = GroupsPage {
-        nav: Nav::of(&op, "site-calls"),
+        nav: Nav::of(
+            &op,
+            if notifications {
+                "notifications"
+            } else {
+                "site-calls"
+            },
+        ),
+        notifications,
+        base: base(S::SUBJECT),
         site_names,
         site: String::new(),
         kind: String::new(),
@@ -115,7 +135,7 @@ pub async fn groups(
         *resp.status_mut() = status;
         Ok(resp)
     };
-    let (filter, _) = match GroupFilter::parse(&q, Dialect::Page) {
+    let (filter, _) = match GroupFilter::parse(&q, grouped, Dialect::Page) {
         Ok(f) => f,
         Err(e) => return refuse(page, axum::http::StatusCode::BAD_REQUEST, e),
     };
@@ -128,13 +148,13 @@ pub async fn groups(
     {
         return refuse(page, axum::http::StatusCode::NOT_FOUND, m);
     }
-    let (groups, total) = st
-        .db
-        .site_calls()
-        .groups(&filter, GROUPS_SHOWN)
-        .await
-        .map_err(UiError::internal)?;
-    page.groups = groups.into_iter().map(|g| row(g, &filter)).collect();
+    let (groups, total) = match grouped {
+        Grouped::SiteCalls => st.db.site_calls().groups(&filter, GROUPS_SHOWN).await,
+        Grouped::Notifications => st.db.notifications().groups(&filter, GROUPS_SHOWN).await,
+    }
+    .map_err(UiError::internal)?;
+    let base = page.base;
+    page.groups = groups.into_iter().map(|g| row(g, &filter, base)).collect();
     page.total = total;
     Ok(render(&page))
 }
