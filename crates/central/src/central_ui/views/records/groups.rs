@@ -95,15 +95,7 @@ pub async fn groups<S: Pages>(
     op: Operator,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, UiError> {
-    let site_names: Vec<String> = st
-        .db
-        .sites()
-        .list()
-        .await
-        .map_err(UiError::internal)?
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
+    let site_names = super::site_names(&st).await?;
     let notifications = S::SUBJECT == Subject::Notification;
     let grouped = if notifications {
         Grouped::Notifications

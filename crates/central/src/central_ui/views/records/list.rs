@@ -176,15 +176,7 @@ pub async fn list<S: Pages>(
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, UiError> {
     let subject = S::SUBJECT;
-    let site_names: Vec<String> = st
-        .db
-        .sites()
-        .list()
-        .await
-        .map_err(UiError::internal)?
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
+    let site_names = super::site_names(&st).await?;
     let notifications = subject == Subject::Notification;
     let mut page = ListPage {
         nav: Nav::of(

@@ -42,6 +42,21 @@ impl Pages for NotificationPages {
     const SUBJECT: Subject = Subject::Notification;
 }
 
+/// Every site's name, for a filter form's site choice.
+async fn site_names(
+    st: &crate::central_ui::UiState,
+) -> Result<Vec<String>, crate::central_ui::views::UiError> {
+    Ok(st
+        .db
+        .sites()
+        .list()
+        .await
+        .map_err(crate::central_ui::views::UiError::internal)?
+        .into_iter()
+        .map(|s| s.name)
+        .collect())
+}
+
 fn base(subject: Subject) -> &'static str {
     match subject {
         Subject::SiteCall => "/site-calls",
