@@ -209,19 +209,23 @@ async fn fill_sqlite(db: &Database, rows: usize, now: i64) -> anyhow::Result<()>
         sqlx::query(
             "INSERT INTO site_calls (id, source_site, kind, target_summary, status, retry_count,
                  last_error, provenance, created_at_ms, updated_at_ms, terminal_at_ms, revision)
-             WITH RECURSIVE g(n) AS (SELECT $1 UNION ALL SELECT n + 1 FROM g WHERE n < $2)
+             WITH RECURSIVE g(n) AS (SELECT $1 UNION ALL SELECT n + 1 FROM g WHERE n < $2),
+             -- MATERIALIZED: a flattened subquery would draw random() anew
+             -- at every use of roll and created.
+             r AS MATERIALIZED (SELECT n, abs(random()) % 1000 AS roll, abs(random()) % 20 AS s,
+                                       abs(random()) % 3 AS k, $3 - abs(random()) % 2592000000 AS created
+                                FROM g),
+             x AS MATERIALIZED (SELECT n, s, k, created,
+                          CASE WHEN roll < 970 THEN 'Delivered' WHEN roll < 980 THEN 'Failed'
+                               WHEN roll < 990 THEN 'Parked' WHEN roll < 995 THEN 'Pending'
+                               ELSE 'Retrying' END AS status
+                   FROM r)
              SELECT printf('%08x-%04x-7%03x-%04x-%012x', created >> 16, created & 65535, n % 4096,
                            32768 + (n / 4096) % 16384, n),
                     printf('site-%02d', s), CASE WHEN k = 0 THEN 'DatabaseWrite' ELSE 'ExternalCall' END,
                     'erp.postOrder', status, 0, NULL, 'line1/orders', created, created,
                     CASE WHEN status IN ('Delivered', 'Failed') THEN created + 1500 END, 2
-             FROM (SELECT n, s, k, created,
-                          CASE WHEN roll < 970 THEN 'Delivered' WHEN roll < 980 THEN 'Failed'
-                               WHEN roll < 990 THEN 'Parked' WHEN roll < 995 THEN 'Pending'
-                               ELSE 'Retrying' END AS status
-                   FROM (SELECT n, abs(random()) % 1000 AS roll, abs(random()) % 20 AS s,
-                                abs(random()) % 3 AS k, $3 - abs(random()) % 2592000000 AS created
-                         FROM g))",
+             FROM x",
         )
         .bind(done as i64)
         .bind(end as i64 - 1)
