@@ -291,7 +291,7 @@ async fn sample_error(
     f: &GroupFilter,
     g: &FailureGroup,
 ) -> Result<Option<String>, sqlx::Error> {
-    let (mut conds, mut binds) = conditions(f);
+    let (mut conds, mut binds) = conditions(f, db.backend());
     binds.push(Bind::Text(g.target.clone()));
     conds.push_str(&format!(" AND {} = ${}", grouped.target(), binds.len()));
     match &g.fingerprint {
@@ -316,7 +316,7 @@ pub(super) fn groups_sql(
     f: &GroupFilter,
     backend: Backend,
 ) -> (String, Vec<Bind>) {
-    let (conds, binds) = conditions(f);
+    let (conds, binds) = conditions(f, backend);
     let (table, target) = (grouped.table(), grouped.target());
     let indexed = grouped.indexed(backend);
     (
@@ -329,15 +329,25 @@ pub(super) fn groups_sql(
     )
 }
 
-/// The WHERE of `f`, led by the index's predicate.
-fn conditions(f: &GroupFilter) -> (String, Vec<Bind>) {
-    let mut conds = GROUPS_PREDICATE.to_owned();
+/// The WHERE of `f`, led by the index's predicate. With one status,
+/// PostgreSQL gets `status = '<status>'` alone: beside the predicate it
+/// multiplies the two selectivities, expects a few hundred rows instead of
+/// 100,000, and fetches each from the table through another status index
+/// (EXPLAIN ANALYZE: 45 ms instead of 21 ms at 20,000 parked rows). It
+/// still proves the partial index's predicate from the one condition, and
+/// the status is a closed enum's name, safe to write as a literal. SQLite
+/// needs the predicate word for word, and is told the index anyway.
+fn conditions(f: &GroupFilter, backend: Backend) -> (String, Vec<Bind>) {
+    let mut conds = match (f.status, backend) {
+        (Some(s), Backend::Postgres) => format!("status = '{}'", s.as_str()),
+        _ => GROUPS_PREDICATE.to_owned(),
+    };
     let mut binds = Vec::new();
     let mut add = |column: &str, value: String| {
         binds.push(Bind::Text(value));
         conds.push_str(&format!(" AND {column} = ${}", binds.len()));
     };
-    if let Some(s) = f.status {
+    if let (Some(s), Backend::Sqlite) = (f.status, backend) {
         add("status", s.as_str().to_owned());
     }
     if let Some(site) = &f.site {

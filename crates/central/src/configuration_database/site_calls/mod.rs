@@ -282,8 +282,13 @@ mod tests {
             site: Some("s1".into()),
             kind: Some(Kind::ExternalCall),
         };
+        let parked = GroupFilter {
+            status: Some(S::Parked),
+            ..Default::default()
+        };
         for (filter, postgres) in [
             (all, "site_calls_groups"),
+            (parked, "site_calls_groups"),
             (
                 one_site,
                 "site_calls_groups|site_calls_by_site_status_created",
