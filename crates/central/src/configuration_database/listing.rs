@@ -344,28 +344,15 @@ impl ListQuery {
                         q.filter.statuses.push(s);
                     }
                 }
-                (_, Value::Text) => {
-                    if v.chars().count() > MAX_TARGET_CHARS {
-                        return Err(bad(format!(
-                            "target: at most {MAX_TARGET_CHARS} characters"
-                        )));
-                    }
-                    if v.is_empty() {
-                        return Err(bad("target must not be empty".into()));
-                    }
-                    q.filter.target_contains = Some(v.to_owned());
+                (name, Value::Text) => {
+                    q.filter.target_contains =
+                        Some(bounded_text(name, v, MAX_TARGET_CHARS).map_err(bad)?);
                 }
-                (_, Value::Fingerprint) => {
-                    if v.chars().count() > sitelink_commons::FINGERPRINT_MAX_CHARS {
-                        return Err(bad(format!(
-                            "fingerprint: at most {} characters",
-                            sitelink_commons::FINGERPRINT_MAX_CHARS
-                        )));
-                    }
-                    if v.is_empty() {
-                        return Err(bad("fingerprint must not be empty".into()));
-                    }
-                    q.filter.fingerprint = Some(v.to_owned());
+                (name, Value::Fingerprint) => {
+                    q.filter.fingerprint = Some(
+                        bounded_text(name, v, sitelink_commons::FINGERPRINT_MAX_CHARS)
+                            .map_err(bad)?,
+                    );
                 }
                 (name, Value::Time) => {
                     let ms = parse_time(name, v, dialect).map_err(bad)?;
@@ -436,6 +423,17 @@ pub fn no_site(name: &str) -> String {
 /// Every route with a `limit` reads it here.
 pub fn parse_limit(v: &str) -> Result<u32, String> {
     sitelink_commons::parse_limit(v, MAX_LIMIT)
+}
+
+/// A text filter's value: not empty, at most `max` characters.
+fn bounded_text(name: &str, v: &str, max: usize) -> Result<String, String> {
+    if v.chars().count() > max {
+        return Err(format!("{name}: at most {max} characters"));
+    }
+    if v.is_empty() {
+        return Err(format!("{name} must not be empty"));
+    }
+    Ok(v.to_owned())
 }
 
 /// A time filter: RFC 3339; on a page also the browser's `datetime-local`

@@ -114,6 +114,17 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<crate::operator_actions::export::ExportError> for ApiError {
+    fn from(e: crate::operator_actions::export::ExportError) -> Self {
+        use crate::operator_actions::export::ExportError;
+        match e {
+            ExportError::BadQuery(m) => bad(m),
+            ExportError::UnknownSite(m) => ApiError::new(StatusCode::NOT_FOUND, m),
+            ExportError::Internal(e) => internal(e),
+        }
+    }
+}
+
 /// A 500 that carries a short reference, never the error itself: the
 /// database's or a library's message goes to the log only, under the same
 /// reference, so an operator can find it there.

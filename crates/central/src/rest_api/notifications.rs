@@ -41,9 +41,10 @@ pub(super) async fn export(
     _: Authenticated,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    crate::operator_actions::export::answer(&st.db, &q, Listed::Notifications, Dialect::Api)
-        .await
-        .map_err(super::site_calls::export_error)
+    Ok(
+        crate::operator_actions::export::answer(&st.db, &q, Listed::Notifications, Dialect::Api)
+            .await?,
+    )
 }
 
 /// Failure groups of the Notification Outbox: the Parked and Failed

@@ -116,18 +116,7 @@ pub(super) async fn export(
     _: Authenticated,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    export::answer(&st.db, &q, Listed::SiteCalls, Dialect::Api)
-        .await
-        .map_err(export_error)
-}
-
-/// An export's refusal as the API's error answer.
-pub(super) fn export_error(e: export::ExportError) -> ApiError {
-    match e {
-        export::ExportError::BadQuery(m) => bad(m),
-        export::ExportError::UnknownSite(m) => ApiError::new(axum::http::StatusCode::NOT_FOUND, m),
-        export::ExportError::Internal(e) => internal(e),
-    }
+    Ok(export::answer(&st.db, &q, Listed::SiteCalls, Dialect::Api).await?)
 }
 
 /// Failure groups: the Parked and Failed calls by target and error

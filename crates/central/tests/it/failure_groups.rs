@@ -133,6 +133,21 @@ fn afternoon() -> Vec<TrackingRecord> {
     rows
 }
 
+/// Registers north and south and ingests [`afternoon`] for each.
+async fn seed_afternoon(c: &TestCentral) {
+    let rows = afternoon();
+    for site in ["north", "south"] {
+        let name = SiteName::parse(site).unwrap();
+        c.db.sites().add(&name).await.unwrap();
+        let mine: Vec<TrackingRecord> = rows
+            .iter()
+            .filter(|r| r.source_site == site)
+            .cloned()
+            .collect();
+        c.db.site_calls().ingest(&name, &mine, None).await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realistic_errors_fall_into_the_expected_groups_on_every_backend() {
     let mut backends = vec![("sqlite", spawn_central().await, None)];
@@ -144,17 +159,7 @@ async fn realistic_errors_fall_into_the_expected_groups_on_every_backend() {
         sitelink_central::authentication::add_user(&c.db, USER.0, USER.1, Role::Viewer)
             .await
             .unwrap();
-        let rows = afternoon();
-        for site in ["north", "south"] {
-            let name = SiteName::parse(site).unwrap();
-            c.db.sites().add(&name).await.unwrap();
-            let mine: Vec<TrackingRecord> = rows
-                .iter()
-                .filter(|r| r.source_site == site)
-                .cloned()
-                .collect();
-            c.db.site_calls().ingest(&name, &mine, None).await.unwrap();
-        }
+        seed_afternoon(&c).await;
         let api = Api::new(&c);
         let (status, all) = api.get("/api/v1/site-calls/groups", USER).await;
         assert_eq!(status, 200, "{label}: {all}");
@@ -299,17 +304,7 @@ async fn the_groups_view_shows_the_groups_and_links_to_exactly_their_calls() {
     sitelink_central::authentication::add_user(&c.db, USER.0, USER.1, Role::Viewer)
         .await
         .unwrap();
-    let rows = afternoon();
-    for site in ["north", "south"] {
-        let name = SiteName::parse(site).unwrap();
-        c.db.sites().add(&name).await.unwrap();
-        let mine: Vec<TrackingRecord> = rows
-            .iter()
-            .filter(|r| r.source_site == site)
-            .cloned()
-            .collect();
-        c.db.site_calls().ingest(&name, &mine, None).await.unwrap();
-    }
+    seed_afternoon(&c).await;
     let mut p = Pages::new(&c);
     assert_eq!(p.login(USER.0, USER.1).await.status, 303);
     let list = p.get("/site-calls").await;
