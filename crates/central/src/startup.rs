@@ -19,7 +19,7 @@ use crate::{
     configuration_database::{Database, Role},
     health_monitoring::{HealthMonitor, KpiSettings},
     notification_outbox::{Dispatcher, Outbox},
-    operator_actions::OperatorActions,
+    operator_actions::{bulk::BulkRunner, OperatorActions},
     rest_api::{self, ApiState},
     site_call_audit::{AuditSettings, SiteCallAudit, SiteCallAuditActor},
 };
@@ -41,6 +41,9 @@ pub struct Central {
     stats: Arc<LinkStats>,
     settings: LinkSettings,
     command_timeout: Duration,
+    /// Wakes the bulk runner (this node's, while active) when an operator
+    /// starts a bulk action here.
+    bulk_wake: Arc<tokio::sync::Notify>,
     kpis: KpiSettings,
     auth: Authenticator,
     metrics_token: Option<String>,
@@ -178,6 +181,7 @@ impl Central {
                 reconcile_page: c.reconcile_page,
             },
             command_timeout: Duration::from_millis(c.command_timeout_ms),
+            bulk_wake: Arc::default(),
             kpis: KpiSettings {
                 interval_seconds: c.kpi_interval_seconds,
                 stuck_threshold_seconds: c.stuck_threshold_seconds,
@@ -253,6 +257,7 @@ impl Central {
             self.outbox.clone(),
             self.command_timeout,
             self.cluster_handle(),
+            self.bulk_wake.clone(),
         );
         let pages = central_ui::router(UiState {
             db: self.db.clone(),
@@ -331,6 +336,7 @@ impl Central {
                     .as_ref()
                     .map(|c| (self.database_url.clone(), c.node.clone())),
                 command_timeout: self.command_timeout,
+                bulk_wake: self.bulk_wake.clone(),
             },
             cancel.clone(),
         );
@@ -348,8 +354,8 @@ impl Central {
     }
 }
 
-/// Runs the singletons — the Site Call Audit actor and the outbox
-/// dispatcher (each with its purge) — for every term this node is active:
+/// Runs the singletons — the Site Call Audit actor, the outbox
+/// dispatcher (each with its purge) and the bulk runner — for every term this node is active:
 /// a fresh actor behind the shared handle and the dispatcher on a database
 /// handle fenced to the term; when the term ends (step-down, stop), both
 /// stop before the next term can start here.
@@ -362,6 +368,8 @@ struct Singletons {
     /// With a lease: the database URL (to LISTEN) and this node's name.
     cluster: Option<(String, String)>,
     command_timeout: Duration,
+    /// Wakes the bulk runner when an action starts on this node.
+    bulk_wake: Arc<tokio::sync::Notify>,
 }
 
 async fn run_singletons(
@@ -377,6 +385,7 @@ async fn run_singletons(
         dispatcher,
         cluster,
         command_timeout,
+        bulk_wake,
     } = s;
     let fenced = cluster.is_some();
     loop {
@@ -425,9 +434,16 @@ async fn run_singletons(
                 .await;
             }
         };
+        let bulk = BulkRunner::new(
+            db.clone(),
+            audit.clone(),
+            bulk_wake.clone(),
+            command_timeout,
+        );
         tokio::join!(
             actor.run(term_cancel.clone()),
             dispatcher.run(term_cancel.clone()),
+            bulk.run(term_cancel.clone()),
             watch_term,
             forwarded
         );

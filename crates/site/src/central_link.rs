@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     notification_service::StatusQueries,
-    store_and_forward::{CommandOutcome, Engine},
+    store_and_forward::{BulkItemOutcome, CommandOutcome, Engine},
 };
 
 /// The protocol version this build speaks.
@@ -440,6 +440,9 @@ impl CentralLink {
             })) => reply(site_message::Body::CommandResult(
                 self.command(&id, false, expires_at_unix_ms, clock).await,
             )),
+            Some(central_message::Body::BulkCommand(b)) => reply(
+                site_message::Body::BulkCommandResult(self.bulk(b, clock).await),
+            ),
             // Handled by the session loop, which owns their state.
             Some(central_message::Body::NotificationAck(_))
             | Some(central_message::Body::NotificationStatus(_)) => None,
@@ -448,6 +451,105 @@ impl CentralLink {
                 None
             }
         })
+    }
+
+    /// A bulk action's next ids for this site: one transaction, one
+    /// outcome per id (issue 21). Expired, it applies none of them.
+    async fn bulk(&self, b: v1::BulkCommand, clock: Option<ClockOffset>) -> v1::BulkCommandResult {
+        let item = |id: &str, outcome: v1::CommandOutcome, error: Option<String>, at: i64| {
+            v1::BulkCommandItem {
+                id: id.to_owned(),
+                outcome: outcome as i32,
+                error,
+                applied_at_unix_ms: at,
+            }
+        };
+        let answer = |items| v1::BulkCommandResult {
+            bulk_action: b.bulk_action.clone(),
+            items,
+        };
+        let retry = match v1::BulkVerb::try_from(b.verb) {
+            Ok(v1::BulkVerb::Retry) => true,
+            Ok(v1::BulkVerb::Discard) => false,
+            _ => {
+                let e = format!("unknown bulk verb {}", b.verb);
+                return answer(
+                    b.ids
+                        .iter()
+                        .map(|id| item(id, v1::CommandOutcome::Error, Some(e.clone()), 0))
+                        .collect(),
+                );
+            }
+        };
+        let expired = b.expires_at_unix_ms != 0
+            && clock.is_none_or(|c| {
+                c.latest_central_time(sitelink_commons::now_unix_ms()) >= b.expires_at_unix_ms
+            });
+        if expired {
+            tracing::warn!(bulk_action = %b.bulk_action, ids = b.ids.len(), "a bulk command from central arrived after its expiry; not applied");
+            let e = "arrived after its expiry; not applied";
+            return answer(
+                b.ids
+                    .iter()
+                    .map(|id| item(id, v1::CommandOutcome::Expired, Some(e.into()), 0))
+                    .collect(),
+            );
+        }
+        // Ids that do not parse are answered as errors; the rest go to the
+        // engine in one write, their answers put back in order.
+        let parsed: Vec<Result<TrackedOperationId, String>> = b
+            .ids
+            .iter()
+            .map(|id| id.parse::<TrackedOperationId>().map_err(|e| e.to_string()))
+            .collect();
+        let good: Vec<TrackedOperationId> = parsed.iter().filter_map(|p| p.clone().ok()).collect();
+        let key = format!("bulk:{}", b.bulk_action);
+        let applied = self.engine.apply_bulk(&key, retry, good).await;
+        tracing::info!(bulk_action = %b.bulk_action, ids = b.ids.len(), retry, ok = applied.is_ok(), "bulk command from central");
+        let mut outcomes = match applied {
+            Ok(items) => items.into_iter(),
+            Err(e) => {
+                let e = e.to_string();
+                return answer(
+                    b.ids
+                        .iter()
+                        .map(|id| item(id, v1::CommandOutcome::Error, Some(e.clone()), 0))
+                        .collect(),
+                );
+            }
+        };
+        let items = b
+            .ids
+            .iter()
+            .zip(parsed)
+            .map(|(id, p)| match p {
+                Err(e) => item(id, v1::CommandOutcome::Error, Some(e), 0),
+                Ok(_) => match outcomes.next() {
+                    Some(BulkItemOutcome::Applied { at_ms }) => {
+                        item(id, v1::CommandOutcome::Applied, None, at_ms)
+                    }
+                    Some(BulkItemOutcome::NotFound) => {
+                        item(id, v1::CommandOutcome::NotFound, None, 0)
+                    }
+                    Some(BulkItemOutcome::NotParked(s)) => item(
+                        id,
+                        v1::CommandOutcome::NotParked,
+                        Some(format!("status is {s}")),
+                        0,
+                    ),
+                    Some(BulkItemOutcome::Error(e)) => {
+                        item(id, v1::CommandOutcome::Error, Some(e), 0)
+                    }
+                    None => item(
+                        id,
+                        v1::CommandOutcome::Error,
+                        Some("no answer from the engine".into()),
+                        0,
+                    ),
+                },
+            })
+            .collect();
+        answer(items)
     }
 
     async fn command(

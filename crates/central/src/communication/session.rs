@@ -32,7 +32,8 @@ pub(super) struct Session {
     pub audit: SiteCallAudit,
     /// Correlation of the last message this stream sent.
     pub correlation: u64,
-    /// Commands sent and not yet answered: wire correlation → relay id.
+    /// Commands (single and bulk) sent and not yet answered: wire
+    /// correlation → relay id.
     pub commands: HashMap<u64, u64>,
     /// Where forwarded notifications go.
     pub outbox: Outbox,
@@ -215,6 +216,11 @@ impl Session {
                             Some(StreamOrder::Command { relay, command, expires_at_ms }) => {
                                 self.send_command(relay, command, expires_at_ms).await?;
                             }
+                            Some(StreamOrder::Bulk { relay, bulk }) => {
+                                let correlation = self.next_correlation();
+                                self.commands.insert(correlation, relay);
+                                self.send(correlation, central_message::Body::BulkCommand(bulk)).await?;
+                            }
                             Some(StreamOrder::Close { reason }) => {
                                 let _ = self.tx.send(Err(Status::permission_denied(reason.clone()))).await;
                                 return Err(reason);
@@ -280,6 +286,11 @@ impl Session {
                 Some(site_message::Body::CommandResult(result)) => {
                     if let Some(relay) = self.commands.remove(&msg.correlation) {
                         self.audit.command_result(relay, result).await;
+                    }
+                }
+                Some(site_message::Body::BulkCommandResult(result)) => {
+                    if let Some(relay) = self.commands.remove(&msg.correlation) {
+                        self.audit.bulk_result(relay, result).await;
                     }
                 }
                 Some(site_message::Body::ForwardNotification(n)) => {

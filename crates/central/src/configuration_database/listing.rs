@@ -52,6 +52,9 @@ pub struct ListFilter {
     pub statuses: Vec<TrackedOperationStatus>,
     /// The target summary (a notification's list) contains this text.
     pub target_contains: Option<String>,
+    /// The target summary (a notification's list) is exactly this (a
+    /// failure group's target).
+    pub target_is: Option<String>,
     /// Created at or after (ms since epoch).
     pub from_ms: Option<i64>,
     /// Created before (ms since epoch).
@@ -206,6 +209,7 @@ enum Value {
     Kind,
     Statuses,
     Text,
+    ExactText,
     Fingerprint,
     Time,
     Limit,
@@ -226,6 +230,12 @@ const PARAMS: &[(&str, Value, &str)] = &[
         "target",
         Value::Text,
         "The target summary (a notification's list) contains this text (at most 200 characters).",
+    ),
+    (
+        "target_is",
+        Value::ExactText,
+        "The target summary (a notification's list) is exactly this (a failure group's target; at \
+         most 200 characters).",
     ),
     (
         "fingerprint",
@@ -348,6 +358,10 @@ impl ListQuery {
                     q.filter.target_contains =
                         Some(bounded_text(name, v, MAX_TARGET_CHARS).map_err(bad)?);
                 }
+                (name, Value::ExactText) => {
+                    q.filter.target_is =
+                        Some(bounded_text(name, v, MAX_TARGET_CHARS).map_err(bad)?);
+                }
                 (name, Value::Fingerprint) => {
                     q.filter.fingerprint = Some(
                         bounded_text(name, v, sitelink_commons::FINGERPRINT_MAX_CHARS)
@@ -382,6 +396,58 @@ impl ListQuery {
             }
         }
         Ok(q)
+    }
+
+    /// A filter alone, as a JSON object (a bulk action's `filter`): each
+    /// member a listing parameter, its value a string or (for `status`)
+    /// an array of strings, read by [`ListQuery::parse`] in the API's
+    /// dialect, so it means exactly what the listing's query string means.
+    /// The page parameters (`limit`, `after`, `before`) are refused: a
+    /// filter names a set, not a page of it.
+    pub fn parse_filter_json(
+        value: &serde_json::Value,
+        listed: Listed,
+    ) -> Result<ListFilter, ListQueryError> {
+        let bad = |m: String| ListQueryError(m);
+        let serde_json::Value::Object(members) = value else {
+            return Err(bad(
+                "filter must be a JSON object of listing parameters".into()
+            ));
+        };
+        let mut pairs = Vec::new();
+        for (k, v) in members {
+            if matches!(k.as_str(), "limit" | "after" | "before") {
+                return Err(bad(format!(
+                    "filter: {k} is a page parameter of the listing, not a filter"
+                )));
+            }
+            match v {
+                serde_json::Value::String(s) => pairs.push((k.clone(), s.clone())),
+                serde_json::Value::Array(items) if k == "status" => {
+                    for item in items {
+                        let serde_json::Value::String(s) = item else {
+                            return Err(bad(
+                                "filter: status must be an array of status names".into()
+                            ));
+                        };
+                        pairs.push((k.clone(), s.clone()));
+                    }
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "filter: {k} must be a string{}",
+                        if k == "status" {
+                            " or an array of strings"
+                        } else {
+                            ""
+                        }
+                    )))
+                }
+            }
+        }
+        Ok(Self::parse(&pairs, listed, Dialect::Api)
+            .map_err(|e| bad(format!("filter: {e}")))?
+            .filter)
     }
 
     /// The page size: `limit`, or `default`.
@@ -542,7 +608,7 @@ fn openapi_params_where(listed: Listed, keep: impl Fn(&str) -> bool) -> Vec<Para
                         )),
                     )
                     .into(),
-                Value::Text => string()
+                Value::Text | Value::ExactText => string()
                     .min_length(Some(1))
                     .max_length(Some(MAX_TARGET_CHARS))
                     .pattern(Some("^[^\\x00]*$"))
@@ -612,6 +678,70 @@ pub struct NotificationListParams;
 impl utoipa::IntoParams for NotificationListParams {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
         openapi_params(Listed::Notifications)
+    }
+}
+
+impl ListFilter {
+    /// The filter as the listing's parameters (the form
+    /// [`ListQuery::parse_filter_json`] reads back): only what is set,
+    /// times in RFC 3339.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        let mut put = |k: &str, v: serde_json::Value| {
+            m.insert(k.to_owned(), v);
+        };
+        if let Some(s) = &self.site {
+            put("site", s.as_str().into());
+        }
+        if let Some(k) = self.kind {
+            put("kind", k.as_str().into());
+        }
+        if !self.statuses.is_empty() {
+            put(
+                "status",
+                self.statuses
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+        }
+        if let Some(t) = &self.target_contains {
+            put("target", t.as_str().into());
+        }
+        if let Some(t) = &self.target_is {
+            put("target_is", t.as_str().into());
+        }
+        if let Some(f) = &self.fingerprint {
+            put("fingerprint", f.as_str().into());
+        }
+        for (k, ms) in [("from", self.from_ms), ("to", self.to_ms)] {
+            if let Some(ms) = ms {
+                put(k, super::rfc3339(ms).into());
+            }
+        }
+        serde_json::Value::Object(m)
+    }
+
+    /// The filter as a listing's query string (`site=a&status=Parked`),
+    /// for links to the list, an export or a preview of exactly this set.
+    pub fn to_query(&self) -> String {
+        let mut ser = url::form_urlencoded::Serializer::new(String::new());
+        if let serde_json::Value::Object(m) = self.to_json() {
+            for (k, v) in m {
+                match v {
+                    serde_json::Value::Array(items) => {
+                        for i in items {
+                            ser.append_pair(&k, i.as_str().unwrap_or_default());
+                        }
+                    }
+                    v => {
+                        ser.append_pair(&k, v.as_str().unwrap_or_default());
+                    }
+                }
+            }
+        }
+        ser.finish()
     }
 }
 
@@ -730,6 +860,10 @@ fn filter_conditions(target: &str, f: &ListFilter, binds: &mut Vec<Bind>) -> Vec
         let p = next(Bind::Text(contains_pattern(t)), binds);
         conds.push(format!("{target} LIKE {p} ESCAPE '!'"));
     }
+    if let Some(t) = &f.target_is {
+        let p = next(Bind::Text(t.clone()), binds);
+        conds.push(format!("{target} = {p}"));
+    }
     if let Some(fp) = &f.fingerprint {
         let p = next(Bind::Text(fp.clone()), binds);
         conds.push(format!("fingerprint = {p}"));
@@ -748,17 +882,23 @@ fn filter_conditions(target: &str, f: &ListFilter, binds: &mut Vec<Bind>) -> Vec
 /// Every row of `select` (see [`page_query`]) that `f` matches, newest
 /// first, for an export: the listing's filter and order, without a page.
 pub(super) fn export_sql(select: &str, target: &str, f: &ListFilter) -> (String, Vec<Bind>) {
-    let mut binds = Vec::new();
-    let conds = filter_conditions(target, f, &mut binds);
-    let filter = if conds.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conds.join(" AND "))
-    };
+    let (filter, binds) = where_sql(target, f);
     (
         format!("{select}{filter} ORDER BY created_at_ms DESC, id DESC"),
         binds,
     )
+}
+
+/// `f`'s conditions as a WHERE clause (empty without any), with its values.
+pub(super) fn where_sql(target: &str, f: &ListFilter) -> (String, Vec<Bind>) {
+    let mut binds = Vec::new();
+    let conds = filter_conditions(target, f, &mut binds);
+    let clause = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    (clause, binds)
 }
 
 /// The text and values of [`page_query`].

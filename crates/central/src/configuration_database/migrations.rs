@@ -298,6 +298,45 @@ const MIGRATIONS: &[Migration] = &[
             (list_name, fingerprint, source_site, status, created_at_ms, updated_at_ms)
          WHERE status IN ('Parked', 'Failed')",
     ]),
+    // 13: bulk actions (issue 21): who asked what of which filter, at
+    // which pace, with counters per outcome kept in the same transaction
+    // as the items; the items are the set frozen at creation, each with
+    // its outcome once its site answered. Open items (no outcome yet) are
+    // found through a partial index; a call's actions through `by_call`.
+    both(&[
+        "CREATE TABLE bulk_actions (
+            id              TEXT PRIMARY KEY,
+            verb            TEXT NOT NULL,
+            operator        TEXT NOT NULL,
+            created_at_ms   BIGINT NOT NULL,
+            filter          TEXT NOT NULL,
+            total           BIGINT NOT NULL,
+            pace_at_once    BIGINT,
+            pace_per_minute BIGINT,
+            state           TEXT NOT NULL,
+            finished_at_ms  BIGINT,
+            cancelled_by    TEXT,
+            applied         BIGINT NOT NULL,
+            not_parked      BIGINT NOT NULL,
+            not_found       BIGINT NOT NULL,
+            errors          BIGINT NOT NULL,
+            cancelled       BIGINT NOT NULL
+        )",
+        "CREATE INDEX bulk_actions_running ON bulk_actions (state, id)",
+        "CREATE TABLE bulk_action_items (
+            action_id     TEXT NOT NULL,
+            call_id       TEXT NOT NULL,
+            source_site   TEXT NOT NULL,
+            outcome       TEXT,
+            error         TEXT,
+            applied_at_ms BIGINT,
+            decided_at_ms BIGINT,
+            PRIMARY KEY (action_id, call_id)
+        )",
+        "CREATE INDEX bulk_action_items_open ON bulk_action_items (action_id, source_site, call_id)
+         WHERE outcome IS NULL",
+        "CREATE INDEX bulk_action_items_by_call ON bulk_action_items (call_id)",
+    ]),
 ];
 
 /// Rust run after a migration's SQL, in its transaction: what SQL cannot

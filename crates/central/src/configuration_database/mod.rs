@@ -14,6 +14,7 @@
 //! ([`is_unique_violation`]), never by message text.
 
 mod audit_log;
+pub mod bulk_actions;
 pub mod groups;
 pub mod leader_lease;
 pub mod listing;
@@ -30,6 +31,10 @@ use anyhow::Context;
 use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
 
 pub use audit_log::{AuditEntry, AuditLog};
+pub use bulk_actions::{
+    BulkAction, BulkActions, BulkState, BulkVerb, CreateError, ItemOutcome, ItemResult,
+    NewBulkAction, Pace, Preview,
+};
 pub use groups::{FailureGroup, GroupFilter, GroupParams, Grouped, NotificationGroupParams};
 pub use listing::{
     Dialect, ListFilter, ListQuery, ListQueryError, Listed, Listing, Page, PageCursor,
@@ -250,6 +255,10 @@ impl Database {
 
     pub fn audit_log(&self) -> AuditLog<'_> {
         AuditLog::new(self)
+    }
+
+    pub fn bulk_actions(&self) -> bulk_actions::BulkActions<'_> {
+        bulk_actions::BulkActions::new(self)
     }
 
     pub fn ui_sessions(&self) -> UiSessions<'_> {

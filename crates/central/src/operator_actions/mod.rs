@@ -9,16 +9,21 @@
 //! - A notification's command acts on central's own row (central is the
 //!   deliverer); a Retry wakes the dispatcher.
 //!
+//! [`bulk`]: Retry/Discard of every parked call a filter matches, as a
+//! recorded bulk action that the active node's [`bulk::BulkRunner`]
+//! carries out at its pace.
+//!
 //! [`export`] streams a filtered set as CSV or JSON lines (the REST API and
 //! the pages' Export links).
 //!
 //! Invariant: every attempt is written to the audit log (who, when, which
 //! id, outcome), a refused one too (outcome `Forbidden`).
 
+pub mod bulk;
 pub mod export;
 pub mod relay;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sitelink_commons::TrackedOperationId;
 
@@ -79,6 +84,8 @@ pub struct OperatorActions {
     command_timeout: Duration,
     /// On a standby, site-call commands go to the active node.
     cluster: ClusterHandle,
+    /// Wakes this node's bulk runner when an action starts here.
+    bulk_wake: Arc<tokio::sync::Notify>,
 }
 
 impl OperatorActions {
@@ -88,6 +95,7 @@ impl OperatorActions {
         outbox: Outbox,
         command_timeout: Duration,
         cluster: ClusterHandle,
+        bulk_wake: Arc<tokio::sync::Notify>,
     ) -> Self {
         Self {
             db,
@@ -95,6 +103,7 @@ impl OperatorActions {
             outbox,
             command_timeout,
             cluster,
+            bulk_wake,
         }
     }
 

@@ -9,7 +9,7 @@
 //! `{ "error": "..." }` naming what was wrong.
 //!
 //! One file per resource (`sites`, `site_calls`, `notifications`,
-//! `audit_log`, `metrics`), over what they share: `state` (what a handler
+//! `bulk_actions`, `audit_log`, `metrics`), over what they share: `state` (what a handler
 //! is given), `auth` (the extractor), `params`, `errors`, `commands`
 //! (Retry/Discard answered), `kpis`, and `answers` (the types answered,
 //! which the OpenAPI document in `openapi` names). Listings parse a
@@ -18,6 +18,7 @@
 mod answers;
 mod audit_log;
 mod auth;
+mod bulk_actions;
 mod commands;
 mod errors;
 mod kpis;
@@ -53,6 +54,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/site-calls/{id}/retry", post(site_calls::retry))
         .route("/api/v1/site-calls/{id}/discard", post(site_calls::discard))
         .route("/api/v1/kpis/site-calls", get(site_calls::kpis))
+        .route(
+            "/api/v1/bulk-actions",
+            get(bulk_actions::list).post(bulk_actions::start),
+        )
+        .route("/api/v1/bulk-actions/{id}", get(bulk_actions::get_one))
+        .route(
+            "/api/v1/bulk-actions/{id}/cancel",
+            post(bulk_actions::cancel),
+        )
         .route("/api/v1/notifications", get(notifications::list))
         .route("/api/v1/notifications/export", get(notifications::export))
         .route("/api/v1/notifications/groups", get(notifications::groups))

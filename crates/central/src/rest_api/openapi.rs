@@ -34,7 +34,7 @@ impl Modify for Security {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "sitelink central", description = "Sites, site calls, Retry/Discard relay, the Notification Outbox, KPIs and the operator audit log."),
+    info(title = "sitelink central", description = "Sites, site calls, Retry/Discard relay, bulk actions, the Notification Outbox, KPIs and the operator audit log."),
     paths(
         super::sites::sites,
         super::sites::cluster,
@@ -53,8 +53,15 @@ impl Modify for Security {
         super::notifications::retry,
         super::notifications::discard,
         super::notifications::kpis,
+        super::bulk_actions::start,
+        super::bulk_actions::list,
+        super::bulk_actions::get_one,
+        super::bulk_actions::cancel,
     ),
-    components(schemas(SiteView, SitesPage, SiteCallsPage, GroupsAnswer, crate::configuration_database::FailureGroup, NotificationsPage, AuditPage, CommandAnswer, GlobalKpis, ErrorBody, UnavailableAnswer, TrackingRecord, NotificationRecord, Kpis, AuditEntry, crate::cluster::ClusterView, crate::cluster::NodeView, crate::cluster::LeaseView)),
+    components(schemas(SiteView, SitesPage, SiteCallsPage, GroupsAnswer, crate::configuration_database::FailureGroup, NotificationsPage, AuditPage, CommandAnswer, GlobalKpis, ErrorBody, UnavailableAnswer, TrackingRecord, NotificationRecord, Kpis, AuditEntry, crate::cluster::ClusterView, crate::cluster::NodeView, crate::cluster::LeaseView,
+        super::bulk_actions::BulkRequest, super::bulk_actions::PaceBody, super::bulk_actions::PreviewAnswer,
+        super::bulk_actions::BulkActionView, super::bulk_actions::BulkActionsPage,
+        super::bulk_actions::ProgressView, super::bulk_actions::SitePart)),
     modifiers(&Security),
     security(("basic" = []), ("bearer" = []))
 )]

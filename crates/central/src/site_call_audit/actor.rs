@@ -88,6 +88,10 @@ pub enum StreamOrder {
         command: Command,
         expires_at_ms: i64,
     },
+    /// Relay a bulk action's next ids for this site (`bulk` carries its
+    /// expiry); report the answer with [`SiteCallAudit::bulk_result`]
+    /// quoting `relay`.
+    Bulk { relay: u64, bulk: v1::BulkCommand },
     /// End the stream now, telling the site why (its token was revoked).
     Close { reason: String },
 }
@@ -125,6 +129,15 @@ enum Msg {
     CommandResult {
         relay: u64,
         result: v1::CommandResult,
+    },
+    RelayBulk {
+        site: String,
+        bulk: v1::BulkCommand,
+        reply: oneshot::Sender<Result<v1::BulkCommandResult, CommandOutcome>>,
+    },
+    BulkResult {
+        relay: u64,
+        result: v1::BulkCommandResult,
     },
     Online {
         reply: oneshot::Sender<Vec<String>>,
@@ -272,6 +285,41 @@ impl SiteCallAudit {
         }
     }
 
+    /// Relays a bulk action's next ids (`bulk`, without its expiry) to
+    /// `site` and waits for the site's answer, one outcome per id:
+    /// `Err(SiteUnreachable)` at once without a live stream or when the
+    /// stream ends first, `Err(Timeout)` after `timeout`. The command
+    /// expires [`expiry_margin`] before that, as a single one does; the site
+    /// applies a bulk action to a call at most once, so sending the ids
+    /// again after an error is safe.
+    pub async fn relay_bulk(
+        &self,
+        site: &str,
+        mut bulk: v1::BulkCommand,
+        timeout: Duration,
+    ) -> Result<v1::BulkCommandResult, CommandOutcome> {
+        let (reply, rx) = oneshot::channel();
+        bulk.expires_at_unix_ms = now_ms() + (timeout - expiry_margin(timeout)).as_millis() as i64;
+        let msg = Msg::RelayBulk {
+            site: site.to_owned(),
+            bulk,
+            reply,
+        };
+        if self.send(msg).await.is_err() {
+            return Err(CommandOutcome::SiteUnreachable);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => Err(CommandOutcome::Timeout),
+            Ok(Err(_)) => Err(CommandOutcome::SiteUnreachable),
+            Ok(Ok(answer)) => answer,
+        }
+    }
+
+    /// The site's answer to relayed bulk command `relay`.
+    pub async fn bulk_result(&self, relay: u64, result: v1::BulkCommandResult) {
+        let _ = self.send(Msg::BulkResult { relay, result }).await;
+    }
+
     /// Names of the sites with a live stream, sorted.
     pub async fn online(&self) -> Vec<String> {
         let (reply, rx) = oneshot::channel();
@@ -309,6 +357,12 @@ struct Stream {
     /// The cursor at the previous schedule tick (None: no tick yet).
     cursor_at_last_tick: Option<u64>,
     reconciling: bool,
+}
+
+/// A relayed bulk command waiting for its answer.
+struct PendingBulk {
+    stream: StreamId,
+    reply: oneshot::Sender<Result<v1::BulkCommandResult, CommandOutcome>>,
 }
 
 struct PendingRelay {
@@ -355,6 +409,7 @@ pub struct SiteCallAuditActor {
     streams: HashMap<SiteName, Stream>,
     next_stream: u64,
     relays: HashMap<u64, PendingRelay>,
+    bulk_relays: HashMap<u64, PendingBulk>,
     next_relay: u64,
     queued: Vec<QueuedIngest>,
     /// The commit tasks running now, with the sites whose rows each holds.
@@ -403,6 +458,7 @@ impl SiteCallAuditActor {
             streams: HashMap::new(),
             next_stream: 0,
             relays: HashMap::new(),
+            bulk_relays: HashMap::new(),
             next_relay: 0,
             queued: Vec::new(),
             commits: HashMap::new(),
@@ -544,6 +600,40 @@ impl SiteCallAuditActor {
                     if let Err(outcome) = reply.send(relay_outcome(&result)) {
                         self.late_answer(by, site, command, &result, outcome);
                     }
+                }
+            }
+            Msg::RelayBulk { site, bulk, reply } => {
+                self.sweep_relays();
+                let Some(stream) = SiteName::parse(&site)
+                    .ok()
+                    .and_then(|s| self.streams.get(&s))
+                else {
+                    let _ = reply.send(Err(CommandOutcome::SiteUnreachable));
+                    return;
+                };
+                self.next_relay += 1;
+                let relay = self.next_relay;
+                if stream
+                    .orders
+                    .send(StreamOrder::Bulk { relay, bulk })
+                    .is_err()
+                {
+                    let _ = reply.send(Err(CommandOutcome::SiteUnreachable));
+                    return;
+                }
+                self.bulk_relays.insert(
+                    relay,
+                    PendingBulk {
+                        stream: stream.id,
+                        reply,
+                    },
+                );
+            }
+            Msg::BulkResult { relay, result } => {
+                // A waiter that gave up sends the ids again later; the site
+                // answers those it applied as applied (at most once).
+                if let Some(p) = self.bulk_relays.remove(&relay) {
+                    let _ = p.reply.send(Ok(result));
                 }
             }
             Msg::ScheduleNow { reply } => {
@@ -707,12 +797,16 @@ impl SiteCallAuditActor {
                 let _ = p.reply.send(CommandOutcome::SiteUnreachable);
             }
         }
+        for (_, p) in self.bulk_relays.extract_if(|_, p| p.stream == stream) {
+            let _ = p.reply.send(Err(CommandOutcome::SiteUnreachable));
+        }
     }
 
     /// Notes when a waiter gave up, and drops relays abandoned longer than
     /// [`LATE_ANSWER_WINDOW`] ago.
     fn sweep_relays(&mut self) {
         let now = Instant::now();
+        self.bulk_relays.retain(|_, p| !p.reply.is_closed());
         self.relays.retain(|_, p| {
             if p.reply.is_closed() {
                 let since = *p.abandoned_at.get_or_insert(now);

@@ -3,6 +3,7 @@
 
 mod api_conformance;
 mod browser;
+mod bulk_actions;
 mod central_ui;
 mod cluster;
 mod common;

@@ -234,6 +234,20 @@ pub enum CommandOutcome {
     NotParked(TrackedOperationStatus),
 }
 
+/// How one id of a bulk command ended ([`Engine::apply_bulk`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BulkItemOutcome {
+    /// Applied now, or earlier by the same bulk action: when (ms, the
+    /// site's clock).
+    Applied {
+        at_ms: i64,
+    },
+    NotFound,
+    NotParked(TrackedOperationStatus),
+    /// Not a tracked operation id, or the change broke a rule.
+    Error(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("no tracked operation {0}")]
@@ -464,6 +478,31 @@ impl Engine {
             now_ms: now_ms(),
         })
         .await
+    }
+
+    /// Applies one bulk action's Retry (or Discard, `retry` false) to each
+    /// of `ids`, in one transaction, and answers each id in order. `key`
+    /// names the bulk action: a call it was already applied to answers
+    /// `Applied` with the time of that first application and is not
+    /// changed again, so a repeated message applies nothing twice.
+    pub async fn apply_bulk(
+        &self,
+        key: &str,
+        retry: bool,
+        ids: Vec<TrackedOperationId>,
+    ) -> Result<Vec<BulkItemOutcome>, EngineError> {
+        match self
+            .write(WriteOp::OperatorBulk {
+                key: key.to_owned(),
+                retry,
+                ids,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            WriteResult::Bulk(items) => Ok(items),
+            _ => unreachable!("a bulk command answers with its items"),
+        }
     }
 
     async fn command(&self, op: WriteOp) -> Result<CommandOutcome, EngineError> {

@@ -64,6 +64,13 @@ const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX tracking_by_terminal;
     "#,
+    // 4: the bulk action that last changed a row (issue 21): a bulk
+    // action is applied to a call at most once, so central may send an id
+    // again after losing the answer and hear when it was applied.
+    r#"
+    ALTER TABLE tracking ADD COLUMN command_key TEXT;
+    ALTER TABLE tracking ADD COLUMN command_at_ms INTEGER;
+    "#,
 ];
 
 /// Opens (creating if needed) the buffer database with the settings every
@@ -124,7 +131,7 @@ mod tests {
         let version: usize = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, MIGRATIONS.len());
         let index: u32 = conn
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE name = 'tracking_by_terminal'",

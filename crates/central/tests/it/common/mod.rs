@@ -318,6 +318,21 @@ impl Api {
         answer(r).await
     }
 
+    /// POST of a JSON body with HTTP Basic: the status and the JSON body.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        auth: (&str, &str),
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .basic_auth(auth.0, Some(auth.1))
+            .json(body);
+        answer(r).await
+    }
+
     /// GET with this `Authorization` header (or none): the whole answer.
     pub async fn raw(&self, path: &str, authorization: Option<&str>) -> reqwest::Response {
         let mut r = self.http.get(format!("{}{path}", self.base));

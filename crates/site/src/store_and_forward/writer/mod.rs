@@ -56,7 +56,9 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 mod sql;
 
-use super::{AttemptKind, AttemptOutcome, CommandOutcome, EngineError, RetryPolicy};
+use super::{
+    AttemptKind, AttemptOutcome, BulkItemOutcome, CommandOutcome, EngineError, RetryPolicy,
+};
 use sql::apply;
 
 /// Most operations one transaction takes; bounds commit latency (the
@@ -89,6 +91,14 @@ pub(super) enum WriteOp {
         id: TrackedOperationId,
         now_ms: i64,
     },
+    /// A bulk action's Retry/Discard of many ids, applied at most once per
+    /// call and `key`.
+    OperatorBulk {
+        key: String,
+        retry: bool,
+        ids: Vec<TrackedOperationId>,
+        now_ms: i64,
+    },
     SetAckedCursor(u64),
     Purge {
         acked_before_ms: i64,
@@ -108,6 +118,7 @@ pub(super) enum WriteResult {
     Inserted,
     Status(TrackedOperationStatus),
     Command(CommandOutcome),
+    Bulk(Vec<BulkItemOutcome>),
     Count(u64),
 }
 

@@ -11,7 +11,9 @@ use sitelink_commons::{
 };
 
 use super::{WriteOp, WriteResult};
-use crate::store_and_forward::{AttemptKind, AttemptOutcome, CommandOutcome, EngineError};
+use crate::store_and_forward::{
+    AttemptKind, AttemptOutcome, BulkItemOutcome, CommandOutcome, EngineError,
+};
 
 /// Deletes what retention lets go: terminal rows that ended before ?1 and
 /// that central acknowledged, terminal rows that ended before ?2 (the hard
@@ -44,6 +46,26 @@ fn current(tx: &Connection, id: &str) -> anyhow::Result<Option<Current>> {
         })
     })
     .transpose()
+}
+
+/// What an operator's Retry (fresh budget, due at once) or Discard does to
+/// a parked row.
+fn operator_change(cur: &Current, retry: bool, now_ms: i64) -> Change<'static> {
+    if retry {
+        Change {
+            to: TrackedOperationStatus::Retrying,
+            retry_count: 0,
+            last_error: None,
+            buffer: BufferEntry::Due(now_ms),
+        }
+    } else {
+        Change {
+            to: TrackedOperationStatus::Discarded,
+            retry_count: cur.retry_count,
+            last_error: Some("discarded by operator"),
+            buffer: BufferEntry::Absent,
+        }
+    }
 }
 
 /// The one place a tracking row changes after insert.
@@ -289,25 +311,68 @@ pub(super) fn apply(
                 ))));
             }
             let retry = matches!(op, WriteOp::OperatorRetry { .. });
-            let c = if retry {
-                // Fresh retry budget, due at once.
-                Change {
-                    to: Retrying,
-                    retry_count: 0,
-                    last_error: None,
-                    buffer: BufferEntry::Due(*now_ms),
-                }
-            } else {
-                Change {
-                    to: Discarded,
-                    retry_count: cur.retry_count,
-                    last_error: Some("discarded by operator"),
-                    buffer: BufferEntry::Absent,
-                }
-            };
             *wake |= retry;
+            let c = operator_change(&cur, retry, *now_ms);
             Ok(change(tx, seq, &key, &cur, c, *now_ms)?
                 .map(|()| WriteResult::Command(CommandOutcome::Applied)))
+        }
+        WriteOp::OperatorBulk {
+            key,
+            retry,
+            ids,
+            now_ms,
+        } => {
+            let mut items = Vec::with_capacity(ids.len());
+            let mut buf = [0; 36];
+            for id in ids {
+                let row = id.encode(&mut buf);
+                let found = tx
+                    .prepare_cached(
+                        "SELECT status, retry_count, command_key, command_at_ms
+                         FROM tracking WHERE id = ?1",
+                    )?
+                    .query_row([row], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, u32>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                            r.get::<_, Option<i64>>(3)?,
+                        ))
+                    })
+                    .optional()?;
+                let Some((status, retry_count, done_by, done_at)) = found else {
+                    items.push(BulkItemOutcome::NotFound);
+                    continue;
+                };
+                if done_by.as_deref() == Some(key.as_str()) {
+                    // A repeat: this bulk action changed the row already.
+                    items.push(BulkItemOutcome::Applied {
+                        at_ms: done_at.unwrap_or(*now_ms),
+                    });
+                    continue;
+                }
+                let cur = Current {
+                    status: status.parse().context("corrupt status in tracking table")?,
+                    retry_count,
+                };
+                if cur.status != Parked {
+                    items.push(BulkItemOutcome::NotParked(cur.status));
+                    continue;
+                }
+                let c = operator_change(&cur, *retry, *now_ms);
+                match change(tx, seq, row, &cur, c, *now_ms)? {
+                    Ok(()) => {
+                        tx.prepare_cached(
+                            "UPDATE tracking SET command_key = ?2, command_at_ms = ?3 WHERE id = ?1",
+                        )?
+                        .execute(params![row, key, now_ms])?;
+                        *wake |= *retry;
+                        items.push(BulkItemOutcome::Applied { at_ms: *now_ms });
+                    }
+                    Err(e) => items.push(BulkItemOutcome::Error(e.to_string())),
+                }
+            }
+            Ok(Ok(WriteResult::Bulk(items)))
         }
         WriteOp::SetAckedCursor(cursor) => {
             // The cursor only moves forward; an old acknowledgement is harmless.
