@@ -74,6 +74,14 @@ pub fn router(state: UiState) -> Router {
         .route("/dashboard/live", get(views::dashboard::live))
         .route("/site-calls", get(records::list::<SiteCallPages>))
         .route("/site-calls/groups", get(records::groups::<SiteCallPages>))
+        .route("/site-calls/bulk", get(views::bulk::preview))
+        .route(
+            "/bulk-actions",
+            get(views::bulk::list).post(views::bulk::start),
+        )
+        .route("/bulk-actions/{id}", get(views::bulk::detail))
+        .route("/bulk-actions/{id}/progress", get(views::bulk::progress))
+        .route("/bulk-actions/{id}/cancel", post(views::bulk::cancel))
         .route(
             "/notifications/groups",
             get(records::groups::<NotificationPages>),

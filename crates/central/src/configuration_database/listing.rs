@@ -587,47 +587,76 @@ fn openapi_export_params(listed: Listed) -> Vec<Parameter> {
     params
 }
 
+/// What OpenAPI says a parameter of kind `value` takes.
+fn value_schema(value: &Value) -> utoipa::openapi::Schema {
+    let string = || ObjectBuilder::new().schema_type(Type::String);
+    match value {
+        Value::SiteName => string().pattern(Some(SITE_PATTERN)).into(),
+        Value::Kind => string()
+            .enum_values(Some(["ExternalCall", "DatabaseWrite"]))
+            .into(),
+        Value::Statuses => ArrayBuilder::new()
+            .items(
+                string().enum_values(Some(
+                    TrackedOperationStatus::ALL
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>(),
+                )),
+            )
+            .into(),
+        Value::Text | Value::ExactText => string()
+            .min_length(Some(1))
+            .max_length(Some(MAX_TARGET_CHARS))
+            .pattern(Some("^[^\\x00]*$"))
+            .into(),
+        Value::Fingerprint => string()
+            .min_length(Some(1))
+            .max_length(Some(sitelink_commons::FINGERPRINT_MAX_CHARS))
+            .pattern(Some("^[^\\x00]*$"))
+            .into(),
+        Value::Time => string()
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .into(),
+        Value::Limit => ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(MAX_LIMIT))
+            .into(),
+        Value::Cursor => string().pattern(Some(CURSOR_PATTERN)).into(),
+    }
+}
+
+/// The OpenAPI schema of a filter as a JSON object
+/// ([`ListQuery::parse_filter_json`]): the listing's filter parameters
+/// (not its page parameters), each as the query string takes it, and no
+/// other member.
+pub fn filter_json_schema(listed: Listed) -> utoipa::openapi::Schema {
+    let mut object = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(utoipa::openapi::schema::AdditionalProperties::FreeForm(false)));
+    for (name, value, description) in PARAMS.iter().filter(|(name, value, _)| {
+        applies(listed, name) && !matches!(value, Value::Limit | Value::Cursor)
+    }) {
+        let schema = match value_schema(value) {
+            utoipa::openapi::Schema::Object(o) => {
+                let mut o = o;
+                o.description = Some((*description).to_owned());
+                utoipa::openapi::Schema::Object(o)
+            }
+            other => other,
+        };
+        object = object.property(*name, schema);
+    }
+    object.into()
+}
+
 fn openapi_params_where(listed: Listed, keep: impl Fn(&str) -> bool) -> Vec<Parameter> {
     PARAMS
         .iter()
         .filter(|(name, ..)| applies(listed, name) && keep(name))
         .map(|(name, value, description)| {
-            let string = || ObjectBuilder::new().schema_type(Type::String);
-            let schema: utoipa::openapi::Schema = match value {
-                Value::SiteName => string().pattern(Some(SITE_PATTERN)).into(),
-                Value::Kind => string()
-                    .enum_values(Some(["ExternalCall", "DatabaseWrite"]))
-                    .into(),
-                Value::Statuses => ArrayBuilder::new()
-                    .items(
-                        string().enum_values(Some(
-                            TrackedOperationStatus::ALL
-                                .iter()
-                                .map(|s| s.as_str())
-                                .collect::<Vec<_>>(),
-                        )),
-                    )
-                    .into(),
-                Value::Text | Value::ExactText => string()
-                    .min_length(Some(1))
-                    .max_length(Some(MAX_TARGET_CHARS))
-                    .pattern(Some("^[^\\x00]*$"))
-                    .into(),
-                Value::Fingerprint => string()
-                    .min_length(Some(1))
-                    .max_length(Some(sitelink_commons::FINGERPRINT_MAX_CHARS))
-                    .pattern(Some("^[^\\x00]*$"))
-                    .into(),
-                Value::Time => string()
-                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
-                    .into(),
-                Value::Limit => ObjectBuilder::new()
-                    .schema_type(Type::Integer)
-                    .minimum(Some(1))
-                    .maximum(Some(MAX_LIMIT))
-                    .into(),
-                Value::Cursor => string().pattern(Some(CURSOR_PATTERN)).into(),
-            };
+            let schema = value_schema(value);
             let mut p = ParameterBuilder::new()
                 .name(*name)
                 .parameter_in(ParameterIn::Query)

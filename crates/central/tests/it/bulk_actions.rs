@@ -369,3 +369,185 @@ async fn cancel_and_refusals(central: TestCentral) {
         .await;
     assert_eq!(status, 404);
 }
+
+/// A form's fields as `Pages::post` takes them.
+fn pairs(f: &[(String, String)]) -> Vec<(&str, &str)> {
+    f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// 101 parked calls of one group at a site that is not connected, and 3
+/// of another target (ingested as its telemetry would be).
+async fn seed_parked(c: &TestCentral) -> Vec<String> {
+    use sitelink_commons::{
+        unix_ms_to_utc, Kind, SiteName, TrackedOperationId, TrackedOperationStatus, TrackingRecord,
+    };
+    let name = SiteName::parse("north").unwrap();
+    c.db.sites().add(&name).await.unwrap();
+    let rows: Vec<TrackingRecord> = (0..104)
+        .map(|i| {
+            let at = unix_ms_to_utc(1_790_000_000_000 + i * 1000);
+            TrackingRecord {
+                tracked_operation_id: TrackedOperationId::new(),
+                source_site: "north".into(),
+                kind: Kind::ExternalCall,
+                target_summary: if i < 101 {
+                    "erp.postOrder"
+                } else {
+                    "erp.postOrderLine"
+                }
+                .into(),
+                status: TrackedOperationStatus::Parked,
+                retry_count: 3,
+                last_error: Some(format!("HTTP 503 Service Unavailable: request id r{i}")),
+                provenance: "line1/orders".into(),
+                created_at_utc: at,
+                updated_at_utc: at,
+                terminal_at_utc: None,
+                revision: 4,
+                change_seq: 0,
+            }
+        })
+        .collect();
+    c.db.site_calls().ingest(&name, &rows, None).await.unwrap();
+    rows.iter()
+        .map(|r| r.tracked_operation_id.to_string())
+        .collect()
+}
+
+/// The pages: from the Groups view to the preview of exactly the group's
+/// parked calls, the typed count above 100, the action's page with the
+/// offline site's part waiting, the call's detail page listing the action,
+/// Cancel; a Viewer sees the preview without the form and is refused the
+/// POST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_preview_confirm_by_typed_count_show_progress_and_cancel() {
+    let central = spawn_central().await;
+    users(&central).await;
+    let ids = seed_parked(&central).await;
+    let mut p = Pages::new(&central);
+    assert_eq!(p.login(DEPLOY.0, DEPLOY.1).await.status, 303);
+
+    let groups = p.get("/site-calls/groups").await;
+    assert_eq!(groups.status, 200);
+    let retry_links = attrs(&groups.body, "a.group-retry", "href");
+    let counts = texts(&groups.body, "td.group-count");
+    let big = counts
+        .iter()
+        .position(|c| c == "101")
+        .expect("the 101 group");
+    let preview = p.get(&retry_links[big]).await;
+    assert_eq!(preview.status, 200, "{}", preview.body);
+    assert_eq!(
+        texts(&preview.body, "#bulk-count"),
+        ["101"],
+        "exactly the group: postOrderLine is not in it"
+    );
+    assert_eq!(texts(&preview.body, ".bulk-site"), ["north: 101"]);
+    assert_eq!(
+        texts(&preview.body, "#bulk-first tbody tr").len(),
+        10,
+        "the first rows"
+    );
+    assert!(
+        has(&preview.body, "input#typed-count"),
+        "above 100 the count is typed"
+    );
+    let csrf = p.csrf.clone();
+    let form = |typed: &str| {
+        vec![
+            ("csrf".to_owned(), csrf.clone()),
+            ("action".to_owned(), field(&preview.body, "action")),
+            ("filter".to_owned(), field(&preview.body, "filter")),
+            ("count".to_owned(), field(&preview.body, "count")),
+            ("typed_count".to_owned(), typed.to_owned()),
+            ("at_once".to_owned(), "10".to_owned()),
+            ("per_minute".to_owned(), "100".to_owned()),
+        ]
+    };
+    let wrong = form("100");
+    let refused = p.post("/bulk-actions", &pairs(&wrong)).await;
+    assert_eq!(refused.status, 400);
+    assert!(texts(&refused.body, "#bulk-error")[0].contains("Type the number of calls, 101"));
+    let right = form("101");
+    let started = p.post("/bulk-actions", &pairs(&right)).await;
+    assert_eq!(started.status, 303, "{}", started.body);
+    let page_path = started.location().to_owned();
+    assert!(page_path.starts_with("/bulk-actions/") && page_path.ends_with("?started=1"));
+    let page = p.get(&page_path).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(attrs(&page.body, "#bulk-state", "data-state"), ["Running"]);
+    assert_eq!(
+        texts(&page.body, "#p-waiting"),
+        ["101"],
+        "north is not connected: its part waits"
+    );
+    assert!(texts(&page.body, "#bulk-sites tr[data-site=north]")[0].contains("offline"));
+    let id = page_path
+        .trim_start_matches("/bulk-actions/")
+        .trim_end_matches("?started=1")
+        .to_owned();
+    let part = p.get_htmx(&format!("/bulk-actions/{id}/progress")).await;
+    assert_eq!(part.status, 200);
+    assert!(
+        has(&part.body, "div#bulk[data-refresh-ms]"),
+        "refreshed while running"
+    );
+
+    // The call's page lists the action; the other target's call none.
+    let call = p.get(&format!("/site-calls/{}", ids[0])).await;
+    assert_eq!(
+        attrs(&call.body, "#call-bulk-actions a", "href"),
+        [format!("/bulk-actions/{id}")]
+    );
+    let other = p.get(&format!("/site-calls/{}", ids[103])).await;
+    assert!(!has(&other.body, "#call-bulk-actions"));
+
+    // The Bulk Actions page lists it.
+    let list = p.get("/bulk-actions").await;
+    assert_eq!(
+        attrs(&list.body, "#bulk-actions tr[data-id]", "data-id"),
+        [id.clone()]
+    );
+
+    // A Viewer: the preview without the form; the POSTs refused.
+    let mut v = Pages::new(&central);
+    v.login(VIEWER.0, VIEWER.1).await;
+    let seen = v.get(&retry_links[big]).await;
+    assert!(has(&seen.body, "#bulk-viewer") && !has(&seen.body, "form#bulk-confirm"));
+    let mut as_viewer = right.clone();
+    as_viewer[0].1 = v.csrf.clone();
+    assert_eq!(
+        v.post("/bulk-actions", &pairs(&as_viewer)).await.status,
+        403
+    );
+    let viewer_page = v.get(&format!("/bulk-actions/{id}")).await;
+    assert!(!has(&viewer_page.body, "form#bulk-cancel"));
+    let csrf = v.csrf.clone();
+    assert_eq!(
+        v.post(&format!("/bulk-actions/{id}/cancel"), &[("csrf", &csrf)])
+            .await
+            .status,
+        403
+    );
+    // Without the session's CSRF token, nothing happens.
+    assert_eq!(
+        p.post(&format!("/bulk-actions/{id}/cancel"), &[("csrf", "forged")])
+            .await
+            .status,
+        403
+    );
+
+    // Cancel.
+    let csrf = p.csrf.clone();
+    let cancelled = p
+        .post(&format!("/bulk-actions/{id}/cancel"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(cancelled.status, 303);
+    let page = p.get(cancelled.location()).await;
+    assert_eq!(
+        attrs(&page.body, "#bulk-state", "data-state"),
+        ["Cancelled"]
+    );
+    assert_eq!(texts(&page.body, "#p-cancelled"), ["101"]);
+    assert!(!has(&page.body, "form#bulk-cancel") && !has(&page.body, "div#bulk[data-refresh-ms]"));
+}

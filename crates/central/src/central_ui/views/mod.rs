@@ -1,8 +1,10 @@
 //! Every page handler (one file per area: [`dashboard`], [`records`] for
-//! Site Calls and the Notification Outbox, [`admin`] for sites and users;
+//! Site Calls and the Notification Outbox, [`bulk`] for bulk actions,
+//! [`admin`] for sites and users;
 //! login and logout here), the page error type and the navigation bar.
 
 pub mod admin;
+pub mod bulk;
 pub mod dashboard;
 pub mod records;
 

@@ -46,11 +46,22 @@ pub struct RecordPartial {
     pub body: Option<String>,
     pub last_error: Option<String>,
     pub audit: Vec<AuditRow>,
+    /// The bulk actions that took this call (site calls only).
+    pub bulk: Vec<BulkRow>,
     /// Refresh every few seconds (the status can still change).
     pub live: bool,
     pub parked: bool,
     /// The viewer's role may retry or discard (the buttons show).
     pub may_operate: bool,
+}
+
+/// A bulk action that took a call, and how it ended for that call.
+pub struct BulkRow {
+    pub id: String,
+    pub at: String,
+    pub user: String,
+    pub verb: &'static str,
+    pub outcome: String,
 }
 
 pub struct AuditRow {
@@ -122,6 +133,15 @@ async fn record(
         .for_target(&id.to_string(), 50)
         .await
         .map_err(UiError::internal)?;
+    let bulk = match subject {
+        Subject::SiteCall => st
+            .db
+            .bulk_actions()
+            .for_call(&id.to_string())
+            .await
+            .map_err(UiError::internal)?,
+        Subject::Notification => Vec::new(),
+    };
     let at = |t: time::OffsetDateTime| {
         let ms = utc_to_unix_ms(t);
         format!("{} ({})", format::utc(ms), format::ago(ms, now_ms()))
@@ -193,6 +213,20 @@ async fn record(
                 user: e.user,
                 action: e.action,
                 outcome: e.outcome,
+            })
+            .collect(),
+        bulk: bulk
+            .into_iter()
+            .map(|b| BulkRow {
+                at: format::utc(b.action.created_at_ms),
+                user: b.action.operator,
+                verb: b.action.verb.as_str(),
+                outcome: match (b.outcome, b.error) {
+                    (Some(o), Some(e)) => format!("{o}: {e}"),
+                    (Some(o), None) => o,
+                    (None, _) => format!("not sent yet ({})", b.action.state.as_str()),
+                },
+                id: b.action.id,
             })
             .collect(),
         live: !r.status.is_terminal(),

@@ -11,16 +11,19 @@ use axum::{
     extract::{Query, State},
     response::Response,
 };
+use sitelink_commons::TrackedOperationStatus;
 
 use super::{base, Pages};
 use crate::{
     central_ui::{
         format,
         session::Operator,
-        views::{encode, render, Nav, UiError},
+        views::{render, Nav, UiError},
         UiState,
     },
-    configuration_database::{listing::unknown_site, Dialect, FailureGroup, GroupFilter, Grouped},
+    configuration_database::{
+        listing::unknown_site, Dialect, FailureGroup, GroupFilter, Grouped, ListFilter,
+    },
     operator_actions::Subject,
 };
 
@@ -38,6 +41,8 @@ pub struct GroupRow {
     pub sample_error: String,
     /// The Site Calls list of exactly this group's calls.
     pub calls_href: String,
+    /// The filter of the group's parked calls (a bulk action's preview).
+    pub bulk_query: String,
 }
 
 #[derive(Template)]
@@ -53,27 +58,40 @@ struct GroupsPage {
     groups: Vec<GroupRow>,
     total: usize,
     error: Option<String>,
+    /// The viewer's role may start bulk actions (their buttons show).
+    may_operate: bool,
 }
 
 fn row(g: FailureGroup, f: &GroupFilter, base: &str) -> GroupRow {
     let fingerprint = g.fingerprint.unwrap_or_default();
-    let mut q = match f.status {
-        Some(s) => format!("status={s}"),
-        None => "status=Parked&status=Failed".to_owned(),
+    // The group's own calls, by the listing's filter: its exact target and
+    // fingerprint, and the groups' other filters.
+    let exact = ListFilter {
+        site: f.site.clone(),
+        kind: f.kind,
+        target_is: Some(g.target.clone()),
+        fingerprint: (!fingerprint.is_empty()).then(|| fingerprint.clone()),
+        ..Default::default()
     };
-    q.push_str(&format!("&target={}", encode(&g.target)));
-    if !fingerprint.is_empty() {
-        q.push_str(&format!("&fingerprint={}", encode(&fingerprint)));
-    }
-    if let Some(site) = &f.site {
-        q.push_str(&format!("&site={}", encode(site)));
-    }
-    if let Some(kind) = f.kind {
-        q.push_str(&format!("&kind={kind}"));
-    }
+    let statuses = match f.status {
+        Some(s) => vec![s],
+        None => vec![
+            TrackedOperationStatus::Parked,
+            TrackedOperationStatus::Failed,
+        ],
+    };
+    let listed = ListFilter {
+        statuses,
+        ..exact.clone()
+    };
+    let parked = ListFilter {
+        statuses: vec![TrackedOperationStatus::Parked],
+        ..exact
+    };
     let ms = |t: time::OffsetDateTime| sitelink_commons::utc_to_unix_ms(t);
     GroupRow {
-        calls_href: format!("{base}?{q}"),
+        calls_href: format!("{base}?{}", listed.to_query()),
+        bulk_query: parked.to_query(),
         target: g.target,
         fingerprint,
         count: g.count,
@@ -120,6 +138,7 @@ pub async fn groups<S: Pages>(
         groups: Vec::new(),
         total: 0,
         error: None,
+        may_operate: op.user.role.may_operate(),
     };
     let refuse = |mut page: GroupsPage, status, message| {
         page.error = Some(message);

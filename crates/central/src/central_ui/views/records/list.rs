@@ -34,6 +34,8 @@ pub struct Filters {
     pub from: String,
     pub to: String,
     pub fingerprint: String,
+    /// A failure group's exact target (set by the groups' links).
+    pub target_is: String,
 }
 
 impl Filters {
@@ -47,6 +49,7 @@ impl Filters {
             ("from", &self.from),
             ("to", &self.to),
             ("fingerprint", &self.fingerprint),
+            ("target_is", &self.target_is),
         ] {
             if !v.is_empty() {
                 q.push(format!("{k}={}", encode(v)));
@@ -71,6 +74,7 @@ impl Filters {
             from: f.from_ms.map(form_time).unwrap_or_default(),
             to: f.to_ms.map(form_time).unwrap_or_default(),
             fingerprint: f.fingerprint.clone().unwrap_or_default(),
+            target_is: f.target_is.clone().unwrap_or_default(),
         }
     }
 }
@@ -121,6 +125,9 @@ struct ListPage {
     newer: Option<String>,
     /// The export links' query (the filters, no paging).
     export_query: String,
+    /// The filter of the parked calls among these (Site Calls, for a role
+    /// that may start bulk actions): the bulk links' query.
+    bulk_query: Option<String>,
 }
 
 fn row(
@@ -205,6 +212,7 @@ pub async fn list<S: Pages>(
         older: None,
         newer: None,
         export_query: String::new(),
+        bulk_query: None,
     };
     let listed = if notifications {
         Listed::Notifications
@@ -293,5 +301,9 @@ pub async fn list<S: Pages>(
         format!("&{query}")
     };
     page.filters = filters;
+    if subject == Subject::SiteCall && op.user.role.may_operate() {
+        page.bulk_query = crate::configuration_database::bulk_actions::parked_only(&req.filter)
+            .map(|f| f.to_query());
+    }
     Ok(render(&page))
 }
