@@ -506,7 +506,7 @@ async fn the_pages_preview_confirm_by_typed_count_show_progress_and_cancel() {
     let list = p.get("/bulk-actions").await;
     assert_eq!(
         attrs(&list.body, "#bulk-actions tr[data-id]", "data-id"),
-        [id.clone()]
+        [id.as_str()]
     );
 
     // A Viewer: the preview without the form; the POSTs refused.
