@@ -634,7 +634,9 @@ fn value_schema(value: &Value) -> utoipa::openapi::Schema {
 pub fn filter_json_schema(listed: Listed) -> utoipa::openapi::Schema {
     let mut object = ObjectBuilder::new()
         .schema_type(Type::Object)
-        .additional_properties(Some(utoipa::openapi::schema::AdditionalProperties::FreeForm(false)));
+        .additional_properties(Some(
+            utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+        ));
     for (name, value, description) in PARAMS.iter().filter(|(name, value, _)| {
         applies(listed, name) && !matches!(value, Value::Limit | Value::Cursor)
     }) {

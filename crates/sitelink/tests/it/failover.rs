@@ -12,13 +12,12 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{list_all, start, ADMIN_PASSWORD, BIN};
+use common::{cluster_view, free_port, list_all, start, Node, ADMIN_PASSWORD, BIN};
 use sitelink_central::{
     configuration_database::{leader_lease as lease, Database},
     notification_outbox::{message_id, COMMIT_EVERY},
 };
 use sitelink_test_support::{eventually, FakeHttp, FakeSmtp, Mode, SmtpMode};
-use tokio::process::Child;
 
 /// Sends in flight at once in the dispatcher.
 const IN_FLIGHT: usize = 8;
@@ -26,57 +25,6 @@ const IN_FLIGHT: usize = 8;
 /// outcomes may take here (as in `outbox_crash.rs`).
 const RELAY: Duration = Duration::from_millis(10);
 const COMMIT: Duration = Duration::from_millis(10);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Node {
-    name: &'static str,
-    args: Vec<String>,
-    child: Option<Child>,
-    http: String,
-}
-
-impl Node {
-    async fn start(&mut self, log: &std::path::Path) {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let (child, addrs) = start(&args, log, 2).await;
-        self.child = Some(child);
-        self.http = format!("http://{}", addrs[1]);
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().unwrap().id().unwrap().to_string();
-        assert!(std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success());
-    }
-
-    async fn kill(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.start_kill().unwrap();
-        child.wait().await.unwrap();
-    }
-}
-
-/// A node's `GET /api/v1/cluster`, or `None` while it does not answer.
-async fn cluster_view(http: &reqwest::Client, base: &str) -> Option<serde_json::Value> {
-    http.get(format!("{base}/api/v1/cluster"))
-        .basic_auth("admin", Some(ADMIN_PASSWORD))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_under_load_loses_nothing() {

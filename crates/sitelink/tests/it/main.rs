@@ -4,6 +4,7 @@
 //! machine with nothing else of this binary.
 
 mod benches;
+mod bulk_crash;
 mod common;
 mod component_docs;
 mod convergence;

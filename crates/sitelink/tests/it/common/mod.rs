@@ -192,3 +192,57 @@ pub async fn central_converges_to(
     )
     .await;
 }
+
+/// A free TCP port on 127.0.0.1 (for a process that must bind a known one).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One central node run as its own process (restartable with the same
+/// arguments).
+pub struct Node {
+    pub name: &'static str,
+    pub args: Vec<String>,
+    pub child: Option<Child>,
+    pub http: String,
+}
+
+impl Node {
+    pub async fn start(&mut self, log: &std::path::Path) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let (child, addrs) = start(&args, log, 2).await;
+        self.child = Some(child);
+        self.http = format!("http://{}", addrs[1]);
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().unwrap().to_string();
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    pub async fn kill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+    }
+}
+
+/// A node's `GET /api/v1/cluster`, or `None` while it does not answer.
+pub async fn cluster_view(http: &reqwest::Client, base: &str) -> Option<serde_json::Value> {
+    http.get(format!("{base}/api/v1/cluster"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
