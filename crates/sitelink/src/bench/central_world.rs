@@ -120,13 +120,24 @@ pub async fn build_site(
     link: std::net::SocketAddr,
     dir: &std::path::Path,
 ) -> anyhow::Result<sitelink_site::Site> {
+    build_site_with(database, name, link, dir, "").await
+}
+
+/// [`build_site`] with `extra` sections (external systems) appended.
+pub async fn build_site_with(
+    database: &sitelink_central::configuration_database::Database,
+    name: &str,
+    link: std::net::SocketAddr,
+    dir: &std::path::Path,
+    extra: &str,
+) -> anyhow::Result<sitelink_site::Site> {
     let token = database
         .sites()
         .add(&sitelink_commons::SiteName::parse(name)?)
         .await?;
     let cfg = sitelink_site::SiteConfig::parse(
         &format!(
-            "[site]\nname = \"{name}\"\ndata_dir = \"data\"\n[admin]\nbind = \"127.0.0.1:0\"\n[central]\naddresses = [\"http://{link}\"]\ntoken = \"{}\"\n",
+            "[site]\nname = \"{name}\"\ndata_dir = \"data\"\n[admin]\nbind = \"127.0.0.1:0\"\n[central]\naddresses = [\"http://{link}\"]\ntoken = \"{}\"\n{extra}",
             token.as_str()
         ),
         dir,

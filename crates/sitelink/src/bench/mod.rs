@@ -7,6 +7,7 @@
 //! supports, so that none rots unseen.
 
 mod auth;
+mod bulk;
 mod cached_call;
 mod central_world;
 mod failover;
