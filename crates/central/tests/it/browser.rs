@@ -715,3 +715,121 @@ async fn hostile_input_roles_csrf_logout_and_throttling_in_a_browser() {
     .await;
     b.client.close().await.unwrap();
 }
+
+/// Issue 21 in a browser: from the Groups view, a group's Retry… opens the
+/// preview of exactly its parked calls; the operator types the count (more
+/// than 100), sets a pace and confirms; the action's page refreshes by
+/// itself until it reaches Done, and the calls leave Parked. Screenshots of
+/// the Groups view and the Bulk Actions pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_replays_a_failure_group_by_typing_its_count_and_watches_it_finish() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let smtp = FakeSmtp::start(SmtpMode::Down).await;
+    let c = central_for_browsers(smtp.port()).await;
+    let api = Api::new(&c);
+    let erp = FakeHttp::start(Mode::Unavailable).await;
+    let token = register(&c, "plant-north").await;
+    let site = spawn_site("plant-north", &token, c.link, &erp.url(), 1).await;
+    const CALLS: usize = 120;
+    site.runtime
+        .run_source(
+            "burst",
+            "line1",
+            &format!(
+                r#"let ids = []; for i in 0..{CALLS} {{ ids.push(ExternalSystem.CachedCall("erp", "postOrder", #{{ order: i }})); }} ids"#
+            ),
+        )
+        .await
+        .unwrap();
+    history(&c, "plant-south", 140, None).await;
+    history(&c, "plant-east", 40, None).await;
+    eventually(
+        Duration::from_secs(20),
+        "plant-north's calls parked at central",
+        || async {
+            let (_, v) = api
+                .get(
+                    "/api/v1/site-calls?status=Parked&site=plant-north&limit=1000",
+                    ("vic", PASSWORD),
+                )
+                .await;
+            (v["items"].as_array().map(Vec::len) == Some(CALLS)).then_some(())
+        },
+    )
+    .await;
+    // The ERP is back.
+    erp.set_mode(Mode::Ok).await;
+
+    b.login(&c.http, "dev", PASSWORD).await;
+    b.wait_text("#whoami", "dev", Duration::from_secs(5)).await;
+    b.goto(&format!("{}/site-calls/groups", c.http)).await;
+    b.wait_text("h1", "Failure groups", Duration::from_secs(5))
+        .await;
+    b.screenshot("groups").await;
+    // plant-north's groups (the other sites are not connected).
+    b.goto(&format!("{}/site-calls/groups?site=plant-north", c.http))
+        .await;
+    b.wait_text("h1", "Failure groups", Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        b.text("#groups tbody tr:first-child .group-count").await,
+        CALLS.to_string()
+    );
+    b.click("#groups tbody tr:first-child .group-retry").await;
+    b.wait_text("h1", "Retry parked calls", Duration::from_secs(5))
+        .await;
+    assert_eq!(b.text("#bulk-count").await, CALLS.to_string());
+    assert!(b.text(".bulk-site").await.contains("plant-north"));
+    // Confirming without the count is refused with the reason.
+    let fill = |css: &'static str, value: String| {
+        let client = b.client.clone();
+        async move {
+            let el = client.find(Locator::Css(css)).await.unwrap();
+            el.clear().await.unwrap();
+            el.send_keys(&value).await.unwrap();
+        }
+    };
+    // (Enter in the count's field submits the form, as a user would.)
+    fill("#typed-count", "12\u{E007}".into()).await;
+    b.wait_text(
+        "#bulk-error",
+        "Type the number of calls",
+        Duration::from_secs(5),
+    )
+    .await;
+    fill("#at-once", "20".into()).await;
+    fill("#per-minute", "3000".into()).await;
+    fill("#typed-count", format!("{CALLS}\u{E007}")).await;
+    b.wait_text("#outcome", "Started", Duration::from_secs(5))
+        .await;
+    assert!(b.url().await.contains("/bulk-actions/"));
+    // The page refreshes itself until the action is done.
+    b.wait_text("#bulk-state", "Done", Duration::from_secs(30))
+        .await;
+    assert_eq!(b.text("#p-applied").await, CALLS.to_string());
+    b.screenshot("bulk-action").await;
+    eventually(
+        Duration::from_secs(30),
+        "none of them Parked any more",
+        || async {
+            let (_, v) = api
+                .get(
+                    "/api/v1/site-calls?status=Parked&site=plant-north",
+                    ("vic", PASSWORD),
+                )
+                .await;
+            (v["items"].as_array().map(Vec::len) == Some(0)).then_some(())
+        },
+    )
+    .await;
+    b.click("nav a[href='/bulk-actions']").await;
+    b.wait_text("h1", "Bulk actions", Duration::from_secs(5))
+        .await;
+    assert!(b
+        .text("#bulk-actions tbody tr:first-child .bulk-state")
+        .await
+        .contains("Done"));
+    b.screenshot("bulk-actions").await;
+}

@@ -81,8 +81,14 @@ pub async fn run(db: Db, per_site: usize) -> anyhow::Result<BulkFigures> {
         .collect::<Result<_, _>>()?;
     let mut runtimes = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
-        let site =
-            build_site_with(&database, &format!("plant{i}"), link, dir.path(), &erp_config).await?;
+        let site = build_site_with(
+            &database,
+            &format!("plant{i}"),
+            link,
+            dir.path(),
+            &erp_config,
+        )
+        .await?;
         runtimes.push(site.runtime().clone());
         tokio::spawn(site.run(cancel.clone()));
     }
