@@ -133,6 +133,7 @@ pub fn router(engine: Engine, runtime: Arc<ScriptRuntime>, guard: AdminGuard) ->
         .route("/api/v1/scripts", get(list_scripts))
         .route("/api/v1/operations", get(list_operations))
         .route("/api/v1/operations/{id}", get(get_operation))
+        .route("/api/v1/operations/{id}/history", get(operation_history))
         .route("/api/v1/operations/{id}/retry", post(retry_operation))
         .route("/api/v1/operations/{id}/discard", post(discard_operation))
         .route("/api/v1/scripts/{name}/run", post(run_script))
@@ -201,6 +202,21 @@ async fn get_operation(
     let id = parse_id(&id)?;
     match st.engine.get_local(id).await? {
         Some(r) => Ok(Json(r).into_response()),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no tracked operation {id}"),
+        )),
+    }
+}
+
+/// The attempt history and the stored request (secrets masked).
+async fn operation_history(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    match st.engine.history(id).await? {
+        Some(h) => Ok(Json(h).into_response()),
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("no tracked operation {id}"),

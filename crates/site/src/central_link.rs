@@ -443,6 +443,9 @@ impl CentralLink {
             Some(central_message::Body::BulkCommand(b)) => reply(
                 site_message::Body::BulkCommandResult(self.bulk(b, clock).await),
             ),
+            Some(central_message::Body::AttemptHistoryQuery(q)) => reply(
+                site_message::Body::AttemptHistory(self.history(&q.id).await),
+            ),
             // Handled by the session loop, which owns their state.
             Some(central_message::Body::NotificationAck(_))
             | Some(central_message::Body::NotificationStatus(_)) => None,
@@ -451,6 +454,45 @@ impl CentralLink {
                 None
             }
         })
+    }
+
+    /// An operation's attempt history and stored request, for central's
+    /// detail page.
+    async fn history(&self, id: &str) -> v1::AttemptHistoryAnswer {
+        let mut answer = v1::AttemptHistoryAnswer {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        let parsed = match id.parse::<TrackedOperationId>() {
+            Ok(p) => p,
+            Err(e) => {
+                answer.error = Some(e.to_string());
+                return answer;
+            }
+        };
+        match self.engine.history(parsed).await {
+            Ok(None) => {}
+            Ok(Some(h)) => {
+                answer.found = true;
+                answer.attempts = h
+                    .attempts
+                    .into_iter()
+                    .map(|a| v1::Attempt {
+                        number: a.number,
+                        at_unix_ms: a.at_ms,
+                        duration_ms: a.duration_ms,
+                        outcome: a.outcome,
+                        error: a
+                            .error
+                            .map(|e| truncate_chars(&e, LAST_ERROR_MAX_CHARS).into_owned()),
+                        code: a.code,
+                    })
+                    .collect();
+                answer.request_json = h.request.map(|r| r.to_string());
+            }
+            Err(e) => answer.error = Some(e.to_string()),
+        }
+        answer
     }
 
     /// A bulk action's next ids for this site: one transaction, one

@@ -75,6 +75,7 @@ pub fn router(state: UiState) -> Router {
         .route("/site-calls", get(records::list::<SiteCallPages>))
         .route("/site-calls/groups", get(records::groups::<SiteCallPages>))
         .route("/site-calls/bulk", get(views::bulk::preview))
+        .route("/site-calls/{id}/attempts", get(records::attempts))
         .route(
             "/bulk-actions",
             get(views::bulk::list).post(views::bulk::start),

@@ -216,10 +216,10 @@ impl Session {
                             Some(StreamOrder::Command { relay, command, expires_at_ms }) => {
                                 self.send_command(relay, command, expires_at_ms).await?;
                             }
-                            Some(StreamOrder::Bulk { relay, bulk }) => {
+                            Some(StreamOrder::Ask { relay, body }) => {
                                 let correlation = self.next_correlation();
                                 self.commands.insert(correlation, relay);
-                                self.send(correlation, central_message::Body::BulkCommand(bulk)).await?;
+                                self.send(correlation, body).await?;
                             }
                             Some(StreamOrder::Close { reason }) => {
                                 let _ = self.tx.send(Err(Status::permission_denied(reason.clone()))).await;
@@ -288,9 +288,12 @@ impl Session {
                         self.audit.command_result(relay, result).await;
                     }
                 }
-                Some(site_message::Body::BulkCommandResult(result)) => {
+                Some(
+                    body @ (site_message::Body::BulkCommandResult(_)
+                    | site_message::Body::AttemptHistory(_)),
+                ) => {
                     if let Some(relay) = self.commands.remove(&msg.correlation) {
-                        self.audit.bulk_result(relay, result).await;
+                        self.audit.answered(relay, body).await;
                     }
                 }
                 Some(site_message::Body::ForwardNotification(n)) => {

@@ -13,6 +13,9 @@
 //! recorded bulk action that the active node's [`bulk::BulkRunner`]
 //! carries out at its pace.
 //!
+//! [`history`]: a site call's attempt history and stored request, asked of
+//! its site.
+//!
 //! [`export`] streams a filtered set as CSV or JSON lines (the REST API and
 //! the pages' Export links).
 //!
@@ -21,6 +24,7 @@
 
 pub mod bulk;
 pub mod export;
+pub mod history;
 pub mod relay;
 
 use std::{sync::Arc, time::Duration};

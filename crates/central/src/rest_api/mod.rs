@@ -51,6 +51,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/site-calls/groups", get(site_calls::groups))
         .route("/api/v1/site-calls/export", get(site_calls::export))
         .route("/api/v1/site-calls/{id}", get(site_calls::get_site_call))
+        .route(
+            "/api/v1/site-calls/{id}/attempts",
+            get(site_calls::attempts),
+        )
         .route("/api/v1/site-calls/{id}/retry", post(site_calls::retry))
         .route("/api/v1/site-calls/{id}/discard", post(site_calls::discard))
         .route("/api/v1/kpis/site-calls", get(site_calls::kpis))

@@ -40,6 +40,7 @@ impl Modify for Security {
         super::sites::cluster,
         super::site_calls::list_site_calls,
         super::site_calls::get_site_call,
+        super::site_calls::attempts,
         super::site_calls::retry,
         super::site_calls::discard,
         super::site_calls::kpis,
@@ -61,7 +62,8 @@ impl Modify for Security {
     components(schemas(SiteView, SitesPage, SiteCallsPage, GroupsAnswer, crate::configuration_database::FailureGroup, NotificationsPage, AuditPage, CommandAnswer, GlobalKpis, ErrorBody, UnavailableAnswer, TrackingRecord, NotificationRecord, Kpis, AuditEntry, crate::cluster::ClusterView, crate::cluster::NodeView, crate::cluster::LeaseView,
         super::bulk_actions::BulkRequest, super::bulk_actions::PaceBody, super::bulk_actions::PreviewAnswer,
         super::bulk_actions::BulkActionView, super::bulk_actions::BulkActionsPage,
-        super::bulk_actions::ProgressView, super::bulk_actions::SitePart)),
+        super::bulk_actions::ProgressView, super::bulk_actions::SitePart,
+        crate::operator_actions::history::AttemptHistory, crate::operator_actions::history::AttemptView)),
     modifiers(&Security),
     security(("basic" = []), ("bearer" = []))
 )]

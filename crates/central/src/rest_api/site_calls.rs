@@ -92,6 +92,40 @@ pub(super) async fn discard(
     relay(st, user, id, false).await
 }
 
+/// The call's attempt history and stored request, asked of its site now:
+/// the last 20 attempts (time, duration, outcome, error, HTTP status or SQL
+/// error code) and the request as stored for retries, secret-looking
+/// values masked. 503 when the site has no live stream to this node, 504
+/// when it does not answer in time, 404 when central or the site does not
+/// know the call.
+#[utoipa::path(get, path = "/api/v1/site-calls/{id}/attempts", tag = "site calls", params(("id" = uuid::Uuid, Path, description = "TrackedOperationId")),
+    responses((status = 200, body = crate::operator_actions::history::AttemptHistory), Errors, NotFound,
+        (status = 503, description = "the site is unreachable, or every password check slot is busy", headers(("Retry-After" = u64, description = "seconds to wait, when busy")), body = answers::ErrorBody),
+        (status = 504, description = "the site did not answer in time", body = answers::ErrorBody)))]
+pub(super) async fn attempts(
+    State(st): State<ApiState>,
+    _: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    use crate::operator_actions::history::HistoryError;
+    use axum::http::StatusCode;
+    let id = parse_id(&id)?;
+    match st.actions.attempt_history(id).await {
+        Ok(h) => Ok(Json(h).into_response()),
+        Err(e @ (HistoryError::NoCall(_) | HistoryError::SiteHasNone(_))) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e @ HistoryError::Unreachable(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
+        Err(e @ HistoryError::Timeout(_)) => {
+            Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()))
+        }
+        Err(HistoryError::Internal(e)) => Err(internal(format!("{e:#}"))),
+    }
+}
+
 /// Retry/Discard through [`OperatorActions`] (the role check, the relay to
 /// the owning site, the audit log), answered as SPEC §7 says.
 pub(super) async fn relay(

@@ -88,10 +88,12 @@ pub enum StreamOrder {
         command: Command,
         expires_at_ms: i64,
     },
-    /// Relay a bulk action's next ids for this site (`bulk` carries its
-    /// expiry); report the answer with [`SiteCallAudit::bulk_result`]
-    /// quoting `relay`.
-    Bulk { relay: u64, bulk: v1::BulkCommand },
+    /// Send `body` (a bulk command, an attempt-history query) and report
+    /// the site's answer with [`SiteCallAudit::answered`] quoting `relay`.
+    Ask {
+        relay: u64,
+        body: v1::central_message::Body,
+    },
     /// End the stream now, telling the site why (its token was revoked).
     Close { reason: String },
 }
@@ -130,14 +132,14 @@ enum Msg {
         relay: u64,
         result: v1::CommandResult,
     },
-    RelayBulk {
+    Ask {
         site: String,
-        bulk: v1::BulkCommand,
-        reply: oneshot::Sender<Result<v1::BulkCommandResult, CommandOutcome>>,
+        body: v1::central_message::Body,
+        reply: oneshot::Sender<Result<v1::site_message::Body, CommandOutcome>>,
     },
-    BulkResult {
+    Answered {
         relay: u64,
-        result: v1::BulkCommandResult,
+        body: v1::site_message::Body,
     },
     Online {
         reply: oneshot::Sender<Vec<String>>,
@@ -286,10 +288,9 @@ impl SiteCallAudit {
     }
 
     /// Relays a bulk action's next ids (`bulk`, without its expiry) to
-    /// `site` and waits for the site's answer, one outcome per id:
-    /// `Err(SiteUnreachable)` at once without a live stream or when the
-    /// stream ends first, `Err(Timeout)` after `timeout`. The command
-    /// expires [`expiry_margin`] before that, as a single one does; the site
+    /// `site` and waits for the site's answer, one outcome per id (see
+    /// [`Self::ask`] for the errors). The command expires
+    /// [`expiry_margin`] before the timeout, as a single one does; the site
     /// applies a bulk action to a call at most once, so sending the ids
     /// again after an error is safe.
     pub async fn relay_bulk(
@@ -298,11 +299,54 @@ impl SiteCallAudit {
         mut bulk: v1::BulkCommand,
         timeout: Duration,
     ) -> Result<v1::BulkCommandResult, CommandOutcome> {
-        let (reply, rx) = oneshot::channel();
         bulk.expires_at_unix_ms = now_ms() + (timeout - expiry_margin(timeout)).as_millis() as i64;
-        let msg = Msg::RelayBulk {
+        match self
+            .ask(site, v1::central_message::Body::BulkCommand(bulk), timeout)
+            .await?
+        {
+            v1::site_message::Body::BulkCommandResult(r) => Ok(r),
+            _ => Err(CommandOutcome::Error(
+                "the site answered something else".into(),
+            )),
+        }
+    }
+
+    /// Asks `site` for the attempt history and stored request of `id`.
+    pub async fn attempt_history(
+        &self,
+        site: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<v1::AttemptHistoryAnswer, CommandOutcome> {
+        let query = v1::AttemptHistoryQuery { id: id.to_owned() };
+        match self
+            .ask(
+                site,
+                v1::central_message::Body::AttemptHistoryQuery(query),
+                timeout,
+            )
+            .await?
+        {
+            v1::site_message::Body::AttemptHistory(a) => Ok(a),
+            _ => Err(CommandOutcome::Error(
+                "the site answered something else".into(),
+            )),
+        }
+    }
+
+    /// Sends `body` to `site`'s stream and waits for the answer with its
+    /// correlation: `Err(SiteUnreachable)` at once without a live stream or
+    /// when the stream ends first, `Err(Timeout)` after `timeout`.
+    async fn ask(
+        &self,
+        site: &str,
+        body: v1::central_message::Body,
+        timeout: Duration,
+    ) -> Result<v1::site_message::Body, CommandOutcome> {
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::Ask {
             site: site.to_owned(),
-            bulk,
+            body,
             reply,
         };
         if self.send(msg).await.is_err() {
@@ -315,9 +359,9 @@ impl SiteCallAudit {
         }
     }
 
-    /// The site's answer to relayed bulk command `relay`.
-    pub async fn bulk_result(&self, relay: u64, result: v1::BulkCommandResult) {
-        let _ = self.send(Msg::BulkResult { relay, result }).await;
+    /// The site's answer to what was asked as `relay` ([`StreamOrder::Ask`]).
+    pub async fn answered(&self, relay: u64, body: v1::site_message::Body) {
+        let _ = self.send(Msg::Answered { relay, body }).await;
     }
 
     /// Names of the sites with a live stream, sorted.
@@ -359,10 +403,11 @@ struct Stream {
     reconciling: bool,
 }
 
-/// A relayed bulk command waiting for its answer.
-struct PendingBulk {
+/// A question to a site (a bulk command, an attempt-history query)
+/// waiting for its answer.
+struct PendingAsk {
     stream: StreamId,
-    reply: oneshot::Sender<Result<v1::BulkCommandResult, CommandOutcome>>,
+    reply: oneshot::Sender<Result<v1::site_message::Body, CommandOutcome>>,
 }
 
 struct PendingRelay {
@@ -409,7 +454,7 @@ pub struct SiteCallAuditActor {
     streams: HashMap<SiteName, Stream>,
     next_stream: u64,
     relays: HashMap<u64, PendingRelay>,
-    bulk_relays: HashMap<u64, PendingBulk>,
+    asks: HashMap<u64, PendingAsk>,
     next_relay: u64,
     queued: Vec<QueuedIngest>,
     /// The commit tasks running now, with the sites whose rows each holds.
@@ -458,7 +503,7 @@ impl SiteCallAuditActor {
             streams: HashMap::new(),
             next_stream: 0,
             relays: HashMap::new(),
-            bulk_relays: HashMap::new(),
+            asks: HashMap::new(),
             next_relay: 0,
             queued: Vec::new(),
             commits: HashMap::new(),
@@ -602,7 +647,7 @@ impl SiteCallAuditActor {
                     }
                 }
             }
-            Msg::RelayBulk { site, bulk, reply } => {
+            Msg::Ask { site, body, reply } => {
                 self.sweep_relays();
                 let Some(stream) = SiteName::parse(&site)
                     .ok()
@@ -615,25 +660,26 @@ impl SiteCallAuditActor {
                 let relay = self.next_relay;
                 if stream
                     .orders
-                    .send(StreamOrder::Bulk { relay, bulk })
+                    .send(StreamOrder::Ask { relay, body })
                     .is_err()
                 {
                     let _ = reply.send(Err(CommandOutcome::SiteUnreachable));
                     return;
                 }
-                self.bulk_relays.insert(
+                self.asks.insert(
                     relay,
-                    PendingBulk {
+                    PendingAsk {
                         stream: stream.id,
                         reply,
                     },
                 );
             }
-            Msg::BulkResult { relay, result } => {
-                // A waiter that gave up sends the ids again later; the site
-                // answers those it applied as applied (at most once).
-                if let Some(p) = self.bulk_relays.remove(&relay) {
-                    let _ = p.reply.send(Ok(result));
+            Msg::Answered { relay, body } => {
+                // An answer after its waiter gave up is dropped: the bulk
+                // runner sends those ids again (the site applies each at
+                // most once), and a query is asked again.
+                if let Some(p) = self.asks.remove(&relay) {
+                    let _ = p.reply.send(Ok(body));
                 }
             }
             Msg::ScheduleNow { reply } => {
@@ -797,7 +843,7 @@ impl SiteCallAuditActor {
                 let _ = p.reply.send(CommandOutcome::SiteUnreachable);
             }
         }
-        for (_, p) in self.bulk_relays.extract_if(|_, p| p.stream == stream) {
+        for (_, p) in self.asks.extract_if(|_, p| p.stream == stream) {
             let _ = p.reply.send(Err(CommandOutcome::SiteUnreachable));
         }
     }
@@ -806,7 +852,7 @@ impl SiteCallAuditActor {
     /// [`LATE_ANSWER_WINDOW`] ago.
     fn sweep_relays(&mut self) {
         let now = Instant::now();
-        self.bulk_relays.retain(|_, p| !p.reply.is_closed());
+        self.asks.retain(|_, p| !p.reply.is_closed());
         self.relays.retain(|_, p| {
             if p.reply.is_closed() {
                 let since = *p.abandoned_at.get_or_insert(now);

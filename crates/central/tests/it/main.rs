@@ -2,6 +2,7 @@
 //! workspace instead of one per file).
 
 mod api_conformance;
+mod attempt_history;
 mod browser;
 mod bulk_actions;
 mod central_ui;

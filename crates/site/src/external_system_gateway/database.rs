@@ -200,6 +200,7 @@ fn failed(name: &str, e: &sqlx::Error) -> GatewayError {
         target: name.into(),
         class: classify(e),
         message: describe(e),
+        code: code_of(e),
     }
 }
 
@@ -220,6 +221,20 @@ fn describe(e: &sqlx::Error) -> String {
         }
     }
     e.to_string()
+}
+
+/// The code [`describe`] leads with, alone (an attempt's history keeps it).
+fn code_of(e: &sqlx::Error) -> Option<String> {
+    let sqlx::Error::Database(db) = e else {
+        return None;
+    };
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        return Some(format!("SQLSTATE {}", pg.code()));
+    }
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return Some(format!("MySQL {}", my.number()));
+    }
+    db.code().map(|c| format!("SQLite {c}"))
 }
 
 fn bindable(name: &str, params: &[Value]) -> Result<(), GatewayError> {

@@ -246,6 +246,7 @@ impl HttpSystems {
                             "response body larger than the limit of {} bytes (max_response_bytes)",
                             sys.max_response_bytes
                         ),
+                            Some(format!("HTTP {status}")),
                         ));
                     }
                     body.extend_from_slice(&chunk);
@@ -256,6 +257,7 @@ impl HttpSystems {
                         &target,
                         classify_reqwest(&e),
                         format!("reading the response: {e}"),
+                        Some(format!("HTTP {status}")),
                     ))
                 }
             }
@@ -269,6 +271,7 @@ impl HttpSystems {
                     &target,
                     ErrorClass::Permanent,
                     format!("response body is not JSON ({e}); it starts with {preview:?}"),
+                    Some(format!("HTTP {status}")),
                 )
             })?
         };
@@ -324,7 +327,7 @@ impl HttpSystems {
         let resp = req
             .send()
             .await
-            .map_err(|e| failed(target, classify_reqwest(&e), describe_reqwest(&e)))?;
+            .map_err(|e| failed(target, classify_reqwest(&e), describe_reqwest(&e), None))?;
         let status = resp.status();
         if status.is_success() {
             return Ok((sys, resp));
@@ -333,15 +336,17 @@ impl HttpSystems {
             target,
             classify_status(status),
             format!("HTTP {status}"),
+            Some(format!("HTTP {}", status.as_u16())),
         ))
     }
 }
 
-fn failed(target: &str, class: ErrorClass, message: String) -> GatewayError {
+fn failed(target: &str, class: ErrorClass, message: String, code: Option<String>) -> GatewayError {
     GatewayError::Failed {
         target: target.into(),
         class,
         message,
+        code,
     }
 }
 

@@ -27,7 +27,8 @@ pub use database::DatabaseConfig;
 pub use http::{ExternalSystemConfig, HttpResponse};
 
 use crate::store_and_forward::{
-    AttemptOutcome, Deliverer, DeliveryRequest, Engine, EngineError, PendingCommits, RetryPolicy,
+    AttemptNote, AttemptOutcome, Attempted, Deliverer, DeliveryRequest, Engine, EngineError,
+    PendingCommits, RetryPolicy,
 };
 
 /// Whether retrying can help.
@@ -57,6 +58,9 @@ pub enum GatewayError {
         target: String,
         class: ErrorClass,
         message: String,
+        /// The HTTP status (`HTTP 503`) or the database's error code
+        /// (`SQLSTATE 55P03`, `MySQL 1205`, `SQLite 5`), where there is one.
+        code: Option<String>,
     },
     /// A cached operation failed permanently on its immediate attempt: the
     /// row exists as `Failed` and the script hears why.
@@ -218,14 +222,14 @@ impl Gateway {
         // Should one have failed, the caller hears it before any attempt
         // (this row stays Pending and is retried after the next start).
         pending.settle().await?;
-        let outcome = self.deliver(id, &request).await;
+        let Attempted { outcome, note } = self.deliver(id, &request).await;
         let permanent = match &outcome {
             AttemptOutcome::Permanent(m) => Some(m.clone()),
             _ => None,
         };
         if let Err(e) = self
             .engine
-            .record_immediate_outcome_deferred(id, outcome, self.policy(&request), pending)
+            .record_immediate_outcome_deferred(id, outcome, note, self.policy(&request), pending)
             .await
         {
             // The Pending row is durable; recovery at the next start
@@ -268,7 +272,29 @@ impl Deliverer for Gateway {
         }
     }
 
-    async fn deliver(&self, id: TrackedOperationId, request: &DeliveryRequest) -> AttemptOutcome {
+    async fn deliver(&self, id: TrackedOperationId, request: &DeliveryRequest) -> Attempted {
+        let started = std::time::Instant::now();
+        let at_ms = crate::store_and_forward::now_ms();
+        let (outcome, code) = self.attempt(id, request).await;
+        Attempted {
+            outcome,
+            note: AttemptNote {
+                at_ms,
+                duration_ms: started.elapsed().as_millis() as i64,
+                code,
+            },
+        }
+    }
+}
+
+impl Gateway {
+    /// One attempt, classified, with the HTTP status or SQL error code
+    /// where there is one.
+    async fn attempt(
+        &self,
+        id: TrackedOperationId,
+        request: &DeliveryRequest,
+    ) -> (AttemptOutcome, Option<String>) {
         let result = match request {
             DeliveryRequest::Http {
                 system,
@@ -286,21 +312,31 @@ impl Deliverer for Gateway {
                 .map(|_| ()),
             // Central delivers notifications; the site only forwards them.
             DeliveryRequest::Notification { .. } => {
-                return AttemptOutcome::Permanent(
-                    "a notification is delivered by central, not by the site".into(),
+                return (
+                    AttemptOutcome::Permanent(
+                        "a notification is delivered by central, not by the site".into(),
+                    ),
+                    None,
                 )
             }
         };
         match result {
-            Ok(()) => AttemptOutcome::Delivered,
+            Ok(()) => (AttemptOutcome::Delivered, None),
             Err(GatewayError::Failed {
                 class: ErrorClass::Transient,
                 message,
+                code,
                 ..
-            }) => AttemptOutcome::Transient(message),
+            }) => (AttemptOutcome::Transient(message), code),
             // A system or connection removed from the config since the call
             // was buffered cannot come back by retrying: permanent.
-            Err(e) => AttemptOutcome::Permanent(e.to_string()),
+            Err(e) => {
+                let code = match &e {
+                    GatewayError::Failed { code, .. } => code.clone(),
+                    _ => None,
+                };
+                (AttemptOutcome::Permanent(e.to_string()), code)
+            }
         }
     }
 }

@@ -50,7 +50,7 @@ use sitelink_commons::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use reads::{LocalRecord, StatusCounts};
+pub use reads::{mask_secrets, History, LocalRecord, StatusCounts};
 pub use retry_worker::{Deliverer, RetryWorker, RunOnce};
 pub use sitelink_commons::RetryPolicy;
 use writer::{Job, Signals, WriteOp, WriteResult};
@@ -225,6 +225,40 @@ pub enum AttemptOutcome {
     /// Retrying cannot help (4xx, syntax error, constraint violation, ...).
     Permanent(String),
 }
+
+/// When an attempt started, how long it took, and the HTTP status or SQL
+/// error code it ended with: what the attempt history keeps beside the
+/// outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttemptNote {
+    pub at_ms: i64,
+    pub duration_ms: i64,
+    pub code: Option<String>,
+}
+
+/// One attempt as the deliverer made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempted {
+    pub outcome: AttemptOutcome,
+    pub note: AttemptNote,
+}
+
+/// One attempt of an operation's history (the last
+/// [`ATTEMPTS_KEPT`] of every operation that did not succeed at once).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AttemptRecord {
+    /// 1 for the first attempt of the operation, and so on.
+    pub number: u32,
+    pub at_ms: i64,
+    pub duration_ms: i64,
+    /// `Delivered`, `Transient` or `Permanent`.
+    pub outcome: String,
+    pub error: Option<String>,
+    pub code: Option<String>,
+}
+
+/// Attempts kept per operation.
+pub const ATTEMPTS_KEPT: u32 = 20;
 
 /// The answer to an operator Retry or Discard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -415,10 +449,13 @@ impl Engine {
     /// the attempt. What the row becomes follows from the outcome alone
     /// (`Delivered`, `Failed`, or buffered and still `Pending`; `Parked`
     /// when the target has no retries).
+    /// `note` goes into the attempt history unless the call succeeded at
+    /// once (which writes nothing more than its status).
     pub async fn record_immediate_outcome_deferred(
         &self,
         id: TrackedOperationId,
         outcome: AttemptOutcome,
+        note: AttemptNote,
         policy: RetryPolicy,
         pending: &mut PendingCommits,
     ) -> Result<(), EngineError> {
@@ -426,6 +463,7 @@ impl Engine {
             id,
             attempt: AttemptKind::Immediate,
             outcome,
+            note: Some(note),
             policy,
             now_ms: now_ms(),
         };
@@ -433,7 +471,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Records how an attempt ended and returns the row's new status.
+    /// Records how an attempt ended and returns the row's new status (its
+    /// history entry dated now, without a duration or code: see
+    /// [`Self::record_attempt`]).
     pub async fn record_outcome(
         &self,
         id: TrackedOperationId,
@@ -441,11 +481,36 @@ impl Engine {
         outcome: AttemptOutcome,
         policy: RetryPolicy,
     ) -> Result<TrackedOperationStatus, EngineError> {
+        self.record(id, attempt, outcome, None, policy).await
+    }
+
+    /// Records an attempt (its outcome, and its history entry in the same
+    /// transaction) and returns the row's new status.
+    pub async fn record_attempt(
+        &self,
+        id: TrackedOperationId,
+        attempt: AttemptKind,
+        attempted: Attempted,
+        policy: RetryPolicy,
+    ) -> Result<TrackedOperationStatus, EngineError> {
+        self.record(id, attempt, attempted.outcome, Some(attempted.note), policy)
+            .await
+    }
+
+    async fn record(
+        &self,
+        id: TrackedOperationId,
+        attempt: AttemptKind,
+        outcome: AttemptOutcome,
+        note: Option<AttemptNote>,
+        policy: RetryPolicy,
+    ) -> Result<TrackedOperationStatus, EngineError> {
         match self
             .write(WriteOp::Outcome {
                 id,
                 attempt,
                 outcome,
+                note,
                 policy,
                 now_ms: now_ms(),
             })

@@ -11,7 +11,52 @@ use sitelink_commons::{
     unix_ms_to_utc, TrackedOperationId, TrackedOperationStatus, TrackingRecord,
 };
 
-use super::{writer, DeliveryRequest, DueEntry, Engine, EngineError, ForwardItem};
+use super::{writer, AttemptRecord, DeliveryRequest, DueEntry, Engine, EngineError, ForwardItem};
+
+/// An operation's attempt history and what it would send: what central's
+/// detail page and the admin API show an operator about to replay or
+/// discard it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct History {
+    /// The last attempts, oldest first (none for a call that succeeded at
+    /// once).
+    pub attempts: Vec<AttemptRecord>,
+    /// The request as stored for retries (target, method and parameters,
+    /// or connection, statement and parameters), values under names that
+    /// look secret masked; `None` once the operation ended (the site drops
+    /// it then).
+    pub request: Option<serde_json::Value>,
+}
+
+/// Names whose values a shown request masks (case-insensitive, anywhere
+/// in the name).
+const SECRET_NAMES: [&str; 7] = [
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "apikey",
+    "api_key",
+    "authorization",
+];
+
+/// Masks, at any depth, the value of every member whose name looks secret.
+pub fn mask_secrets(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m.iter_mut() {
+                let name = k.to_ascii_lowercase();
+                if SECRET_NAMES.iter().any(|s| name.contains(s)) {
+                    *v = serde_json::Value::String("***".into());
+                } else {
+                    mask_secrets(v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(mask_secrets),
+        _ => {}
+    }
+}
 
 /// The record's columns, then (13th) when central acknowledged a forwarded
 /// notification.
@@ -89,6 +134,45 @@ impl Engine {
                 |r| row_to_record(r, &site),
             )
             .optional()
+        })
+        .await
+    }
+
+    /// The attempt history and stored request of `id` (`None`: no such
+    /// operation here).
+    pub async fn history(&self, id: TrackedOperationId) -> Result<Option<History>, EngineError> {
+        self.read(move |c| {
+            let key = id.to_string();
+            let Some(request) = c
+                .query_row("SELECT request FROM tracking WHERE id = ?1", [&key], |r| {
+                    r.get::<_, Option<String>>(0)
+                })
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let attempts = c
+                .prepare_cached(
+                    "SELECT n, at_ms, duration_ms, outcome, error, code FROM attempts
+                     WHERE id = ?1 ORDER BY n",
+                )?
+                .query_map([&key], |r| {
+                    Ok(AttemptRecord {
+                        number: r.get(0)?,
+                        at_ms: r.get(1)?,
+                        duration_ms: r.get(2)?,
+                        outcome: r.get(3)?,
+                        error: r.get(4)?,
+                        code: r.get(5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let request = request.and_then(|json| {
+                let mut v: serde_json::Value = serde_json::from_str(&json).ok()?;
+                mask_secrets(&mut v);
+                Some(v)
+            });
+            Ok(Some(History { attempts, request }))
         })
         .await
     }

@@ -13,19 +13,23 @@ use futures::StreamExt;
 use sitelink_commons::{TrackedOperationId, TrackedOperationStatus};
 use tokio_util::sync::CancellationToken;
 
-use super::{now_ms, AttemptKind, AttemptOutcome, DeliveryRequest, Engine, RetryPolicy};
+use super::{
+    now_ms, AttemptKind, AttemptNote, AttemptOutcome, Attempted, DeliveryRequest, Engine,
+    RetryPolicy,
+};
 
 /// Performs delivery attempts; implemented by the External System Gateway.
 pub trait Deliverer: Send + Sync + 'static {
     /// The retry policy of the request's target.
     fn policy(&self, request: &DeliveryRequest) -> RetryPolicy;
-    /// One attempt. Must carry `id` as the idempotency key where the target
-    /// supports one.
+    /// One attempt, with when it started, how long it took and its HTTP
+    /// status or SQL error code (the attempt history). Must carry `id` as
+    /// the idempotency key where the target supports one.
     fn deliver(
         &self,
         id: TrackedOperationId,
         request: &DeliveryRequest,
-    ) -> impl Future<Output = AttemptOutcome> + Send;
+    ) -> impl Future<Output = Attempted> + Send;
 }
 
 /// What one pass did.
@@ -71,21 +75,27 @@ impl<D: Deliverer> RetryWorker<D> {
         };
         let mut results = futures::stream::iter(due)
             .map(|entry| async move {
-                let (outcome, policy) = match &entry.request {
+                let (attempted, policy) = match &entry.request {
                     Ok(request) => (
                         self.deliverer.deliver(entry.id, request).await,
                         self.deliverer.policy(request),
                     ),
                     // Retrying cannot make unreadable material readable.
                     Err(reason) => (
-                        AttemptOutcome::Permanent(reason.clone()),
+                        Attempted {
+                            outcome: AttemptOutcome::Permanent(reason.clone()),
+                            note: AttemptNote {
+                                at_ms: now_ms(),
+                                ..Default::default()
+                            },
+                        },
                         RetryPolicy::default(),
                     ),
                 };
                 (
                     entry.id,
                     self.engine
-                        .record_outcome(entry.id, AttemptKind::Retry, outcome, policy)
+                        .record_attempt(entry.id, AttemptKind::Retry, attempted, policy)
                         .await,
                 )
             })

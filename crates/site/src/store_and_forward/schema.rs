@@ -71,6 +71,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tracking ADD COLUMN command_key TEXT;
     ALTER TABLE tracking ADD COLUMN command_at_ms INTEGER;
     "#,
+    // 5: the attempt history (issue 21): the last 20 attempts of every
+    // operation that did not succeed at once, written in the transaction
+    // of the outcome each records; they go with their row.
+    r#"
+    CREATE TABLE attempts (
+        id           TEXT NOT NULL REFERENCES tracking(id) ON DELETE CASCADE,
+        n            INTEGER NOT NULL,
+        at_ms        INTEGER NOT NULL,
+        duration_ms  INTEGER NOT NULL,
+        outcome      TEXT NOT NULL,
+        error        TEXT,
+        code         TEXT,
+        PRIMARY KEY (id, n)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Opens (creating if needed) the buffer database with the settings every

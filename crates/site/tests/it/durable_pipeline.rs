@@ -113,6 +113,7 @@ async fn the_change_sequence_counts_every_change_once_under_concurrency() {
                 e.record_immediate_outcome_deferred(
                     id,
                     outcome,
+                    Default::default(),
                     RetryPolicy::default(),
                     &mut pending,
                 )
@@ -173,6 +174,7 @@ async fn a_deferred_write_that_fails_is_reported_when_settling() {
         .record_immediate_outcome_deferred(
             unknown,
             AttemptOutcome::Delivered,
+            Default::default(),
             RetryPolicy::default(),
             &mut pending,
         )

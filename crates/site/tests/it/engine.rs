@@ -213,9 +213,12 @@ impl sitelink_site::store_and_forward::Deliverer for AcceptAll {
         &self,
         _: sitelink_commons::TrackedOperationId,
         _: &DeliveryRequest,
-    ) -> AttemptOutcome {
+    ) -> sitelink_site::store_and_forward::Attempted {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        AttemptOutcome::Delivered
+        sitelink_site::store_and_forward::Attempted {
+            outcome: AttemptOutcome::Delivered,
+            note: Default::default(),
+        }
     }
 }
 

@@ -57,7 +57,8 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 mod sql;
 
 use super::{
-    AttemptKind, AttemptOutcome, BulkItemOutcome, CommandOutcome, EngineError, RetryPolicy,
+    AttemptKind, AttemptNote, AttemptOutcome, BulkItemOutcome, CommandOutcome, EngineError,
+    RetryPolicy,
 };
 use sql::apply;
 
@@ -80,6 +81,8 @@ pub(super) enum WriteOp {
         id: TrackedOperationId,
         attempt: AttemptKind,
         outcome: AttemptOutcome,
+        /// For the history (`None`: dated `now_ms`, no duration or code).
+        note: Option<AttemptNote>,
         policy: RetryPolicy,
         now_ms: i64,
     },

@@ -12,7 +12,8 @@ use sitelink_commons::{
 
 use super::{WriteOp, WriteResult};
 use crate::store_and_forward::{
-    AttemptKind, AttemptOutcome, BulkItemOutcome, CommandOutcome, EngineError,
+    AttemptKind, AttemptNote, AttemptOutcome, BulkItemOutcome, CommandOutcome, EngineError,
+    ATTEMPTS_KEPT,
 };
 
 /// Deletes what retention lets go: terminal rows that ended before ?1 and
@@ -46,6 +47,43 @@ fn current(tx: &Connection, id: &str) -> anyhow::Result<Option<Current>> {
         })
     })
     .transpose()
+}
+
+/// Appends an attempt to the row's history (same transaction as its
+/// outcome) and keeps only the last [`ATTEMPTS_KEPT`].
+fn record_attempt(
+    tx: &Connection,
+    key: &str,
+    outcome: &AttemptOutcome,
+    note: Option<&AttemptNote>,
+    now_ms: i64,
+) -> anyhow::Result<()> {
+    let (name, error) = match outcome {
+        AttemptOutcome::Delivered => ("Delivered", None),
+        AttemptOutcome::Transient(e) => ("Transient", Some(e.as_str())),
+        AttemptOutcome::Permanent(e) => ("Permanent", Some(e.as_str())),
+    };
+    let n: u32 = tx
+        .prepare_cached("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE id = ?1")?
+        .query_row([key], |r| r.get(0))?;
+    tx.prepare_cached(
+        "INSERT INTO attempts(id, n, at_ms, duration_ms, outcome, error, code)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        key,
+        n,
+        note.map_or(now_ms, |n| n.at_ms),
+        note.map_or(0, |n| n.duration_ms),
+        name,
+        error,
+        note.and_then(|n| n.code.as_deref()),
+    ])?;
+    if n > ATTEMPTS_KEPT {
+        tx.prepare_cached("DELETE FROM attempts WHERE id = ?1 AND n <= ?2")?
+            .execute(params![key, n - ATTEMPTS_KEPT])?;
+    }
+    Ok(())
 }
 
 /// What an operator's Retry (fresh budget, due at once) or Discard does to
@@ -196,6 +234,7 @@ pub(super) fn apply(
             id,
             attempt,
             outcome,
+            note,
             policy,
             now_ms,
         } => {
@@ -288,7 +327,15 @@ pub(super) fn apply(
             };
             let to = c.to;
             match change(tx, seq, key, &cur, c, *now_ms)? {
-                Ok(()) => Ok(Ok(WriteResult::Status(to))),
+                Ok(()) => {
+                    // An immediate success is the hot path: no history.
+                    let at_once =
+                        *attempt == AttemptKind::Immediate && *outcome == AttemptOutcome::Delivered;
+                    if !at_once {
+                        record_attempt(tx, key, outcome, note.as_ref(), *now_ms)?;
+                    }
+                    Ok(Ok(WriteResult::Status(to)))
+                }
                 // The fast path's assumption did not hold: say why.
                 Err(_) if *attempt == AttemptKind::Immediate => Ok(Err(match current(tx, key)? {
                     None => EngineError::NotFound(*id),

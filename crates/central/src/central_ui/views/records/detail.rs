@@ -78,6 +78,20 @@ struct DetailPage {
     title: &'static str,
     record: RecordPartial,
     message: Option<(bool, String)>,
+    /// A site call: its attempt history is asked of its site (loaded
+    /// after the page, so a slow site never delays it).
+    history: bool,
+}
+
+/// The attempt history of a site call, as its site answered (or why not).
+#[derive(Template)]
+#[template(path = "attempts_partial.html")]
+struct AttemptsPartial {
+    site: String,
+    attempts: Vec<crate::operator_actions::history::AttemptView>,
+    request: Option<String>,
+    /// Why there is nothing to show.
+    unavailable: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -295,7 +309,48 @@ pub async fn detail<S: Pages>(
         },
         record,
         message,
+        history: subject == Subject::SiteCall,
     }))
+}
+
+/// `GET /site-calls/{id}/attempts`: the attempt history and stored request,
+/// asked of the site now (the detail page loads it), by the same function
+/// as `GET /api/v1/site-calls/{id}/attempts`.
+pub async fn attempts(
+    State(st): State<UiState>,
+    _: Operator,
+    Path(id): Path<String>,
+) -> Result<Response, UiError> {
+    use crate::operator_actions::history::HistoryError;
+    let id = parse_id(Subject::SiteCall, &id)?;
+    let page = match st.actions.attempt_history(id).await {
+        Ok(h) => AttemptsPartial {
+            site: h.site,
+            attempts: h
+                .attempts
+                .into_iter()
+                .map(|mut a| {
+                    a.at_utc = a.at_utc.replace('T', " ").replace('Z', " UTC");
+                    a
+                })
+                .collect(),
+            request: h
+                .request
+                .map(|r| serde_json::to_string_pretty(&r).unwrap_or_default()),
+            unavailable: None,
+        },
+        Err(HistoryError::NoCall(id)) => {
+            return Err(UiError::NotFound(format!("no site call {id}")))
+        }
+        Err(HistoryError::Internal(e)) => return Err(e.into()),
+        Err(e) => AttemptsPartial {
+            site: String::new(),
+            attempts: Vec::new(),
+            request: None,
+            unavailable: Some(e.to_string()),
+        },
+    };
+    Ok(render(&page))
 }
 
 /// `GET …/{id}/record`: the part of a detail page htmx refreshes.

@@ -14,7 +14,7 @@ mod detail;
 mod groups;
 mod list;
 
-pub use detail::{act, confirm, detail, partial, ConfirmPage};
+pub use detail::{act, attempts, confirm, detail, partial, ConfirmPage};
 pub use groups::groups;
 pub use list::{export, list};
 
