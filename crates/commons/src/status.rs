@@ -16,7 +16,7 @@ pub struct UnknownValue {
 macro_rules! named_enum {
     ($(#[$m:meta])* $name:ident, $what:literal, [$($variant:ident),+ $(,)?]) => {
         $(#[$m])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         pub enum $name { $($variant),+ }
 

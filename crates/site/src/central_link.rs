@@ -35,10 +35,11 @@ use sitelink_commons::{
     },
     truncate_chars, Kind, TrackedOperationId, TrackingRecord, LAST_ERROR_MAX_CHARS,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    external_system_gateway::recovery::ReplayWanted,
     notification_service::StatusQueries,
     store_and_forward::{BulkItemOutcome, CommandOutcome, Engine},
 };
@@ -128,19 +129,32 @@ impl CentralConfig {
 pub struct CentralLink {
     engine: Engine,
     config: CentralConfig,
+    /// What the site wants replayed on recovery (sent after every connect
+    /// and whenever it changes).
+    replay: watch::Receiver<ReplayWanted>,
     /// `Notify.Status` questions for central (one stream at a time serves
     /// them; the lock is held by the session that is open).
     queries: Option<tokio::sync::Mutex<StatusQueries>>,
 }
 
+/// Parked calls of one recovered target sent for replay, at most: 50,000
+/// ids keep the message under half of central's 4 MiB limit.
+const REPLAY_MAX_IDS: u32 = 50_000;
+
 /// Notifications forwarded and not yet acknowledged, at most.
 const FORWARD_WINDOW: usize = 64;
 
 impl CentralLink {
-    pub fn new(engine: Engine, config: CentralConfig, queries: Option<StatusQueries>) -> Self {
+    pub fn new(
+        engine: Engine,
+        config: CentralConfig,
+        queries: Option<StatusQueries>,
+        replay: watch::Receiver<ReplayWanted>,
+    ) -> Self {
         Self {
             engine,
             config,
+            replay,
             queries: queries.map(tokio::sync::Mutex::new),
         }
     }
@@ -251,6 +265,9 @@ impl CentralLink {
         // the counter after its commit and before it publishes the change.)
         let mut notifications_seen = self.engine.notifications_recorded();
         self.forward(&tx, &mut in_flight).await?;
+        let mut replay = self.replay.clone();
+        let wanted = replay.borrow_and_update().clone();
+        self.send_replay(&tx, wanted).await?;
 
         // Telemetry covers what changes from now on; central's reconcile on
         // connect covers everything up to now.
@@ -316,6 +333,10 @@ impl CentralLink {
                         self.forward(&tx, &mut in_flight).await?;
                     }
                 }
+                Ok(()) = replay.changed() => {
+                    let wanted = replay.borrow_and_update().clone();
+                    self.send_replay(&tx, wanted).await?;
+                }
                 Some(q) = async { queries.as_mut()?.rx.recv().await }, if queries.is_some() => {
                     correlation += 1;
                     asked.insert(correlation, q.reply);
@@ -324,6 +345,42 @@ impl CentralLink {
                 }
             }
         }
+    }
+
+    /// Sends the replay state (nothing when there is none): each recovered
+    /// target with its parked calls now.
+    async fn send_replay(
+        &self,
+        tx: &mpsc::Sender<SiteMessage>,
+        wanted: ReplayWanted,
+    ) -> anyhow::Result<()> {
+        if wanted == ReplayWanted::default() {
+            return Ok(());
+        }
+        let mut state = v1::ReplayState {
+            recovered: Vec::new(),
+            stopped: wanted.stopped,
+        };
+        for r in wanted.recovered {
+            let ids = self
+                .engine
+                .parked_of_target(r.kind, &r.target, REPLAY_MAX_IDS)
+                .await?;
+            state.recovered.push(v1::ReplayRecovery {
+                recovery_id: r.recovery_id,
+                kind: v1::Kind::from(r.kind) as i32,
+                target: r.target,
+                at_once: r.pace.at_once,
+                per_minute: r.pace.per_minute,
+                ids: ids.iter().map(|i| i.to_string()).collect(),
+            });
+        }
+        tx.send(SiteMessage {
+            correlation: 0,
+            body: Some(site_message::Body::ReplayState(state)),
+        })
+        .await?;
+        Ok(())
     }
 
     /// Forwards notifications not yet acknowledged nor in flight, keeping

@@ -261,11 +261,21 @@ impl SiteConfig {
                 1,
                 1 << 30,
             ));
+            if let Some(p) = sys.replay_parked_on_recovery {
+                let k = |f: &str| k(&format!("replay_parked_on_recovery.{f}"));
+                keys.push((k("at_once"), p.at_once.into(), 1, 1_000_000));
+                keys.push((k("per_minute"), p.per_minute.into(), 1, 1_000_000));
+            }
         }
         for (name, db) in &self.databases {
             let k = |key: &str| format!("databases.{name}.{key}");
             keys.push((k("max_connections"), db.max_connections.into(), 1, 1_000));
             keys.push((k("acquire_timeout_ms"), db.acquire_timeout_ms, 1, 600_000));
+            if let Some(p) = db.replay_parked_on_recovery {
+                let k = |f: &str| k(&format!("replay_parked_on_recovery.{f}"));
+                keys.push((k("at_once"), p.at_once.into(), 1, 1_000_000));
+                keys.push((k("per_minute"), p.per_minute.into(), 1, 1_000_000));
+            }
         }
         for (key, value, lo, hi) in keys {
             sitelink_commons::in_range(&key, value, lo, hi).map_err(|m| (key, m))?;

@@ -12,7 +12,9 @@ use crate::{
     admin_api,
     central_link::{CentralConfig, CentralLink},
     config::SiteConfig,
-    external_system_gateway::{database::Databases, http::HttpSystems, Gateway},
+    external_system_gateway::{
+        database::Databases, http::HttpSystems, recovery::RecoveryWatch, Gateway,
+    },
     notification_service::{NotificationService, StatusQueries},
     site_runtime::ScriptRuntime,
     store_and_forward::{now_ms, Engine, RetryWorker},
@@ -39,7 +41,19 @@ impl Site {
         .await?;
         let http = HttpSystems::new(&config.external_systems).context("external systems")?;
         let databases = Databases::new(&config.databases).context("database connections")?;
-        let gateway = Gateway::new(http, databases, engine.clone());
+        let paces = config
+            .external_systems
+            .iter()
+            .filter_map(|(name, s)| {
+                s.replay_parked_on_recovery
+                    .map(|p| ((sitelink_commons::Kind::ExternalCall, name.clone()), p))
+            })
+            .chain(config.databases.iter().filter_map(|(name, d)| {
+                d.replay_parked_on_recovery
+                    .map(|p| ((sitelink_commons::Kind::DatabaseWrite, name.clone()), p))
+            }))
+            .collect();
+        let gateway = Gateway::new(http, databases, engine.clone(), RecoveryWatch::new(paces));
         let (notifications, status_queries) = NotificationService::new(
             engine.clone(),
             config.central.is_some(),
@@ -99,8 +113,15 @@ impl Site {
         tasks.spawn(self.runtime.clone().run_schedules(cancel.clone()));
         tasks.spawn(purge_loop(self.engine.clone(), cancel.clone()));
         if let Some((central, queries)) = self.central {
-            tasks
-                .spawn(CentralLink::new(self.engine.clone(), central, queries).run(cancel.clone()));
+            tasks.spawn(
+                CentralLink::new(
+                    self.engine.clone(),
+                    central,
+                    queries,
+                    self.gateway.recovery().subscribe(),
+                )
+                .run(cancel.clone()),
+            );
         }
         let app = admin_api::router(self.engine.clone(), self.runtime.clone(), self.admin_guard);
         tracing::info!(admin = %self.admin_addr, site = self.engine.site(), "site running");

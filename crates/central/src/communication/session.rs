@@ -18,7 +18,7 @@ use tonic::{Status, Streaming};
 
 use super::LinkSettings;
 use crate::{
-    configuration_database::{Database, IngestOutcome, NewNotification},
+    configuration_database::{BulkState, Database, IngestOutcome, NewNotification, Pace},
     notification_outbox::Outbox,
     site_call_audit::{Command, SiteCallAudit, StreamId, StreamOrder},
 };
@@ -296,6 +296,13 @@ impl Session {
                         self.audit.answered(relay, body).await;
                     }
                 }
+                Some(site_message::Body::ReplayState(state)) => {
+                    // A failure here costs the replay, not the stream: the
+                    // site sends the state again after its next connect.
+                    if let Err(e) = self.replay(state).await {
+                        tracing::error!(site = %self.site, error = %e, "replay on recovery not recorded");
+                    }
+                }
                 Some(site_message::Body::ForwardNotification(n)) => {
                     // A site forwards in bursts (up to 64 unacknowledged):
                     // those already received are stored in one transaction.
@@ -401,6 +408,76 @@ impl Session {
             found: record.is_some(),
             record: record.map(|r| v1::CachedCallTelemetry::from(&r.tracking)),
         })
+    }
+
+    /// The site's replay state: a bulk Retry (operator `site:<name>`) for
+    /// each recovery not recorded yet, a cancel for each stopped one of
+    /// this site's.
+    async fn replay(&self, state: v1::ReplayState) -> Result<(), sqlx::Error> {
+        let me = format!("site:{}", self.site);
+        let bulk = self.db.bulk_actions();
+        for r in state.recovered {
+            let pace = match Pace::new(r.at_once, r.per_minute) {
+                Ok(p) if sitelink_commons::is_hyphenated_uuid(&r.recovery_id) => p,
+                Ok(_) => {
+                    tracing::warn!(site = %self.site, id = %r.recovery_id, "replay with an id that is not a UUID; ignored");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(site = %self.site, error = %e, "replay with a bad pace; ignored");
+                    continue;
+                }
+            };
+            let ids: Vec<String> = r
+                .ids
+                .into_iter()
+                .filter(|i| sitelink_commons::is_hyphenated_uuid(i))
+                .collect();
+            if let Some(a) = bulk
+                .create_replay(self.site.as_str(), &r.recovery_id, &r.target, pace, &ids)
+                .await?
+            {
+                tracing::info!(site = %self.site, target = %r.target, calls = a.total, "replay on recovery recorded");
+                self.db
+                    .audit_log()
+                    .record(
+                        &me,
+                        "bulk retry",
+                        &a.id,
+                        Some(self.site.as_str()),
+                        &format!(
+                            "started: replay of {} parked calls of {} on its recovery, {} at once, then {} a minute",
+                            a.total, r.target, pace.at_once, pace.per_minute
+                        ),
+                    )
+                    .await?;
+            }
+        }
+        for id in state.stopped {
+            let Some(a) = bulk.get(&id).await? else {
+                continue;
+            };
+            // A site stops only its own replays, and only running ones.
+            if a.operator != me || a.state != BulkState::Running {
+                continue;
+            }
+            if let Some((a, true)) = bulk.cancel(&id, &me).await? {
+                self.db
+                    .audit_log()
+                    .record(
+                        &me,
+                        "bulk cancel",
+                        &id,
+                        Some(self.site.as_str()),
+                        &format!(
+                            "stopped: the target failed again; {} calls not sent",
+                            a.counts.cancelled
+                        ),
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     async fn send_command(

@@ -25,8 +25,8 @@ use sitelink_commons::{TrackedOperationStatus, TrackingRecord};
 use sqlx::Row;
 
 use super::{
-    listing::{bind_all, where_sql, ListFilter, ListQuery, Listed, Page},
-    now_ms, rfc3339, Database,
+    listing::{bind_all, where_sql, ListFilter, Page},
+    now_ms, Database,
 };
 
 /// Most calls one bulk action may take: a bound on its record and on the
@@ -574,6 +574,75 @@ impl<'a> BulkActions<'a> {
         Ok(self.get(id).await?.map(|a| (a, stopped > 0)))
     }
 
+    /// A site's replay on recovery (`replay_parked_on_recovery`) as a bulk
+    /// Retry whose operator is `site:<site>`, named `recovery_id` (so a
+    /// recovery sent again starts nothing twice), over the ids the site
+    /// sent that central knows of that site. `None` when it exists already
+    /// or no id is known.
+    pub async fn create_replay(
+        &self,
+        site: &str,
+        recovery_id: &str,
+        target: &str,
+        pace: Pace,
+        ids: &[String],
+    ) -> Result<Option<BulkAction>, sqlx::Error> {
+        if self.get(recovery_id).await?.is_some() {
+            return Ok(None);
+        }
+        let mut tx = self.db.pool().begin().await?;
+        let filter = serde_json::json!({
+            "site": site,
+            "status": ["Parked"],
+            "recovered_target": target,
+        });
+        let inserted = sqlx::query(
+            "INSERT INTO bulk_actions (id, verb, operator, created_at_ms, filter, total,
+                 pace_at_once, pace_per_minute, state, applied, not_parked, not_found, errors,
+                 cancelled)
+             VALUES ($1, 'retry', $2, $3, $4, 0, $5, $6, 'Running', 0, 0, 0, 0, 0)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(recovery_id)
+        .bind(format!("site:{site}"))
+        .bind(now_ms())
+        .bind(filter.to_string())
+        .bind(pace.at_once as i64)
+        .bind(pace.per_minute as i64)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(None);
+        }
+        let mut frozen = 0;
+        for chunk in ids.chunks(500) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO bulk_action_items (action_id, call_id, source_site)
+                 SELECT $1, id, source_site FROM site_calls
+                 WHERE source_site = $2 AND id IN ({})",
+                marks.join(", ")
+            )))
+            .bind(recovery_id)
+            .bind(site);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            frozen += q.execute(&mut *tx).await?.rows_affected();
+        }
+        if frozen == 0 {
+            return Ok(None);
+        }
+        sqlx::query("UPDATE bulk_actions SET total = $1 WHERE id = $2")
+            .bind(frozen as i64)
+            .bind(recovery_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.get(recovery_id).await
+    }
+
     /// The bulk actions that took `call_id`, newest first.
     pub async fn for_call(&self, call_id: &str) -> Result<Vec<CallBulkAction>, sqlx::Error> {
         let cols: Vec<String> = COLUMNS.split(", ").map(|c| format!("a.{c}")).collect();
@@ -651,15 +720,4 @@ fn action(r: &sqlx::any::AnyRow) -> Result<BulkAction, sqlx::Error> {
         cancelled_by: r.try_get(10)?,
         counts,
     })
-}
-
-/// The created time as RFC 3339 (for answers).
-pub fn created_utc(a: &BulkAction) -> String {
-    rfc3339(a.created_at_ms)
-}
-
-/// A bulk action's filter read back as a listing filter (it was stored by
-/// [`ListFilter::to_json`]).
-pub fn stored_filter(a: &BulkAction) -> Result<ListFilter, String> {
-    ListQuery::parse_filter_json(&a.filter, Listed::SiteCalls).map_err(|e| e.0)
 }

@@ -18,6 +18,7 @@ mod link_tls;
 mod listing;
 mod notification_outbox;
 mod notifications;
+mod replay_on_recovery;
 mod rest_api;
 mod rest_hardening;
 mod silent_link;

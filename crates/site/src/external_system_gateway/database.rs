@@ -39,6 +39,10 @@ pub struct DatabaseConfig {
     pub acquire_timeout_ms: u64,
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Replay this connection's parked writes at this pace when it comes
+    /// back (off when absent).
+    #[serde(default)]
+    pub replay_parked_on_recovery: Option<super::recovery::ReplayPace>,
 }
 
 fn default_max_connections() -> u32 {

@@ -30,6 +30,10 @@ pub struct ExternalSystemConfig {
     #[serde(default)]
     pub retry: RetryPolicy,
     pub methods: HashMap<String, MethodConfig>,
+    /// Replay this system's parked calls at this pace when it comes back
+    /// (off when absent).
+    #[serde(default)]
+    pub replay_parked_on_recovery: Option<super::recovery::ReplayPace>,
 }
 
 fn default_timeout_ms() -> u64 {

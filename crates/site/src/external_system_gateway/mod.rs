@@ -9,7 +9,8 @@
 //! - [`Gateway`]: ties both to the Store-and-Forward Engine: the cached
 //!   variants record the `Pending` row first (write-ahead), attempt once,
 //!   record the outcome; the gateway is also the engine's [`Deliverer`] for
-//!   retries.
+//!   retries, and tells [`recovery::RecoveryWatch`] how each attempt
+//!   ended (replay on recovery).
 //!
 //! Invariant: every failure is classified transient or permanent by
 //! [`ErrorClass`] from structured data (HTTP status, error kind, database
@@ -17,11 +18,12 @@
 
 pub mod database;
 pub mod http;
+pub mod recovery;
 
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use sitelink_commons::TrackedOperationId;
+use sitelink_commons::{Kind, TrackedOperationId};
 
 pub use database::DatabaseConfig;
 pub use http::{ExternalSystemConfig, HttpResponse};
@@ -80,6 +82,7 @@ pub struct Gateway {
     http: http::HttpSystems,
     databases: database::Databases,
     engine: Engine,
+    recovery: recovery::RecoveryWatch,
 }
 
 impl Gateway {
@@ -87,12 +90,19 @@ impl Gateway {
         http: http::HttpSystems,
         databases: database::Databases,
         engine: Engine,
+        recovery: recovery::RecoveryWatch,
     ) -> Arc<Self> {
         Arc::new(Self {
             http,
             databases,
             engine,
+            recovery,
         })
+    }
+
+    /// Which targets configured for replay recovered or fail again.
+    pub fn recovery(&self) -> &recovery::RecoveryWatch {
+        &self.recovery
     }
 
     pub fn engine(&self) -> &Engine {
@@ -276,6 +286,16 @@ impl Deliverer for Gateway {
         let started = std::time::Instant::now();
         let at_ms = crate::store_and_forward::now_ms();
         let (outcome, code) = self.attempt(id, request).await;
+        match request {
+            DeliveryRequest::Http { system, .. } => {
+                self.recovery.observe(Kind::ExternalCall, system, &outcome)
+            }
+            DeliveryRequest::DatabaseWrite { connection, .. } => {
+                self.recovery
+                    .observe(Kind::DatabaseWrite, connection, &outcome)
+            }
+            DeliveryRequest::Notification { .. } => {}
+        }
         Attempted {
             outcome,
             note: AttemptNote {

@@ -177,6 +177,41 @@ impl Engine {
         .await
     }
 
+    /// The parked operations of one target, oldest first, at most `limit`:
+    /// an external system's calls (target `system.method`, any method) or
+    /// a database connection's writes.
+    pub async fn parked_of_target(
+        &self,
+        kind: sitelink_commons::Kind,
+        target: &str,
+        limit: u32,
+    ) -> Result<Vec<TrackedOperationId>, EngineError> {
+        let target = target.to_owned();
+        self.read(move |c| {
+            // `system.` as a prefix, its LIKE wildcards escaped.
+            let mut prefix = String::new();
+            for ch in target.chars() {
+                if matches!(ch, '%' | '_' | '!') {
+                    prefix.push('!');
+                }
+                prefix.push(ch);
+            }
+            prefix.push_str(".%");
+            let rows = c
+                .prepare_cached(
+                    "SELECT id FROM tracking WHERE status = 'Parked' AND kind = ?1
+                       AND (target_summary = ?2 OR target_summary LIKE ?3 ESCAPE '!')
+                     ORDER BY id LIMIT ?4",
+                )?
+                .query_map(params![kind.as_str(), target, prefix, limit], |r| {
+                    r.get::<_, String>(0)
+                })?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(rows.iter().filter_map(|s| s.parse().ok()).collect())
+        })
+        .await
+    }
+
     /// The record of `id` with its forwarding record (the admin API).
     pub async fn get_local(
         &self,

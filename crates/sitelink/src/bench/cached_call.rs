@@ -268,6 +268,7 @@ pub async fn run(size: super::Size) -> anyhow::Result<()> {
         HttpSystems::new(&systems)?,
         Databases::new(&BTreeMap::new())?,
         engine,
+        sitelink_site::external_system_gateway::recovery::RecoveryWatch::new(BTreeMap::new()),
     );
 
     let mut out = serde_json::Map::new();

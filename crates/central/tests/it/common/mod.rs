@@ -112,6 +112,19 @@ pub async fn spawn_site_at(
     max_retries: u32,
     extra: &str,
 ) -> TestSite {
+    spawn_site_full(name, token, centrals, erp, max_retries, extra, "").await
+}
+
+/// A site whose `[external_systems.erp]` also has `erp_extra` lines.
+pub async fn spawn_site_full(
+    name: &str,
+    token: &str,
+    centrals: &[std::net::SocketAddr],
+    erp: &str,
+    max_retries: u32,
+    extra: &str,
+    erp_extra: &str,
+) -> TestSite {
     let addresses = centrals
         .iter()
         .map(|a| format!("\"http://{a}\""))
@@ -136,6 +149,7 @@ base_url = "{erp}"
 timeout_ms = 500
 retry = {{ interval_ms = 20, backoff = 1.0, max_interval_ms = 20, max_retries = {max_retries}, jitter = 0.0 }}
 methods.postOrder = {{ http_method = "POST", path = "/orders" }}
+{erp_extra}
 "#
         ),
         dir.path(),
