@@ -125,7 +125,11 @@ async fn conformance(extra: &str) -> TestCentral {
         Command::new("st")
             .args(["--no-color", "--config-file", config, "run"])
             .arg(format!("{base}/api/v1/openapi.json"))
-            .args(["--url", &base, "--checks", "all", "--workers", "2"])
+            // One worker: with two, hypothesis (6.170, Python 3.11) at times
+            // crashes building a lambda's description from two threads at
+            // once ("AST constructor recursion depth mismatch"), an error
+            // of the tool, not of the API, that fails the run.
+            .args(["--url", &base, "--checks", "all", "--workers", "1"])
             .args(["-H", &format!("Authorization: Bearer {token}")])
             .env("SITELINK_ST_SITE_CALL_ID", ids[4].to_string())
             .env("SITELINK_ST_NOTIFICATION_ID", notification.to_string())
