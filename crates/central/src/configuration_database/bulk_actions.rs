@@ -468,37 +468,24 @@ impl<'a> BulkActions<'a> {
         self.db.fence(&mut tx).await?;
         let now = now_ms();
         // Calls newly decided, per outcome (in `ItemOutcome::ALL` order).
+        // One statement per outcome and chunk of ids, not one per id: on
+        // PostgreSQL a statement per id made recording 10,000 answers take
+        // about 20 s (bench operator).
         let mut added = [0u64; ItemOutcome::ALL.len()];
         let mut uncancelled = 0;
-        for r in results {
-            let set = |extra: &str| {
-                format!(
-                    "UPDATE bulk_action_items SET outcome = $1, error = $2, applied_at_ms = $3,
-                     decided_at_ms = $4 WHERE action_id = $5 AND call_id = $6 AND {extra}"
-                )
-            };
-            let run = |sql: String| {
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(r.outcome.as_str())
-                    .bind(r.error.as_deref())
-                    .bind(r.applied_at_ms)
-                    .bind(now)
-                    .bind(id)
-                    .bind(&r.call_id)
-            };
-            let mut n = run(set("outcome IS NULL"))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if n == 0 && r.outcome == ItemOutcome::Applied {
-                // Cancelled while it was on its way, and applied anyway.
-                n = run(set("outcome = 'Cancelled'"))
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                uncancelled += n;
+        for outcome in ItemOutcome::ALL {
+            let mine: Vec<&ItemResult> = results.iter().filter(|r| r.outcome == outcome).collect();
+            for chunk in mine.chunks(RECORD_CHUNK) {
+                let n = set_outcomes(&mut tx, id, outcome, chunk, now, "IS NULL").await?;
+                added[outcome as usize] += n;
+                if outcome == ItemOutcome::Applied && n < chunk.len() as u64 {
+                    // Cancelled while they were on their way, and applied
+                    // anyway.
+                    let m = set_outcomes(&mut tx, id, outcome, chunk, now, "= 'Cancelled'").await?;
+                    added[outcome as usize] += m;
+                    uncancelled += m;
+                }
             }
-            added[r.outcome as usize] += n;
         }
         let mut sets: Vec<String> = ItemOutcome::ALL
             .iter()
@@ -679,6 +666,45 @@ impl<'a> BulkActions<'a> {
         .fetch_all(self.db.pool())
         .await
     }
+}
+
+/// Answers one statement records at most (4 values each).
+const RECORD_CHUNK: usize = 200;
+
+/// Sets `outcome` (with each call's error and applied time) on the calls of
+/// `chunk` of action `id` whose outcome `IS NULL` (or `= 'Cancelled'`, as
+/// `current` says); how many it changed.
+async fn set_outcomes(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+    outcome: ItemOutcome,
+    chunk: &[&ItemResult],
+    now: i64,
+    current: &str,
+) -> Result<u64, sqlx::Error> {
+    // `(VALUES …) AS v` names its columns column1… on both backends.
+    let rows: Vec<String> = (0..chunk.len())
+        .map(|i| format!("(${}, ${}, ${})", 4 + 3 * i, 5 + 3 * i, 6 + 3 * i))
+        .collect();
+    let sql = format!(
+        "UPDATE bulk_action_items SET outcome = $1, error = v.column2,
+             applied_at_ms = v.column3, decided_at_ms = $2
+         FROM (VALUES {}) AS v
+         WHERE bulk_action_items.action_id = $3 AND bulk_action_items.call_id = v.column1
+           AND bulk_action_items.outcome {current}",
+        rows.join(", ")
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(outcome.as_str())
+        .bind(now)
+        .bind(id);
+    for r in chunk {
+        q = q
+            .bind(r.call_id.clone())
+            .bind(r.error.clone())
+            .bind(r.applied_at_ms);
+    }
+    Ok(q.execute(&mut **tx).await?.rows_affected())
 }
 
 fn action(r: &sqlx::any::AnyRow) -> Result<BulkAction, sqlx::Error> {

@@ -196,6 +196,7 @@ pub async fn run(db: Db, rows: usize, size: super::Size) -> anyhow::Result<()> {
         "export_rss_growth_mb": growth_mb,
         "bulk_calls": bulk.calls,
         "bulk_retry_seconds": bulk.bulk_seconds,
+        "bulk_answered_seconds": bulk.applied_seconds,
         "single_retries_seconds": bulk.single_seconds,
         "single_over_bulk": bulk.single_seconds / bulk.bulk_seconds,
         "goal_bulk_retry_seconds_max": super::bulk::GOAL_SECONDS,
