@@ -134,14 +134,22 @@ pub async fn run(db: Db, per_site: usize) -> anyhow::Result<BulkFigures> {
     let mut applied_seconds = None;
     loop {
         if applied_seconds.is_none()
-            && count(&database, "SELECT COUNT(*) FROM bulk_actions WHERE state = 'Done'").await? > 0
+            && count(
+                &database,
+                "SELECT COUNT(*) FROM bulk_actions WHERE state = 'Done'",
+            )
+            .await?
+                > 0
         {
             applied_seconds = Some(t.elapsed().as_secs_f64());
         }
         if count(&database, PARKED).await? == 0 {
             break;
         }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "bulk retry took over 600 s");
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(600),
+            "bulk retry took over 600 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let bulk_seconds = t.elapsed().as_secs_f64();
