@@ -29,7 +29,7 @@ use crate::{
         CreateError, Dialect, ListFilter, ListQuery, Listed, Pace,
     },
     operator_actions::{
-        bulk::{BulkError, BulkView},
+        bulk::{BulkError, BulkView, SiteProgress},
         OperatorActions,
     },
 };
@@ -85,17 +85,6 @@ pub struct ActionRow {
     pub cancelled_by: String,
 }
 
-pub struct SiteRow {
-    pub site: String,
-    pub online: bool,
-    pub applied: u64,
-    pub not_parked: u64,
-    pub not_found: u64,
-    pub errors: u64,
-    pub cancelled: u64,
-    pub open: u64,
-}
-
 #[derive(Template)]
 #[template(path = "bulk_actions.html")]
 struct ListPage {
@@ -109,7 +98,7 @@ struct ListPage {
 #[template(path = "bulk_action_partial.html")]
 pub struct ActionPartial {
     a: ActionRow,
-    sites: Vec<SiteRow>,
+    sites: Vec<SiteProgress>,
     running: bool,
     may_operate: bool,
     csrf: String,
@@ -375,20 +364,7 @@ async fn partial_of(st: &UiState, op: &Operator, id: &str) -> Result<ActionParti
         .ok_or_else(|| UiError::NotFound(format!("no bulk action {id}")))?;
     Ok(ActionPartial {
         a: action_row(&v),
-        sites: v
-            .per_site
-            .iter()
-            .map(|s| SiteRow {
-                site: s.site.clone(),
-                online: s.online,
-                applied: s.counts.applied,
-                not_parked: s.counts.not_parked,
-                not_found: s.counts.not_found,
-                errors: s.counts.errors,
-                cancelled: s.counts.cancelled,
-                open: s.counts.open,
-            })
-            .collect(),
+        sites: v.per_site.clone(),
         running: v.action.state == BulkState::Running,
         may_operate: op.user.role.may_operate(),
         csrf: op.csrf.clone(),
