@@ -144,6 +144,14 @@ pub struct CentralSection {
     /// HTTP keep-alive connection idle this long is closed too.
     #[serde(default = "default_setup_timeout_ms")]
     pub setup_timeout_ms: u64,
+    /// New site streams admitted a second, after a burst of
+    /// `link_admit_burst`: a site above the rate is answered "busy, retry
+    /// after" with its own turn (the reconnect storm after a restart).
+    #[serde(default = "default_link_admit_per_second")]
+    pub link_admit_per_second: u32,
+    /// New site streams admitted at once before the rate applies.
+    #[serde(default = "default_link_admit_burst")]
+    pub link_admit_burst: u32,
     /// HTTP/2 keepalive pings on the link this often; a link whose ping is
     /// not answered within the same time again is closed (the site then
     /// shows offline). Detection takes at most twice this.
@@ -235,6 +243,12 @@ fn default_http_max_connections_per_address() -> usize {
 fn default_link_unauthenticated_per_address() -> usize {
     128
 }
+fn default_link_admit_per_second() -> u32 {
+    100
+}
+fn default_link_admit_burst() -> u32 {
+    50
+}
 fn default_setup_timeout_ms() -> u64 {
     5000
 }
@@ -257,7 +271,19 @@ impl CentralConfig {
     fn check_ranges(&self) -> Result<(), String> {
         let c = &self.central;
         let o = self.notification_outbox.as_ref();
-        let keys: [(&str, Option<i128>, i128, i128); 23] = [
+        let keys: [(&str, Option<i128>, i128, i128); 25] = [
+            (
+                "central.link_admit_per_second",
+                Some(c.link_admit_per_second.into()),
+                1,
+                100_000,
+            ),
+            (
+                "central.link_admit_burst",
+                Some(c.link_admit_burst.into()),
+                1,
+                100_000,
+            ),
             (
                 "central.http_max_connections",
                 Some(c.http_max_connections as i128),

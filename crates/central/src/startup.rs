@@ -171,14 +171,22 @@ impl Central {
                 epoch: 0,
             }),
         });
+        let admit = crate::communication::AdmissionRate {
+            per_second: c.link_admit_per_second,
+            burst: c.link_admit_burst,
+        };
         Ok(Self {
             audit,
             audit_settings,
             dispatcher,
             outbox,
-            stats: Arc::default(),
+            stats: Arc::new(LinkStats {
+                admit,
+                ..LinkStats::default()
+            }),
             settings: LinkSettings {
                 reconcile_page: c.reconcile_page,
+                admit,
             },
             command_timeout: Duration::from_millis(c.command_timeout_ms),
             bulk_wake: Arc::default(),

@@ -17,6 +17,8 @@
 //!   a failure group.
 //! - [`RetryPolicy`]: interval, backoff, cap, jitter and retry budget, the
 //!   same for a site's targets and central's SMTP server.
+//! - [`reconnect`]: when a site dials central again (the jittered
+//!   schedule) and central's "busy, retry after" answer.
 //!
 //! Invariants: terminal statuses never change; revisions start at 1 and only
 //! grow; the protobuf schema is additive-only (guarded by a snapshot test).
@@ -28,6 +30,7 @@ mod id;
 pub mod lifecycle;
 mod names;
 mod notification;
+pub mod reconnect;
 mod record;
 mod retry_policy;
 mod secret;

@@ -17,8 +17,10 @@
 //!   outcome), and CursorAcks (stored as the acknowledged cursor that the
 //!   purge rule uses).
 //!
-//! The link reconnects by itself with backoff, trying each central address
-//! in turn. Architecture invariant: the site never depends on central: the
+//! The link reconnects by itself, trying each central address in turn: a
+//! random first delay within `reconnect_spread_ms` after a lost stream,
+//! then backoff with jitter, and central's "busy, retry after" waited as
+//! asked at the same address ([`sitelink_commons::reconnect`]). Architecture invariant: the site never depends on central: the
 //! link only reads the engine's change stream and applies commands through
 //! the engine; with central down nothing else notices.
 
@@ -33,6 +35,7 @@ use sitelink_commons::{
     contracts::v1::{
         self, central_message, site_link_client::SiteLinkClient, site_message, SiteMessage,
     },
+    reconnect::{Ended, ReconnectSchedule},
     truncate_chars, Kind, TrackedOperationId, TrackingRecord, LAST_ERROR_MAX_CHARS,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -65,6 +68,12 @@ pub struct CentralConfig {
     /// Longest wait between reconnection attempts, in milliseconds.
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// After a stream to central is lost, the first attempt to dial again
+    /// waits a random time within this window, in milliseconds (0: at
+    /// once), so a fleet that lost central together does not come back in
+    /// one instant.
+    #[serde(default = "default_reconnect_spread_ms")]
+    pub reconnect_spread_ms: u64,
     /// How long `Notify.Status` waits for central before it answers from
     /// the local record, in milliseconds.
     #[serde(default = "default_status_timeout_ms")]
@@ -78,6 +87,9 @@ pub struct CentralConfig {
 
 fn default_reconnect_max_ms() -> u64 {
     10_000
+}
+fn default_reconnect_spread_ms() -> u64 {
+    1_000
 }
 fn default_status_timeout_ms() -> u64 {
     2_000
@@ -117,6 +129,12 @@ impl CentralConfig {
         }
         for (key, value, lo, hi) in [
             ("reconnect_max_ms", self.reconnect_max_ms, 100, 3_600_000),
+            (
+                "reconnect_spread_ms",
+                self.reconnect_spread_ms,
+                0,
+                3_600_000,
+            ),
             ("status_timeout_ms", self.status_timeout_ms, 10, 600_000),
             ("keepalive_ms", self.keepalive_ms, 100, 600_000),
         ] {
@@ -161,13 +179,18 @@ impl CentralLink {
 
     /// Keeps a stream to central open until `cancel` fires.
     pub async fn run(self, cancel: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        let max = Duration::from_millis(self.config.reconnect_max_ms.max(100));
+        // When to dial again: a random first delay within the spread after
+        // a lost stream, then backoff with jitter; central's "busy, retry
+        // after" is waited as asked (sitelink_commons::reconnect).
+        let mut schedule = ReconnectSchedule::new(
+            Duration::from_millis(self.config.reconnect_spread_ms),
+            Duration::from_millis(self.config.reconnect_max_ms.max(100)),
+        );
         // The address whose stream central closed cleanly is tried first
-        // again (a restart, a node that stepped down and now refuses); one
-        // that refused (a standby central node), could not be reached, or
-        // whose stream broke (a dead or paused node) moves the site to the
-        // next.
+        // again (a restart, a node that stepped down and now refuses), and
+        // so is one that answered "busy"; one that refused (a standby
+        // central node), could not be reached, or whose stream broke (a
+        // dead or paused node) moves the site to the next.
         let addresses = &self.config.addresses;
         let mut at = 0;
         loop {
@@ -178,22 +201,30 @@ impl CentralLink {
                 _ = cancel.cancelled() => break,
                 r = self.session(address, &mut established) => r,
             };
-            if !(established && result.is_ok()) {
+            let busy = result.as_ref().err().and_then(|e| {
+                e.downcast_ref::<tonic::Status>()
+                    .and_then(sitelink_commons::reconnect::pushback)
+            });
+            let ended = match busy {
+                Some(after) => Ended::Busy(after),
+                None if established => Ended::Lost(started.elapsed()),
+                None => Ended::Failed,
+            };
+            if busy.is_none() && !(established && result.is_ok()) {
                 at += 1;
             }
-            match result {
-                Ok(()) => tracing::info!(%address, "central closed the stream"),
-                Err(e) => tracing::warn!(%address, error = %e, "central link down"),
+            match (&result, ended) {
+                (_, Ended::Busy(after)) => {
+                    tracing::info!(%address, after_ms = after.as_millis() as u64, "central is busy admitting other sites; retrying when it said")
+                }
+                (Ok(()), _) => tracing::info!(%address, "central closed the stream"),
+                (Err(e), _) => tracing::warn!(%address, error = %e, "central link down"),
             }
-            // A stream that lived a while resets the backoff.
-            if started.elapsed() > Duration::from_secs(10) {
-                backoff = Duration::from_millis(100);
-            }
+            let delay = schedule.next_delay(ended);
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(delay) => {}
             }
-            backoff = (backoff * 2).min(max);
         }
         tracing::debug!("central link stopped");
     }

@@ -12,11 +12,14 @@
 //! - [`flood`]: many clients from their own loopback addresses sending
 //!   HTTP Basic credentials, a latency probe, a process's resident memory
 //!   (the authentication flood test and `sitelink bench auth`).
+//! - [`fleet`]: simulated sites that speak the real link protocol, a
+//!   thousand to a process (the fleet test and `sitelink bench fleet`).
 //! - [`eventually`]: poll a condition with a timeout instead of sleeping.
 //! - [`fresh_database`]: a new, randomly named database on the server an
 //!   environment variable names, or a printed "skipped" without it.
 
 mod database;
+pub mod fleet;
 pub mod flood;
 mod http;
 mod proxy;

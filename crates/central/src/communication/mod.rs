@@ -7,7 +7,9 @@
 //! ([`crate::site_call_audit::Command`], [`crate::site_call_audit::CommandOutcome`]).
 //!
 //! Per stream: the token in the `authorization` metadata must name a known,
-//! unrevoked site; the first message must be a Hello from that same site.
+//! unrevoked site; then the stream must be admitted at the configured rate
+//! ([`Admission`]: a site above it is answered "busy, retry after", its
+//! turn reserved); the first message must be a Hello from that same site.
 //! Then the stream registers with the Site Call Audit actor
 //! ([`crate::site_call_audit`]), which decides when to reconcile and which
 //! commands to relay; the stream speaks the protocol: it pulls reconcile
@@ -19,7 +21,10 @@
 //! Invariant: rows are ingested as the authenticated site; a row that names
 //! another site is rejected and logged, and the rest of its batch lands.
 
+mod admission;
 mod session;
+
+pub use admission::{Admission, AdmissionRate, Admitted};
 
 use std::{
     pin::Pin,
@@ -44,12 +49,15 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub struct LinkSettings {
     /// Rows per reconcile page.
     pub reconcile_page: u32,
+    /// New streams admitted: a burst, then so many a second.
+    pub admit: AdmissionRate,
 }
 
 impl Default for LinkSettings {
     fn default() -> Self {
         Self {
             reconcile_page: 1000,
+            admit: AdmissionRate::default(),
         }
     }
 }
@@ -67,6 +75,11 @@ pub struct LinkStats {
     /// Streams accepted (authenticated, Hello checked): a site that keeps
     /// reconnecting shows here.
     pub streams_opened: AtomicU64,
+    /// Streams answered "busy, retry after" (over the admission rate).
+    pub streams_busy: AtomicU64,
+    /// The admission rate configured (a gauge beside the counters, so a
+    /// dashboard can hold `streams_opened_total` against it).
+    pub admit: AdmissionRate,
 }
 
 /// The tonic service.
@@ -81,6 +94,8 @@ pub struct LinkService {
     /// Only an active node accepts streams; a stream ends when its node
     /// steps down (Cluster Infrastructure).
     leadership: tokio::sync::watch::Receiver<crate::cluster::Leadership>,
+    /// New streams at the configured rate.
+    admission: Admission,
 }
 
 impl LinkService {
@@ -99,6 +114,7 @@ impl LinkService {
             audit,
             outbox,
             leadership,
+            admission: Admission::new(settings.admit),
         }
     }
 }
@@ -146,6 +162,15 @@ impl SiteLink for LinkService {
                 tracing::warn!("stream refused: unknown or revoked site token");
                 Status::unauthenticated("unknown or revoked site token")
             })?;
+        // After the token check, so only known sites spend or reserve a
+        // cell; before anything that touches the database again.
+        if let Admitted::RetryAfter(after) = self.admission.admit(&site) {
+            self.stats
+                .streams_busy
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(%site, after_ms = after.as_millis() as u64, "stream admission: busy");
+            return Err(sitelink_commons::reconnect::busy(after));
+        }
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await {
             Ok(Some(SiteMessage {

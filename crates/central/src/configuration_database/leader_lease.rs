@@ -14,11 +14,27 @@
 //!   SHARE` and goes on only while `holder = me AND epoch = my_epoch AND
 //!   expires_at_ms > now`: a takeover (an UPDATE of that row) waits for the
 //!   transaction, and a stale leader's write is refused.
+//!
+//! Row share locks let an UPDATE starve: PostgreSQL grants a new `FOR
+//! SHARE` while an older one is held, even with an UPDATE waiting, so a
+//! busy node whose ingest commits overlap (two in flight, each holding the
+//! share lock) never got its renewal through, and stepped down after 6 s
+//! under a burst (`sitelink bench fleet`, 1,000 sites at 5,000 rows/s).
+//! So every lease write and every fence also take the transaction-scoped
+//! advisory lock [`LEASE_LOCK`], writes exclusively and fences shared:
+//! the lock manager queues a new shared request behind a waiting
+//! exclusive one, so a renewal waits for at most the commits already
+//! running. The row lock stays what makes the fence hold.
 
 use sqlx::Row;
 
 /// The database's clock, in ms since the epoch.
 pub const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// The advisory lock (transaction-scoped) that orders lease writes before
+/// fences that come after them: exclusive for acquire, renew and release,
+/// shared for a fence. (`"sllease1"` as a number; any fixed key works.)
+pub const LEASE_LOCK: i64 = 0x736c_6c65_6173_6531;
 
 /// The channel a release is announced on.
 pub const RELEASE_CHANNEL: &str = "sitelink_lease";
@@ -52,6 +68,8 @@ pub async fn try_acquire(
     holder: &str,
     ttl_ms: i64,
 ) -> Result<Option<Term>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    lease_write_lock(&mut tx).await?;
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE leader_lease SET holder = $1, epoch = epoch + 1, expires_at_ms = {DB_NOW_MS} + $2,
              last_gap_ms = CASE WHEN holder IS NULL THEN NULL ELSE {DB_NOW_MS} - renewed_at_ms END,
@@ -60,8 +78,9 @@ pub async fn try_acquire(
     )))
     .bind(holder)
     .bind(ttl_ms)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(row
         .map(|r| r.try_get::<i64, _>(0))
         .transpose()?
@@ -74,6 +93,8 @@ pub async fn try_acquire(
 /// Extends `term`'s lease by `ttl_ms` from now; false when the term is over
 /// (another node acquired since).
 pub async fn renew(pool: &sqlx::AnyPool, term: &Term, ttl_ms: i64) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    lease_write_lock(&mut tx).await?;
     let done = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE leader_lease SET expires_at_ms = {DB_NOW_MS} + $3, renewed_at_ms = {DB_NOW_MS}
          WHERE name = 'central' AND holder = $1 AND epoch = $2"
@@ -81,21 +102,34 @@ pub async fn renew(pool: &sqlx::AnyPool, term: &Term, ttl_ms: i64) -> Result<boo
     .bind(&term.holder)
     .bind(term.epoch)
     .bind(ttl_ms)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The exclusive [`LEASE_LOCK`], held until `tx` ends.
+async fn lease_write_lock(tx: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(LEASE_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 /// Ends `term` now (a graceful stop) and tells the listening standby.
 pub async fn release(pool: &sqlx::AnyPool, term: &Term) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    lease_write_lock(&mut tx).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE leader_lease SET expires_at_ms = {DB_NOW_MS}, renewed_at_ms = {DB_NOW_MS}
          WHERE name = 'central' AND holder = $1 AND epoch = $2"
     )))
     .bind(&term.holder)
     .bind(term.epoch)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(RELEASE_CHANNEL)
         .bind(term.epoch.to_string())
@@ -187,6 +221,11 @@ pub struct Fenced {
 /// the module's doc). Refused as an I/O error carrying [`Fenced`], which
 /// [`is_fenced`] recognizes by type.
 pub async fn check(conn: &mut sqlx::AnyConnection, term: &Term) -> Result<(), sqlx::Error> {
+    // Behind any lease write already waiting (see the module's doc).
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(LEASE_LOCK)
+        .execute(&mut *conn)
+        .await?;
     let held = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT epoch FROM leader_lease
          WHERE name = 'central' AND holder = $1 AND epoch = $2 AND expires_at_ms > {DB_NOW_MS}

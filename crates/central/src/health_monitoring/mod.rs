@@ -237,6 +237,11 @@ impl HealthMonitor {
                 &stats.streams_opened,
             ),
             (
+                "streams_busy_total",
+                "Site streams answered \"busy, retry after\" (above the admission rate).",
+                &stats.streams_busy,
+            ),
+            (
                 "notifications_forwarded_total",
                 "Forwarded notifications stored and acknowledged.",
                 &stats.notifications_forwarded,
@@ -250,6 +255,23 @@ impl HealthMonitor {
                 out,
                 "sitelink_link_{name} {}",
                 v.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
+        for (name, help, v) in [
+            (
+                "admit_per_second",
+                "New site streams admitted a second after the burst (central.link_admit_per_second).",
+                stats.admit.per_second,
+            ),
+            (
+                "admit_burst",
+                "New site streams admitted at once (central.link_admit_burst).",
+                stats.admit.burst,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP sitelink_link_{name} {help}\n# TYPE sitelink_link_{name} gauge\nsitelink_link_{name} {v}"
             );
         }
         let cluster = self.cluster.view().await?;

@@ -12,6 +12,7 @@ mod configuration_database;
 mod connection_limits;
 mod export;
 mod failure_groups;
+mod fleet;
 mod link;
 mod link_security;
 mod link_tls;

@@ -11,6 +11,7 @@ mod bulk;
 mod cached_call;
 mod central_world;
 mod failover;
+mod fleet;
 mod ingest;
 mod notifications;
 mod operator;
@@ -87,6 +88,24 @@ pub enum BenchName {
         #[arg(long)]
         quick: bool,
         /// A few seconds: only that the bench runs (CI).
+        #[arg(long, conflicts_with = "quick")]
+        smoke: bool,
+    },
+    /// A fleet of `--sites` simulated sites (the real protocol and
+    /// reconnect schedule, rows in memory) on one central process:
+    /// change → committed latency at 1,000 rows/s (against 10 sites making
+    /// the same rows), a burst, then central SIGKILLed and restarted: the
+    /// reconnect storm, the admission rate (from /metrics), time until
+    /// every site is reconciled; central's CPU and memory.
+    Fleet {
+        #[arg(long, default_value_t = 1000)]
+        sites: usize,
+        #[arg(long, value_enum, default_value = "sqlite")]
+        db: central_world::Db,
+        /// Shorter phases (20 s steady).
+        #[arg(long)]
+        quick: bool,
+        /// A few seconds and at most 30 sites: only that the bench runs (CI).
         #[arg(long, conflicts_with = "quick")]
         smoke: bool,
     },
@@ -187,6 +206,12 @@ pub async fn run(name: BenchName) -> anyhow::Result<()> {
             notifications::run(Size::of(quick, smoke)).await
         }
         BenchName::Ui { rows, quick, smoke } => ui::run(rows, Size::of(quick, smoke)).await,
+        BenchName::Fleet {
+            sites,
+            db,
+            quick,
+            smoke,
+        } => fleet::run(db, sites, Size::of(quick, smoke)).await,
         BenchName::Failover { quick, smoke } => failover::run(Size::of(quick, smoke)).await,
         BenchName::Reconcile {
             db,

@@ -47,6 +47,7 @@ fn every_bench_runs_at_smoke_size_on_each_backend() {
         runs.push((vec!["queries", "--db", db, "--rows", "20000"], pg));
         runs.push((vec!["reconcile", "--db", db, "--page", "500"], pg));
         runs.push((vec!["operator", "--db", db], pg));
+        runs.push((vec!["fleet", "--db", db, "--sites", "20"], pg));
     }
     runs.push((vec!["failover"], true));
     for (args, needs_postgres) in runs {
