@@ -181,8 +181,12 @@ impl Elector {
                     _ = cancel.cancelled() => break true,
                     _ = tokio::time::sleep(s.renew_every) => {}
                 }
+                // A renewal may wait as long as this node may stay active
+                // without one: cut off sooner, it would lose its place
+                // behind the commits running (the lease lock's queue) and
+                // a busy node would never renew.
                 match tokio::time::timeout(
-                    s.renew_every,
+                    s.step_down_after.saturating_sub(renewed.elapsed()),
                     lease::renew(self.db.pool(), &term, ttl_ms),
                 )
                 .await

@@ -184,30 +184,6 @@ pub(super) async fn seen_in(
     Ok(())
 }
 
-/// In an ingest transaction: the site, unless revoked, was seen now
-/// announcing changes up to `high_seq` (when telemetry says so; otherwise
-/// the row is only touched). False for a revoked or unknown site.
-pub(super) async fn seen_unless_revoked_in(
-    conn: &mut sqlx::AnyConnection,
-    name: &str,
-    high_seq: Option<u64>,
-) -> Result<bool, sqlx::Error> {
-    let done = match high_seq {
-        Some(seq) => sqlx::query(
-            "UPDATE sites SET last_seen_ms = $1, high_seq = CASE WHEN high_seq > $2 THEN high_seq ELSE $2 END
-             WHERE name = $3 AND revoked_at_ms IS NULL",
-        )
-        .bind(now_ms())
-        .bind(seq as i64)
-        .bind(name),
-        None => sqlx::query("UPDATE sites SET name = name WHERE name = $1 AND revoked_at_ms IS NULL")
-            .bind(name),
-    }
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
 fn site_record(r: &sqlx::any::AnyRow) -> Result<SiteRecord, sqlx::Error> {
     Ok(SiteRecord {
         name: r.try_get(0)?,

@@ -43,6 +43,10 @@ use crate::configuration_database::{now_ms, Backend, Database, IngestJob, Ingest
 
 /// Most rows one ingest transaction takes; bounds commit latency.
 const MAX_ROWS_PER_COMMIT: usize = 5_000;
+/// Most jobs one ingest transaction takes: each costs statements of its
+/// own (contact, rows, cursor), so a thousand sites' one-row batches
+/// made multi-second commits that a lease renewal had to wait behind.
+const MAX_JOBS_PER_COMMIT: usize = 256;
 
 /// What the actor needs to know of its schedule.
 #[derive(Clone, Copy, Debug)]
@@ -744,7 +748,7 @@ impl SiteCallAuditActor {
     }
 
     /// Starts commits while a slot is free, each taking what is queued (up
-    /// to [`MAX_ROWS_PER_COMMIT`] rows), except jobs of sites that have rows
+    /// to [`MAX_ROWS_PER_COMMIT`] rows and [`MAX_JOBS_PER_COMMIT`] jobs), except jobs of sites that have rows
     /// in a commit still running: those wait for the next one.
     fn start_commits(&mut self) {
         while self.commits.len() < self.max_commits_in_flight && !self.queued.is_empty() {
@@ -755,7 +759,9 @@ impl SiteCallAuditActor {
             let mut batch = Vec::new();
             let mut rest = Vec::new();
             for q in self.queued.drain(..) {
-                let fits = batch.is_empty() || rows + q.job.rows.len() <= MAX_ROWS_PER_COMMIT;
+                let fits = batch.is_empty()
+                    || (rows + q.job.rows.len() <= MAX_ROWS_PER_COMMIT
+                        && batch.len() < MAX_JOBS_PER_COMMIT);
                 if fits && !held.contains(&q.job.site) {
                     rows += q.job.rows.len();
                     batch.push(q);

@@ -447,3 +447,107 @@ async fn a_missing_postgres_database_is_created() {
         .unwrap();
     cleanup(Some(pg), db).await;
 }
+
+/// One job of [`batched_ingest_equals_one_job_at_a_time`]: a site (0, 1,
+/// or 2: revoked), how its range follows the site's last one (0–5:
+/// exactly, 6: a gap, 7: overlapping, 8: none), its length, and rows
+/// (an id of the site's pool of four, a revision).
+type JobSpec = (usize, u8, u64, Vec<(usize, u64)>);
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    /// `ingest_many` shares statements between its jobs (issue 22); the
+    /// rows, the cursors and the revoked answers must be exactly those of
+    /// the same jobs ingested one at a time, in order: ranges that follow
+    /// each other, gaps, overlaps, duplicate ids across jobs, a revoked
+    /// site.
+    #[test]
+    fn batched_ingest_equals_one_job_at_a_time(
+        specs in proptest::collection::vec(
+            (0usize..3, 0u8..9, 1u64..5, proptest::collection::vec((0usize..4, 1u64..6), 0..4)),
+            1..30,
+        ),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            use sitelink_central::configuration_database::IngestJob;
+            let names = ["a", "b", "c"];
+            let ids: Vec<Vec<TrackedOperationId>> =
+                (0..3).map(|_| (0..4).map(|_| TrackedOperationId::new()).collect()).collect();
+            let mut last = [0u64; 3];
+            let jobs: Vec<IngestJob> = specs
+                .iter()
+                .map(|(s, follow, len, rows): &JobSpec| {
+                    let from = match follow {
+                        0..=5 => Some(last[*s]),
+                        6 => Some(last[*s] + 2),
+                        7 => Some(last[*s].saturating_sub(1)),
+                        _ => None,
+                    };
+                    let range = from.map(|f| (f, f + len));
+                    if let Some((_, to)) = range {
+                        last[*s] = last[*s].max(to);
+                    }
+                    IngestJob {
+                        site: SiteName::parse(names[*s]).unwrap(),
+                        rows: rows
+                            .iter()
+                            .map(|(i, rev)| {
+                                let status = match rev { 1 => Pending, 5 => Delivered, _ => Retrying };
+                                record(names[*s], ids[*s][*i], status, *rev)
+                            })
+                            .collect(),
+                        complete_range: range,
+                        seen_seq: range.map(|(_, to)| to),
+                    }
+                })
+                .collect();
+            let mut states = Vec::new();
+            for batched in [true, false] {
+                for (label, db, pg, _dir) in databases().await {
+                    for n in names {
+                        db.sites().add(&SiteName::parse(n).unwrap()).await.unwrap();
+                    }
+                    db.sites().revoke("c").await.unwrap();
+                    let outs = if batched {
+                        db.site_calls().ingest_many(jobs.clone()).await.unwrap()
+                    } else {
+                        let mut outs = Vec::new();
+                        for j in &jobs {
+                            outs.extend(db.site_calls().ingest_many(vec![j.clone()]).await.unwrap());
+                        }
+                        outs
+                    };
+                    let mut rows = Vec::new();
+                    let mut cursors = Vec::new();
+                    for n in names {
+                        let mut r = db.site_calls().all_for_site(n).await.unwrap();
+                        r.sort_by_key(|r| r.tracked_operation_id);
+                        rows.push(r);
+                        cursors.push(db.sites().get(n).await.unwrap().unwrap().reconcile_cursor);
+                    }
+                    let revoked: Vec<bool> = outs.iter().map(|o| o.revoked).collect();
+                    // Each site's last answer carries its final cursor.
+                    let mut answered = [None; 3];
+                    for (j, o) in jobs.iter().zip(&outs) {
+                        let s = names.iter().position(|n| *n == j.site.as_str()).unwrap();
+                        if !o.revoked {
+                            answered[s] = Some(o.cursor);
+                        }
+                    }
+                    prop_assert!(rows[2].is_empty(), "{}: a revoked site's rows were stored", label);
+                    states.push((label, rows, cursors, revoked, answered));
+                    cleanup(pg, db).await;
+                }
+            }
+            let (batched, one_at_a_time) = states.split_at(states.len() / 2);
+            for (b, o) in batched.iter().zip(one_at_a_time) {
+                prop_assert_eq!(&b.1, &o.1, "{}: rows", b.0);
+                prop_assert_eq!(&b.2, &o.2, "{}: cursors", b.0);
+                prop_assert_eq!(&b.3, &o.3, "{}: revoked", b.0);
+                prop_assert_eq!(&b.4, &o.4, "{}: the cursor answered", b.0);
+            }
+            Ok(())
+        })?;
+    }
+}

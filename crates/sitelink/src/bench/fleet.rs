@@ -4,9 +4,9 @@
 //! (this binary as a separate process, so its CPU and memory are its own),
 //! on a fresh database.
 //!
-//! Phases, with changes made by one driver at a fleet-wide rate, round
-//! robin over the sites (1,000 rows/s: one row a second per site at
-//! N = 1,000):
+//! Phases, with changes made by one driver at a fleet-wide rate (`--rate`,
+//! default 1,000 rows/s: one row a second per site at N = 1,000), round
+//! robin over the sites:
 //! 1. **connect**: every site dials at once (the first storm) and is
 //!    reconciled;
 //! 2. **baseline**: the same fleet-wide rate made by only 10 of the sites
@@ -206,9 +206,14 @@ async fn admissions(http: &reqwest::Client, base: &str) -> Option<(u64, u64, boo
     ))
 }
 
-pub async fn run(db: Db, sites: usize, size: super::Size) -> anyhow::Result<()> {
+pub async fn run(db: Db, sites: usize, rate: f64, size: super::Size) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        sites >= 1 && rate > 0.0,
+        "--sites and --rate must be positive"
+    );
     let sites = size.pick(sites, sites, sites.min(30));
-    let (rate, steady_s, burst_s) = size.pick((1_000.0, 60, 10), (1_000.0, 20, 5), (60.0, 2, 1));
+    let (rate, steady_s, burst_s) =
+        size.pick((rate, 60, 10), (rate, 20, 5), (rate.min(60.0), 2, 1));
     let bench_db = BenchDb::new(db).await?;
     let dir = tempfile::tempdir()?;
     let free = || -> anyhow::Result<std::net::SocketAddr> {

@@ -100,6 +100,10 @@ pub enum BenchName {
     Fleet {
         #[arg(long, default_value_t = 1000)]
         sites: usize,
+        /// Changes a second over the whole fleet (steady; the burst is
+        /// five times this).
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
         #[arg(long, value_enum, default_value = "sqlite")]
         db: central_world::Db,
         /// Shorter phases (20 s steady).
@@ -208,10 +212,11 @@ pub async fn run(name: BenchName) -> anyhow::Result<()> {
         BenchName::Ui { rows, quick, smoke } => ui::run(rows, Size::of(quick, smoke)).await,
         BenchName::Fleet {
             sites,
+            rate,
             db,
             quick,
             smoke,
-        } => fleet::run(db, sites, Size::of(quick, smoke)).await,
+        } => fleet::run(db, sites, rate, Size::of(quick, smoke)).await,
         BenchName::Failover { quick, smoke } => failover::run(Size::of(quick, smoke)).await,
         BenchName::Reconcile {
             db,

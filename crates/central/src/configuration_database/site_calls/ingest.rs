@@ -4,7 +4,7 @@
 //! cursor advanced in the same transaction over complete ranges. Each row
 //! is stored with the fingerprint of its last error (its failure group).
 
-use std::collections::HashMap;
+use std::collections::{hash_map::Entry, BTreeMap, HashMap, HashSet};
 
 use sitelink_commons::{
     truncate_chars, utc_to_unix_ms, Kind, SiteName, TrackedOperationId, TrackingRecord,
@@ -75,33 +75,198 @@ impl SiteCalls<'_> {
 
     /// Several ingests (of one or many sites) in ONE transaction: one commit
     /// for all of them. Each keeps its own rows, rule and cursor range.
+    ///
+    /// The jobs share their statements: one contact update for every site
+    /// (which also finds the revoked), one upsert per 50 rows whatever job
+    /// they came in, one cursor update for every site, one cursor read.
+    /// A thousand sites each sending one row a second made one-row jobs,
+    /// and four statements each bound the fleet (issue 22: `sitelink bench
+    /// fleet`, BENCHMARKS.md).
     pub async fn ingest_many(
         &self,
         jobs: Vec<IngestJob>,
     ) -> Result<Vec<IngestOutcome>, sqlx::Error> {
         let mut tx = self.db.pool().begin().await?;
         self.db.fence(&mut tx).await?;
-        let mut outs = Vec::with_capacity(jobs.len());
-        for j in jobs {
-            // The first statement writes: it takes SQLite's write lock at
-            // once (a read first, then a write, fails with
-            // SQLITE_BUSY_SNAPSHOT whenever another connection wrote in
-            // between), notes the contact, and finds a revoked site, whose
-            // rows are not stored, even those already on their way.
-            if !super::super::sites::seen_unless_revoked_in(&mut tx, j.site.as_str(), j.seen_seq)
-                .await?
-            {
-                outs.push(IngestOutcome {
-                    revoked: true,
-                    ..IngestOutcome::default()
-                });
-                continue;
-            }
-            outs.push(ingest_in(&mut tx, &j.site, j.rows, j.complete_range).await?);
-        }
+        let outs = ingest_jobs(&mut tx, jobs).await?;
         tx.commit().await?;
         Ok(outs)
     }
+}
+
+/// Sites per contact, cursor or read statement.
+const SITES_PER_STATEMENT: usize = 400;
+
+/// [`SiteCalls::ingest_many`] inside a transaction the caller commits.
+async fn ingest_jobs(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    jobs: Vec<IngestJob>,
+) -> Result<Vec<IngestOutcome>, sqlx::Error> {
+    // 1. Contact: each site seen (its highest telemetry sequence), in the
+    // first statement, which also takes SQLite's write lock at once (a
+    // read first, then a write, fails with SQLITE_BUSY_SNAPSHOT whenever
+    // another connection wrote in between). A revoked site is not
+    // returned: its rows are not stored, even those already on their way.
+    let mut seen: BTreeMap<&str, Option<u64>> = BTreeMap::new();
+    for j in &jobs {
+        let e = seen.entry(j.site.as_str()).or_default();
+        *e = (*e).max(j.seen_seq);
+    }
+    let seen: Vec<(&str, Option<u64>)> = seen.into_iter().collect();
+    let mut live: HashSet<String> = HashSet::with_capacity(seen.len());
+    let now = crate::configuration_database::now_ms();
+    for chunk in seen.chunks(SITES_PER_STATEMENT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, CAST(${} AS BIGINT))", 2 + 2 * i, 3 + 2 * i))
+            .collect();
+        // `(VALUES …) AS v` names its columns column1… on both backends.
+        let sql = format!(
+            "UPDATE sites SET
+                 last_seen_ms = CASE WHEN v.column2 IS NULL THEN sites.last_seen_ms ELSE $1 END,
+                 high_seq = CASE WHEN v.column2 > sites.high_seq THEN v.column2 ELSE sites.high_seq END
+             FROM (VALUES {}) AS v
+             WHERE sites.name = v.column1 AND sites.revoked_at_ms IS NULL
+             RETURNING sites.name",
+            values.join(", ")
+        );
+        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).bind(now);
+        for (name, seq) in chunk {
+            q = q.bind(*name).bind(seq.map(|s| s as i64));
+        }
+        live.extend(q.fetch_all(&mut **tx).await?);
+    }
+
+    // 2. Rows: each job's checked, then one per id over all jobs (the
+    // highest revision; an upsert may not touch a row twice).
+    let mut outs = vec![IngestOutcome::default(); jobs.len()];
+    let mut latest: HashMap<TrackedOperationId, (usize, TrackingRecord)> = HashMap::new();
+    let mut ranges: Vec<(usize, &str, u64, u64)> = Vec::new();
+    for (k, j) in jobs.iter().enumerate() {
+        if !live.contains(j.site.as_str()) {
+            outs[k].revoked = true;
+            continue;
+        }
+        if let Some((from, to)) = j.complete_range {
+            ranges.push((k, j.site.as_str(), from, to));
+        }
+        for r in checked(&j.site, j.rows.clone(), &mut outs[k]) {
+            match latest.entry(r.tracked_operation_id) {
+                Entry::Occupied(mut e) => {
+                    if r.revision > e.get().1.revision {
+                        e.insert((k, r));
+                    }
+                }
+                Entry::Vacant(e) => {
+                    e.insert((k, r));
+                }
+            }
+        }
+    }
+    let job_of: HashMap<String, usize> = latest
+        .iter()
+        .map(|(id, (k, _))| (id.to_string(), *k))
+        .collect();
+    let rows: Vec<TrackingRecord> = latest.into_values().map(|(_, r)| r).collect();
+    for id in upsert(tx, rows).await? {
+        if let Some(k) = job_of.get(&id) {
+            outs[*k].applied += 1;
+        }
+    }
+
+    // 3. Cursors: a site's ranges in job order, runs that follow each
+    // other exactly ((a, b] then (b, c]) merged into one, which advances
+    // the cursor exactly as applying them in turn would. The first run of
+    // every site goes in one statement; a further run (ranges with a gap
+    // or overlap between them: rare) goes after it on its own.
+    let mut runs: Vec<(&str, u64, u64)> = Vec::new();
+    let mut later: Vec<(&str, u64, u64)> = Vec::new();
+    let mut last_of: HashMap<&str, usize> = HashMap::new();
+    let mut has_later: HashSet<&str> = HashSet::new();
+    for &(_, site, from, to) in &ranges {
+        if has_later.contains(site) {
+            match later.last_mut().filter(|l| l.0 == site && l.2 == from) {
+                Some(l) => l.2 = to,
+                None => later.push((site, from, to)),
+            }
+            continue;
+        }
+        match last_of.get(site) {
+            Some(&i) if runs[i].2 == from => runs[i].2 = to,
+            Some(_) => {
+                has_later.insert(site);
+                later.push((site, from, to));
+            }
+            None => {
+                last_of.insert(site, runs.len());
+                runs.push((site, from, to));
+            }
+        }
+    }
+    let mut advanced: HashSet<String> = HashSet::new();
+    for chunk in runs.chunks(SITES_PER_STATEMENT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                format!(
+                    "(${}, CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                    1 + 3 * i,
+                    2 + 3 * i,
+                    3 + 3 * i
+                )
+            })
+            .collect();
+        let sql = format!(
+            "UPDATE sites SET reconcile_cursor = v.column3
+             FROM (VALUES {}) AS v
+             WHERE sites.name = v.column1 AND sites.reconcile_cursor >= v.column2
+               AND sites.reconcile_cursor < v.column3
+             RETURNING sites.name",
+            values.join(", ")
+        );
+        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for (site, from, to) in chunk {
+            q = q.bind(*site).bind(*from as i64).bind(*to as i64);
+        }
+        advanced.extend(q.fetch_all(&mut **tx).await?);
+    }
+    for (site, from, to) in later {
+        let done = sqlx::query(
+            "UPDATE sites SET reconcile_cursor = $1 WHERE name = $2 AND reconcile_cursor >= $3 AND reconcile_cursor < $1",
+        )
+        .bind(to as i64)
+        .bind(site)
+        .bind(from as i64)
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() > 0 {
+            advanced.insert(site.to_owned());
+        }
+    }
+
+    // 4. Every live site's cursor now.
+    let names: Vec<&String> = live.iter().collect();
+    let mut cursor: HashMap<String, u64> = HashMap::with_capacity(names.len());
+    for chunk in names.chunks(SITES_PER_STATEMENT) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT name, reconcile_cursor FROM sites WHERE name IN ({})",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql));
+        for n in chunk {
+            q = q.bind(n.as_str());
+        }
+        for (name, c) in q.fetch_all(&mut **tx).await? {
+            cursor.insert(name, c as u64);
+        }
+    }
+    for (k, j) in jobs.iter().enumerate() {
+        if outs[k].revoked {
+            continue;
+        }
+        outs[k].cursor = cursor.get(j.site.as_str()).copied().unwrap_or(0);
+        outs[k].cursor_advanced = j.complete_range.is_some() && advanced.contains(j.site.as_str());
+    }
+    Ok(outs)
 }
 
 /// The ingest upsert for `n` rows (1 to [`ROWS_PER_STATEMENT`]), built once
@@ -129,7 +294,8 @@ fn upsert_sql(n: usize) -> &'static str {
                         revision = excluded.revision, fingerprint = excluded.fingerprint
                      WHERE excluded.revision > site_calls.revision
                        AND site_calls.terminal_at_ms IS NULL
-                       AND site_calls.source_site = excluded.source_site",
+                       AND site_calls.source_site = excluded.source_site
+                     RETURNING id",
                     values.join(",")
                 )
             })
@@ -138,56 +304,45 @@ fn upsert_sql(n: usize) -> &'static str {
     &all[n - 1]
 }
 
-/// The ingest rule inside a transaction the caller commits.
-async fn ingest_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+/// `rows` without those the site may not report (another site's, a
+/// notification), each of those named in `out.rejected`.
+fn checked(
     site: &SiteName,
     rows: Vec<TrackingRecord>,
-    complete_range: Option<(u64, u64)>,
-) -> Result<IngestOutcome, sqlx::Error> {
-    let mut out = IngestOutcome::default();
+    out: &mut IngestOutcome,
+) -> Vec<TrackingRecord> {
+    rows.into_iter()
+        .filter(|r| {
+            let why = if r.source_site != site.as_str() {
+                format!("reported by site {site} for site {:?}", r.source_site)
+            } else if r.kind == Kind::Notification {
+                "notifications are not site calls".into()
+            } else {
+                return true;
+            };
+            out.rejected.push((r.tracked_operation_id.to_string(), why));
+            false
+        })
+        .collect()
+}
 
-    // One row per id (the highest revision): an upsert may not touch a
-    // row twice in one statement.
-    let mut latest: HashMap<TrackedOperationId, TrackingRecord> =
-        HashMap::with_capacity(rows.len());
-    for r in rows {
-        if r.source_site != site.as_str() {
-            out.rejected.push((
-                r.tracked_operation_id.to_string(),
-                format!("reported by site {site} for site {:?}", r.source_site),
-            ));
-            continue;
-        }
-        if r.kind == Kind::Notification {
-            out.rejected.push((
-                r.tracked_operation_id.to_string(),
-                "notifications are not site calls".into(),
-            ));
-            continue;
-        }
-        match latest.entry(r.tracked_operation_id) {
-            std::collections::hash_map::Entry::Occupied(mut e) => {
-                if r.revision > e.get().revision {
-                    e.insert(r);
-                }
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(r);
-            }
-        }
-    }
+/// Upserts `rows` (one per id) under the ingest rule, 50 to a statement;
+/// the ids it inserted or updated.
+async fn upsert(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    mut rows: Vec<TrackingRecord>,
+) -> Result<Vec<String>, sqlx::Error> {
     // In id order (UUID v7: creation order): the primary key and the
     // creation-time indexes then grow at their ends instead of taking
     // rows at random places (the hash map's order), which measured about
     // a fifth slower on SQLite.
-    let mut rows: Vec<TrackingRecord> = latest.into_values().collect();
     rows.sort_unstable_by_key(|r| r.tracked_operation_id);
+    let mut applied = Vec::new();
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<TrackingRecord> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
         let sql = upsert_sql(chunk.len());
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
         for r in chunk {
             // The failure group's key, computed once here so that grouping
             // is an indexed GROUP BY (issue 21).
@@ -207,8 +362,36 @@ async fn ingest_in(
                 .bind(r.revision as i64)
                 .bind(fingerprint);
         }
-        out.applied += q.execute(&mut **tx).await?.rows_affected();
+        applied.extend(q.fetch_all(&mut **tx).await?);
     }
+    Ok(applied)
+}
+
+/// The ingest rule inside a transaction the caller commits.
+async fn ingest_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    site: &SiteName,
+    rows: Vec<TrackingRecord>,
+    complete_range: Option<(u64, u64)>,
+) -> Result<IngestOutcome, sqlx::Error> {
+    let mut out = IngestOutcome::default();
+    // One row per id (the highest revision): an upsert may not touch a
+    // row twice in one statement.
+    let mut latest: HashMap<TrackedOperationId, TrackingRecord> =
+        HashMap::with_capacity(rows.len());
+    for r in checked(site, rows, &mut out) {
+        match latest.entry(r.tracked_operation_id) {
+            Entry::Occupied(mut e) => {
+                if r.revision > e.get().revision {
+                    e.insert(r);
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(r);
+            }
+        }
+    }
+    out.applied = upsert(tx, latest.into_values().collect()).await?.len() as u64;
     if let Some((from, to)) = complete_range {
         let done = sqlx::query(
             "UPDATE sites SET reconcile_cursor = $1 WHERE name = $2 AND reconcile_cursor >= $3 AND reconcile_cursor < $1",
