@@ -15,12 +15,19 @@
 //! reserving T for the caller, which sends every refused site back at the
 //! same T; this is why it is written here).
 //!
-//! Invariants: every admission spends one cell, either at once or the one
-//! reserved for the site earlier, so admissions over any window stay
-//! within `rate × window + burst` (plus the sites' small lateness after
-//! their pushback); a reservation not used within [`RESERVATION_LAPSES`]
-//! after its time is dropped (the cell stays spent: a site that died
-//! costs the fleet one slot, never extra admissions).
+//! Reserved turns alone would not hold the rate: sites that come back
+//! late (a site host or its network stalled a second, then every turn
+//! due in that second arrives at once) would all be admitted together. So
+//! every admission also passes a second bucket of the same rate kept in
+//! real time; a site whose turn has come but finds that bucket empty is
+//! given a new turn, late sites one cell apart (a shared "when it
+//! refills" would send them all back together, each to be refused again).
+//!
+//! Invariants: admissions over any window stay within `rate × window +
+//! burst` (the real-time bucket), whenever the sites come; a reservation
+//! not used within [`RESERVATION_LAPSES`] after its time is dropped (its
+//! cell stays spent: a site that died costs the fleet one turn, never an
+//! extra admission).
 
 use std::{
     collections::HashMap,
@@ -63,8 +70,14 @@ pub struct Admission {
 }
 
 struct State {
-    /// GCRA's theoretical arrival time of the next cell.
+    /// GCRA's theoretical arrival time of the next cell to hand out (now
+    /// or as a reserved turn).
     tat: Instant,
+    /// The same for admissions as they happen.
+    admitted_tat: Instant,
+    /// The next turn for a site that came back late to an empty bucket:
+    /// late sites get turns one cell apart too, not one shared instant.
+    late_tat: Instant,
     /// The cell reserved for each refused site: when it is due.
     reserved: HashMap<SiteName, Instant>,
 }
@@ -75,6 +88,8 @@ impl Admission {
             rate,
             state: Mutex::new(State {
                 tat: Instant::now(),
+                admitted_tat: Instant::now(),
+                late_tat: Instant::now(),
                 reserved: HashMap::new(),
             }),
         }
@@ -96,9 +111,23 @@ impl Admission {
         // one's time is at most this far ahead of now.
         let tolerance = interval * self.rate.burst.saturating_sub(1);
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // The real-time bucket: when the next admission may happen.
+        let admissible_at = s
+            .admitted_tat
+            .max(now)
+            .checked_sub(tolerance)
+            .unwrap_or(now)
+            .max(now);
         if let Some(&due) = s.reserved.get(site) {
             if now >= due {
+                if admissible_at > now {
+                    let later = admissible_at.max(s.late_tat);
+                    s.late_tat = later + interval;
+                    s.reserved.insert(site.clone(), later);
+                    return Admitted::RetryAfter(later - now);
+                }
                 s.reserved.remove(site);
+                s.admitted_tat = s.admitted_tat.max(now) + interval;
                 return Admitted::Now;
             }
             if due.duration_since(now) <= RESERVATION_LAPSES {
@@ -109,15 +138,17 @@ impl Admission {
         // The earliest moment the next cell may be spent.
         let free_at = tat.checked_sub(tolerance).unwrap_or(now).max(now);
         s.tat = tat + interval;
-        if free_at <= now {
+        if free_at <= now && admissible_at <= now {
+            s.admitted_tat = s.admitted_tat.max(now) + interval;
             return Admitted::Now;
         }
+        let due = free_at.max(admissible_at);
         if s.reserved.len() > 1024 {
             s.reserved
                 .retain(|_, due| now.saturating_duration_since(*due) < RESERVATION_LAPSES);
         }
-        s.reserved.insert(site.clone(), free_at);
-        Admitted::RetryAfter(free_at - now)
+        s.reserved.insert(site.clone(), due);
+        Admitted::RetryAfter(due - now)
     }
 }
 
@@ -163,6 +194,54 @@ mod tests {
             a.admit_at(&site(99), t0 + d),
             Admitted::RetryAfter(Duration::from_millis(2100) - d)
         );
+    }
+
+    #[test]
+    fn sites_that_come_back_late_together_are_still_admitted_at_the_rate() {
+        let rate = AdmissionRate {
+            per_second: 10,
+            burst: 2,
+        };
+        let a = Admission::new(rate);
+        let t0 = Instant::now();
+        let mut turns = Vec::new();
+        for i in 0..30 {
+            if let Admitted::RetryAfter(d) = a.admit_at(&site(i), t0) {
+                turns.push((i, t0 + d));
+            }
+        }
+        // Every site stalls and comes back 5 s late, all in one instant,
+        // then again whenever it is told.
+        let late = t0 + Duration::from_secs(5);
+        let mut queue: Vec<(Instant, usize)> = turns.iter().map(|(i, _)| (late, *i)).collect();
+        let mut admitted = Vec::new();
+        let mut refused = std::collections::HashMap::<usize, u32>::new();
+        while let Some(pos) = (0..queue.len()).min_by_key(|&k| queue[k].0) {
+            let (at, i) = queue.swap_remove(pos);
+            match a.admit_at(&site(i), at) {
+                Admitted::Now => admitted.push(at),
+                Admitted::RetryAfter(d) => {
+                    assert!(d > Duration::ZERO);
+                    *refused.entry(i).or_default() += 1;
+                    queue.push((at + d, i));
+                }
+            }
+        }
+        assert_eq!(admitted.len(), turns.len());
+        // Each late site gets a turn of its own: refused once or twice
+        // more, not once per site admitted before it.
+        assert!(refused.values().all(|n| *n <= 2), "{refused:?}");
+        admitted.sort();
+        for (k, start) in admitted.iter().enumerate() {
+            let within = admitted[k..]
+                .iter()
+                .take_while(|t| t.duration_since(*start) < Duration::from_secs(1))
+                .count();
+            assert!(
+                within <= 12,
+                "{within} admitted within a second after a stall"
+            );
+        }
     }
 
     #[test]
