@@ -334,8 +334,7 @@ impl SimSite {
                     }
                 }
                 () = self.changed.notified() => {
-                    loop {
-                        let Some((rows, to)) = self.batch(sent) else { break };
+                    while let Some((rows, to)) = self.batch(sent) {
                         let batch = v1::TelemetryBatch { from_seq: sent, to_seq: to, rows };
                         tx.send(v1::SiteMessage {
                             correlation: 0,
