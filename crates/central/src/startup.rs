@@ -133,6 +133,7 @@ impl Central {
         let audit_settings = AuditSettings {
             reconcile_interval: Duration::from_secs(c.reconcile_interval_seconds.max(1)),
             retention_days: c.retention_days,
+            ui_idle: Duration::from_secs(c.ui_idle_timeout_minutes * 60),
             ..AuditSettings::default()
         };
         // Its actor starts with each term this node is active (run).

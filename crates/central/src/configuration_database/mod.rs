@@ -20,6 +20,7 @@ pub mod leader_lease;
 pub mod listing;
 mod migrations;
 mod notifications;
+mod relay_requests;
 mod site_calls;
 mod sites;
 mod ui_sessions;
@@ -43,6 +44,7 @@ pub use notifications::{
     DueNotification, NewNotification, NotificationCommand, NotificationRecord, Notifications,
     SendOutcome,
 };
+pub use relay_requests::{RelayRequests, RELAY_REQUEST_KEPT};
 pub use site_calls::{IngestJob, IngestOutcome, Kpis, SiteCalls, ROWS_PER_STATEMENT};
 pub use sites::{SiteRecord, SiteToken, Sites, SitesError};
 pub use ui_sessions::{random_secret, UiSession, UiSessions};
@@ -263,6 +265,10 @@ impl Database {
 
     pub fn ui_sessions(&self) -> UiSessions<'_> {
         UiSessions::new(self)
+    }
+
+    pub fn relay_requests(&self) -> RelayRequests<'_> {
+        RelayRequests::new(self)
     }
 }
 

@@ -55,7 +55,7 @@ pub struct BulkRequest {
     /// action is created only if the frozen set has exactly this many
     /// calls (409 otherwise).
     #[serde(default)]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 1000000000)]
     pub expect_count: Option<u64>,
 }
 
@@ -64,6 +64,9 @@ pub struct BulkRequest {
 fn filter_schema() -> utoipa::openapi::Schema {
     crate::configuration_database::listing::filter_json_schema(Listed::SiteCalls)
 }
+
+/// The largest `expect_count` (the OpenAPI document states it too).
+const MAX_EXPECT_COUNT: u64 = 1_000_000_000;
 
 /// `at_once` calls at first, then `per_minute` a minute, across all sites.
 #[derive(Deserialize, Serialize, ToSchema)]
@@ -222,8 +225,13 @@ pub(super) async fn start(
         .map(|p| Pace::new(p.at_once, p.per_minute))
         .transpose()
         .map_err(bad)?;
-    if req.expect_count == Some(0) {
-        return Err(bad("expect_count must be at least 1".into()));
+    // The schema's range, applied (a u64 would take values no count of
+    // calls can reach; schemathesis sent 2^63).
+    if req
+        .expect_count
+        .is_some_and(|n| !(1..=MAX_EXPECT_COUNT).contains(&n))
+    {
+        return Err(bad(format!("expect_count must be 1–{MAX_EXPECT_COUNT}")));
     }
     if let Some(m) = unknown_site(&st.db, filter.site.as_deref())
         .await

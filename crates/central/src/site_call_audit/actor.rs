@@ -62,6 +62,8 @@ pub struct AuditSettings {
     /// How often the sites table is read for revocations (a `site revoke`
     /// from the command line ends that site's live stream within this).
     pub revocation_every: Duration,
+    /// Web sessions idle this long are purged with the rest.
+    pub ui_idle: Duration,
 }
 
 impl Default for AuditSettings {
@@ -72,6 +74,7 @@ impl Default for AuditSettings {
             purge_every: Duration::from_secs(86_400),
             fold_every: Duration::from_secs(5),
             revocation_every: Duration::from_secs(1),
+            ui_idle: Duration::from_secs(8 * 3600),
         }
     }
 }
@@ -444,7 +447,7 @@ enum Done {
     /// Site and cursor of each committed job (the replies went directly).
     Ingest(Vec<(SiteName, u64)>),
     Fold(Result<u64, sqlx::Error>),
-    Purge(Result<u64, sqlx::Error>),
+    Purge(Result<super::Purged, sqlx::Error>),
     /// The revoked sites among those connected when the check started.
     Revoked(Result<Vec<String>, sqlx::Error>),
     /// An audit-log entry (a late answer) was written.
@@ -723,8 +726,13 @@ impl SiteCallAuditActor {
                     tracing::error!(error = %e, "folding the open-call counters failed");
                 }
             }
-            Ok(Done::Purge(Ok(0))) => {}
-            Ok(Done::Purge(Ok(n))) => tracing::info!(purged = n, "retention purge of site calls"),
+            Ok(Done::Purge(Ok(p))) if p == super::Purged::default() => {}
+            Ok(Done::Purge(Ok(p))) => tracing::info!(
+                site_calls = p.site_calls,
+                relay_requests = p.relay_requests,
+                ui_sessions = p.ui_sessions,
+                "retention purge"
+            ),
             Ok(Done::Purge(Err(e))) => tracing::error!(error = %e, "retention purge failed"),
             Ok(Done::Logged(Ok(()))) => {}
             Ok(Done::Logged(Err(e))) => {
@@ -809,7 +817,8 @@ impl SiteCallAuditActor {
     }
 
     fn start_purge(&mut self) {
-        let purge = RetentionPurge::new(self.db.clone(), self.settings.retention_days);
+        let purge = RetentionPurge::new(self.db.clone(), self.settings.retention_days)
+            .with_ui_idle(self.settings.ui_idle);
         self.children
             .spawn(async move { Done::Purge(purge.run_once(now_ms()).await) });
     }

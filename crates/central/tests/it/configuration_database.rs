@@ -385,7 +385,8 @@ async fn retention_purge_takes_only_old_terminal_rows() {
             purge
                 .run_once(terminal_ms + 364 * 86_400_000)
                 .await
-                .unwrap(),
+                .unwrap()
+                .site_calls,
             0,
             "{label}: inside the window"
         );
@@ -393,7 +394,8 @@ async fn retention_purge_takes_only_old_terminal_rows() {
             purge
                 .run_once(terminal_ms + 366 * 86_400_000)
                 .await
-                .unwrap(),
+                .unwrap()
+                .site_calls,
             2,
             "{label}"
         );
@@ -410,6 +412,82 @@ async fn retention_purge_takes_only_old_terminal_rows() {
             left.contains(&Parked) && left.contains(&Pending),
             "{label}: {left:?}"
         );
+        cleanup(pg, db).await;
+    }
+}
+
+/// Issue 23: relay requests whose waiter died and web sessions idle past
+/// their timeout were never deleted without a login; the retention purge
+/// takes both, and only those.
+#[tokio::test]
+async fn the_retention_purge_takes_relay_leftovers_and_idle_sessions() {
+    use sitelink_central::configuration_database::{PasswordHash, Role, RELAY_REQUEST_KEPT};
+    use sitelink_central::site_call_audit::RetentionPurge;
+    let now = sitelink_commons::now_unix_ms();
+    for (label, db, pg, _dir) in databases().await {
+        // Forwarded relays exist only in a cluster (PostgreSQL).
+        let cluster = label.contains("postgres");
+        let kept = RELAY_REQUEST_KEPT.as_millis() as i64;
+        let relays = if cluster {
+            vec![("old", kept + 60_000), ("fresh", 5_000)]
+        } else {
+            vec![]
+        };
+        for (id, age) in relays {
+            sqlx::query(
+                "INSERT INTO relay_requests (id, by_user, site, tracked_id, command, created_at_ms, claimed_by)
+                 VALUES ($1, 'ops', 's1', 'x', 'retry', $2, 'node-a')",
+            )
+            .bind(id)
+            .bind(now - age)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        }
+        let hash =
+            PasswordHash::from_phc("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into());
+        db.users()
+            .add("ops", &hash, Role::Deployment)
+            .await
+            .unwrap();
+        let (idle, _) = db.ui_sessions().open("ops").await.unwrap();
+        let (active, _) = db.ui_sessions().open("ops").await.unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        // The first session was last used two hours ago.
+        sqlx::query("UPDATE ui_sessions SET last_seen_at_ms = $1 WHERE secret_hash = (SELECT secret_hash FROM ui_sessions ORDER BY last_seen_at_ms LIMIT 1)")
+            .bind(now - 2 * 3_600_000)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let purged = RetentionPurge::new(db.clone(), 365)
+            .with_ui_idle(hour)
+            .run_once(now)
+            .await
+            .unwrap();
+        assert_eq!(purged.relay_requests, u64::from(cluster), "{label}");
+        assert_eq!(purged.ui_sessions, 1, "{label}");
+        if cluster {
+            let left: Vec<String> = sqlx::query_scalar("SELECT id FROM relay_requests")
+                .fetch_all(db.pool())
+                .await
+                .unwrap();
+            assert_eq!(left, ["fresh"], "{label}");
+        }
+        let ms = hour.as_millis() as i64;
+        let alive = [
+            db.ui_sessions().find(&idle, ms).await.unwrap().is_some(),
+            db.ui_sessions().find(&active, ms).await.unwrap().is_some(),
+        ];
+        assert_eq!(
+            alive.iter().filter(|a| **a).count(),
+            1,
+            "{label}: {alive:?}"
+        );
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ui_sessions")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(rows, 1, "{label}: the idle session's row is gone");
         cleanup(pg, db).await;
     }
 }
