@@ -64,6 +64,24 @@ pub fn loopback(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 1 + (n >> 16) as u8, (n >> 8) as u8, n as u8)
 }
 
+/// The most of `sorted` (instants or durations, in order) that fall
+/// within `window` of one of them: how bunched a set of events is.
+pub fn most_within<T>(sorted: &[T], window: Duration) -> usize
+where
+    T: Copy + std::ops::Sub<Output = Duration>,
+{
+    let mut most = 0;
+    let mut end = 0;
+    for (start, t) in sorted.iter().enumerate() {
+        end = end.max(start);
+        while end < sorted.len() && sorted[end] - *t < window {
+            end += 1;
+        }
+        most = most.max(end - start);
+    }
+    most
+}
+
 /// What one simulated site saw.
 #[derive(Clone, Debug, Default)]
 pub struct SimReport {
@@ -408,5 +426,30 @@ impl SimSite {
                 .latencies
                 .extend(covered.values().map(|t| now.duration_since(*t)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn most_within_counts_the_densest_window() {
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|m| Duration::from_millis(*m))
+                .collect::<Vec<_>>()
+        };
+        let w = Duration::from_millis(200);
+        assert_eq!(
+            most_within(&ms(&[0, 100, 150, 900, 1000, 1050, 1099]), w),
+            4
+        );
+        assert_eq!(
+            most_within(&ms(&[0, 100, 150, 900, 1000, 1050, 1100]), w),
+            3
+        );
+        assert_eq!(most_within(&ms(&[0, 200, 400]), w), 1);
+        assert_eq!(most_within::<Duration>(&[], w), 0);
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sitelink_test_support::{
     eventually,
-    fleet::{loopback, SimSite, SimSpec},
+    fleet::{loopback, most_within, SimSite, SimSpec},
     TcpProxy,
 };
 use tokio_util::sync::CancellationToken;
@@ -116,16 +116,11 @@ async fn a_hundred_sites_dialling_at_once_are_admitted_at_the_rate_and_redial_sp
     // admitted within any second.
     let mut admitted: Vec<Instant> = reports.iter().map(|r| r.admitted[0]).collect();
     admitted.sort();
-    for (k, start) in admitted.iter().enumerate() {
-        let within = admitted[k..]
-            .iter()
-            .take_while(|t| t.duration_since(*start) < Duration::from_secs(1))
-            .count();
-        assert!(
-            within <= RATE * 12 / 10 + BURST,
-            "{within} streams admitted within one second (rate {RATE}, burst {BURST})"
-        );
-    }
+    let within = most_within(&admitted, Duration::from_secs(1));
+    assert!(
+        within <= RATE * 12 / 10 + BURST,
+        "{within} streams admitted within one second (rate {RATE}, burst {BURST})"
+    );
     let storm = admitted.last().unwrap().duration_since(admitted[0]);
     assert!(
         storm >= Duration::from_secs_f64((SITES - BURST) as f64 / RATE as f64 * 0.8),
@@ -169,16 +164,11 @@ async fn a_hundred_sites_dialling_at_once_are_admitted_at_the_rate_and_redial_sp
     assert!(*redial.last().unwrap() <= SPREAD + Duration::from_millis(200));
     // Uniform over 2 s puts about 10 in each 200 ms; together would put
     // all 100 in one.
-    for (k, start) in redial.iter().enumerate() {
-        let within = redial[k..]
-            .iter()
-            .take_while(|t| t.saturating_sub(*start) < Duration::from_millis(200))
-            .count();
-        assert!(
-            within <= 30,
-            "{within} sites redialled within 200 ms of each other"
-        );
-    }
+    let within = most_within(&redial, Duration::from_millis(200));
+    assert!(
+        within <= 30,
+        "{within} sites redialled within 200 ms of each other"
+    );
     cancel.cancel();
 }
 

@@ -34,7 +34,7 @@ use std::{
 
 use serde_json::json;
 use sitelink_central::configuration_database::Database;
-use sitelink_test_support::fleet::{loopback, SimSite, SimSpec};
+use sitelink_test_support::fleet::{loopback, most_within, SimSite, SimSpec};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -413,14 +413,7 @@ pub async fn run(db: Db, sites: usize, rate: f64, size: super::Size) -> anyhow::
         .flat_map(|r| r.admitted.iter().copied().filter(|t| *t >= killed))
         .collect();
     accepted.sort();
-    let mut max_per_s_at_sites = 0.0f64;
-    for (i, t0) in accepted.iter().enumerate() {
-        let n = accepted[i..]
-            .iter()
-            .take_while(|t| t.duration_since(*t0) < Duration::from_secs(2))
-            .count();
-        max_per_s_at_sites = max_per_s_at_sites.max(n as f64 / 2.0);
-    }
+    let max_per_s_at_sites = most_within(&accepted, Duration::from_secs(2)) as f64 / 2.0;
     // (The sites' instants are when each saw its stream accepted: on a
     // saturated machine answers reach them late and bunched, so that
     // figure is shown, not judged; the verdict is central's counters.)
