@@ -160,6 +160,30 @@ mod tests {
         SiteName::parse(&format!("site-{i}")).unwrap()
     }
 
+    /// Each `(when, site)` dials at `when`, and again exactly when told,
+    /// until admitted: the sorted admission instants, and how often each
+    /// site was refused on the way.
+    fn come_back_when_told(
+        a: &Admission,
+        mut queue: Vec<(Instant, usize)>,
+    ) -> (Vec<Instant>, std::collections::HashMap<usize, u32>) {
+        let mut admitted = Vec::new();
+        let mut refused = std::collections::HashMap::new();
+        while let Some(pos) = (0..queue.len()).min_by_key(|&k| queue[k].0) {
+            let (at, i) = queue.swap_remove(pos);
+            match a.admit_at(&site(i), at) {
+                Admitted::Now => admitted.push(at),
+                Admitted::RetryAfter(d) => {
+                    assert!(d > Duration::ZERO, "told to come back at once");
+                    *refused.entry(i).or_insert(0u32) += 1;
+                    queue.push((at + d, i));
+                }
+            }
+        }
+        admitted.sort();
+        (admitted, refused)
+    }
+
     /// The most of `sorted` within `window` of one of them.
     fn most_within(sorted: &[Instant], window: Duration) -> usize {
         (0..sorted.len())
@@ -226,25 +250,12 @@ mod tests {
         // Every site stalls and comes back 5 s late, all in one instant,
         // then again whenever it is told.
         let late = t0 + Duration::from_secs(5);
-        let mut queue: Vec<(Instant, usize)> = turns.iter().map(|(i, _)| (late, *i)).collect();
-        let mut admitted = Vec::new();
-        let mut refused = std::collections::HashMap::<usize, u32>::new();
-        while let Some(pos) = (0..queue.len()).min_by_key(|&k| queue[k].0) {
-            let (at, i) = queue.swap_remove(pos);
-            match a.admit_at(&site(i), at) {
-                Admitted::Now => admitted.push(at),
-                Admitted::RetryAfter(d) => {
-                    assert!(d > Duration::ZERO);
-                    *refused.entry(i).or_default() += 1;
-                    queue.push((at + d, i));
-                }
-            }
-        }
+        let queue: Vec<(Instant, usize)> = turns.iter().map(|(i, _)| (late, *i)).collect();
+        let (admitted, refused) = come_back_when_told(&a, queue);
         assert_eq!(admitted.len(), turns.len());
         // Each late site gets a turn of its own: refused once or twice
         // more, not once per site admitted before it.
         assert!(refused.values().all(|n| *n <= 2), "{refused:?}");
-        admitted.sort();
         let within = most_within(&admitted, Duration::from_secs(1));
         assert!(
             within <= 12,
@@ -261,19 +272,11 @@ mod tests {
         let a = Admission::new(rate);
         let t0 = Instant::now();
         // 200 sites arrive within 100 ms and come back exactly when told.
-        let mut queue: Vec<(Instant, usize)> = (0..200)
+        let queue: Vec<(Instant, usize)> = (0..200)
             .map(|i| (t0 + Duration::from_micros(i as u64 * 500), i))
             .collect();
-        let mut admitted = Vec::new();
-        while let Some(pos) = (0..queue.len()).min_by_key(|&k| queue[k].0) {
-            let (at, i) = queue.swap_remove(pos);
-            match a.admit_at(&site(i), at) {
-                Admitted::Now => admitted.push(at),
-                Admitted::RetryAfter(d) => queue.push((at + d, i)),
-            }
-        }
+        let (admitted, _) = come_back_when_told(&a, queue);
         assert_eq!(admitted.len(), 200);
-        admitted.sort();
         let within = most_within(&admitted, Duration::from_secs(1));
         assert!(within <= 24, "{within} admitted within a second");
         let span = admitted.last().unwrap().duration_since(admitted[0]);

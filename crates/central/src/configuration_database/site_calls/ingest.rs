@@ -100,8 +100,13 @@ const SITES_PER_STATEMENT: usize = 400;
 /// [`SiteCalls::ingest_many`] inside a transaction the caller commits.
 async fn ingest_jobs(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    jobs: Vec<IngestJob>,
+    mut jobs: Vec<IngestJob>,
 ) -> Result<Vec<IngestOutcome>, sqlx::Error> {
+    // The rows move into the upsert; the jobs keep their site and range.
+    let rows_of: Vec<Vec<TrackingRecord>> = jobs
+        .iter_mut()
+        .map(|j| std::mem::take(&mut j.rows))
+        .collect();
     // 1. Contact: each site seen (its highest telemetry sequence), in the
     // first statement, which also takes SQLite's write lock at once (a
     // read first, then a write, fails with SQLITE_BUSY_SNAPSHOT whenever
@@ -141,7 +146,7 @@ async fn ingest_jobs(
     let mut outs = vec![IngestOutcome::default(); jobs.len()];
     let mut latest: HashMap<TrackedOperationId, (usize, TrackingRecord)> = HashMap::new();
     let mut ranges: Vec<(usize, &str, u64, u64)> = Vec::new();
-    for (k, j) in jobs.iter().enumerate() {
+    for (k, (j, rows)) in jobs.iter().zip(rows_of).enumerate() {
         if !live.contains(j.site.as_str()) {
             outs[k].revoked = true;
             continue;
@@ -149,7 +154,7 @@ async fn ingest_jobs(
         if let Some((from, to)) = j.complete_range {
             ranges.push((k, j.site.as_str(), from, to));
         }
-        for r in checked(&j.site, j.rows.clone(), &mut outs[k]) {
+        for r in checked(&j.site, rows, &mut outs[k]) {
             match latest.entry(r.tracked_operation_id) {
                 Entry::Occupied(mut e) => {
                     if r.revision > e.get().1.revision {
