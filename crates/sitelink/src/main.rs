@@ -1,10 +1,11 @@
 //! `sitelink`: the one binary of SPEC §2 component 13 (Host). Thin: parse
 //! the command line, start tracing, build the role (`site` or `central`),
 //! run it until SIGTERM or SIGINT; `central site add|list|revoke` manage
-//! the sites; `demo` runs a whole system in one process; `bench` runs
-//! benchmarks.
+//! the sites; `demo` runs a whole system in one process; `chaos` runs a
+//! fault campaign and checks SPEC §6; `bench` runs benchmarks.
 
 mod bench;
+mod chaos;
 mod demo;
 
 use std::path::PathBuf;
@@ -48,6 +49,10 @@ enum Command {
     /// simulated ERP, plant databases and an SMTP sink, on SQLite in a data
     /// directory (a second run resumes).
     Demo(demo::DemoArgs),
+    /// A fault campaign against this build (SIGKILLs, pauses, link cuts,
+    /// failing external systems, full disks) that checks every SPEC §6
+    /// guarantee afterwards; prints a verdict and one JSON line.
+    Chaos(chaos::ChaosArgs),
     /// Run a benchmark; the last line printed is one JSON object.
     Bench {
         #[command(subcommand)]
@@ -168,6 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } => manage_users(config, action).await,
             Command::Bench { name } => bench::run(name).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Chaos(args) => chaos::run(args).await,
         }
     })
 }

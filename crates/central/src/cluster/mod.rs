@@ -56,6 +56,59 @@ impl Leadership {
     }
 }
 
+/// The connection lease writes run on: this node's own, not the pool's.
+///
+/// A lease write cut off by a timeout (a renewal that waited past the step
+/// down) must not go back to a pool half done: its transaction — or its
+/// wait for the exclusive lease lock — would live on in the server, on a
+/// connection the pool hands to other queries, and hold the lease lock
+/// against every node. A chaos run saw exactly that: a standby that stayed
+/// standby for a minute after the active node was killed. So the
+/// connection of a call that failed or was cut off is dropped: its
+/// session ends, and the server releases whatever it held or waited for.
+struct LeaseConnection {
+    url: String,
+    conn: Option<sqlx::AnyConnection>,
+}
+
+impl LeaseConnection {
+    /// Runs `call` on the connection (opening it first if needed) within
+    /// `within`; on an error or the timeout the connection is dropped.
+    async fn run<T>(
+        &mut self,
+        within: Duration,
+        call: impl for<'c> FnOnce(
+            &'c mut sqlx::AnyConnection,
+        ) -> futures::future::BoxFuture<'c, Result<T, sqlx::Error>>,
+    ) -> Result<T, String> {
+        let url = &self.url;
+        let slot = &mut self.conn;
+        let outcome = tokio::time::timeout(within, async {
+            if slot.is_none() {
+                let mut c = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await?;
+                // As the pool's connections (`open_pool`): a paused node's
+                // open transaction ends on the server after 5 s.
+                sqlx::Executor::execute(&mut c, "SET idle_in_transaction_session_timeout = 5000")
+                    .await?;
+                *slot = Some(c);
+            }
+            call(slot.as_mut().expect("opened above")).await
+        })
+        .await;
+        match outcome {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(e.to_string())
+            }
+            Err(_) => {
+                self.conn = None;
+                Err(format!("no answer within {within:?}"))
+            }
+        }
+    }
+}
+
 /// Acquires, renews and releases the lease for one node.
 pub struct Elector {
     db: Database,
@@ -146,11 +199,22 @@ impl Elector {
                 None
             }
         };
+        let mut lease_conn = LeaseConnection {
+            url: self.url.clone(),
+            conn: None,
+        };
+        let node = s.node.clone();
         loop {
             // Standby: try now, then every poll period or at a release.
             let term = loop {
                 self.report("standby").await;
-                match lease::try_acquire(self.db.pool(), &s.node, ttl_ms).await {
+                let node = node.clone();
+                match lease_conn
+                    .run(s.ttl, move |c| {
+                        Box::pin(async move { lease::try_acquire(c, &node, ttl_ms).await })
+                    })
+                    .await
+                {
                     Ok(Some(term)) => break term,
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "trying the leader lease"),
@@ -185,23 +249,24 @@ impl Elector {
                 // without one: cut off sooner, it would lose its place
                 // behind the commits running (the lease lock's queue) and
                 // a busy node would never renew.
-                match tokio::time::timeout(
-                    s.step_down_after.saturating_sub(renewed.elapsed()),
-                    lease::renew(self.db.pool(), &term, ttl_ms),
-                )
-                .await
+                let t = term.clone();
+                match lease_conn
+                    .run(
+                        s.step_down_after.saturating_sub(renewed.elapsed()),
+                        move |c| Box::pin(async move { lease::renew(c, &t, ttl_ms).await }),
+                    )
+                    .await
                 {
-                    Ok(Ok(true)) => {
+                    Ok(true) => {
                         renewed = Instant::now();
                         self.report("active").await;
                         self.no_other_active(term.epoch).await;
                     }
-                    Ok(Ok(false)) => {
+                    Ok(false) => {
                         tracing::error!(node = %s.node, epoch = term.epoch, "the leader lease was taken by another node: stepping down");
                         break false;
                     }
-                    Ok(Err(e)) => tracing::warn!(error = %e, "renewing the leader lease"),
-                    Err(_) => tracing::warn!("renewing the leader lease timed out"),
+                    Err(e) => tracing::warn!(error = %e, "renewing the leader lease"),
                 }
                 if renewed.elapsed() >= s.step_down_after {
                     tracing::error!(
@@ -218,7 +283,13 @@ impl Elector {
                 .await;
             if stopping {
                 let _ = tokio::time::timeout(s.ttl, idle.wait_for(|stopped| *stopped)).await;
-                if let Err(e) = lease::release(self.db.pool(), &term).await {
+                let t = term.clone();
+                if let Err(e) = lease_conn
+                    .run(s.ttl, move |c| {
+                        Box::pin(async move { lease::release(c, &t).await })
+                    })
+                    .await
+                {
                     tracing::warn!(error = %e, "releasing the leader lease (the standby waits for its expiry)");
                 }
                 tracing::info!(node = %s.node, epoch = term.epoch, "released the leader lease");

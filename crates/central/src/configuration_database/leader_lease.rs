@@ -64,11 +64,11 @@ pub struct LeaseState {
 /// Takes the lease for `holder` for `ttl_ms` if it has expired; the new
 /// term, or `None` while another node holds it.
 pub async fn try_acquire(
-    pool: &sqlx::AnyPool,
+    conn: &mut sqlx::AnyConnection,
     holder: &str,
     ttl_ms: i64,
 ) -> Result<Option<Term>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = sqlx::Connection::begin(conn).await?;
     lease_write_lock(&mut tx).await?;
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE leader_lease SET holder = $1, epoch = epoch + 1, expires_at_ms = {DB_NOW_MS} + $2,
@@ -92,8 +92,12 @@ pub async fn try_acquire(
 
 /// Extends `term`'s lease by `ttl_ms` from now; false when the term is over
 /// (another node acquired since).
-pub async fn renew(pool: &sqlx::AnyPool, term: &Term, ttl_ms: i64) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+pub async fn renew(
+    conn: &mut sqlx::AnyConnection,
+    term: &Term,
+    ttl_ms: i64,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
     lease_write_lock(&mut tx).await?;
     let done = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE leader_lease SET expires_at_ms = {DB_NOW_MS} + $3, renewed_at_ms = {DB_NOW_MS}
@@ -117,9 +121,10 @@ async fn lease_write_lock(tx: &mut sqlx::AnyConnection) -> Result<(), sqlx::Erro
     Ok(())
 }
 
-/// Ends `term` now (a graceful stop) and tells the listening standby.
-pub async fn release(pool: &sqlx::AnyPool, term: &Term) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+/// Ends `term` now (a graceful stop) and tells the listening standby (the
+/// NOTIFY is delivered when the release commits).
+pub async fn release(conn: &mut sqlx::AnyConnection, term: &Term) -> Result<(), sqlx::Error> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
     lease_write_lock(&mut tx).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE leader_lease SET expires_at_ms = {DB_NOW_MS}, renewed_at_ms = {DB_NOW_MS}
@@ -129,12 +134,12 @@ pub async fn release(pool: &sqlx::AnyPool, term: &Term) -> Result<(), sqlx::Erro
     .bind(term.epoch)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(RELEASE_CHANNEL)
         .bind(term.epoch.to_string())
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(())
 }
 

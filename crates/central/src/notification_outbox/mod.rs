@@ -37,7 +37,7 @@ pub use smtp::{classify, message_id, Mailer};
 /// Notifications one dispatch round takes.
 const BATCH: u32 = 100;
 /// SMTP conversations in flight at once.
-const CONCURRENT_SENDS: usize = 8;
+pub const CONCURRENT_SENDS: usize = 8;
 /// Ended sends wait at most this long for their outcomes' commit (the crash
 /// window of a duplicate mail, with the commit itself).
 pub const COMMIT_EVERY: Duration = Duration::from_millis(25);

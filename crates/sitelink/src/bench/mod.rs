@@ -9,7 +9,7 @@
 mod auth;
 mod bulk;
 mod cached_call;
-mod central_world;
+pub(crate) mod central_world;
 mod failover;
 mod fleet;
 mod ingest;

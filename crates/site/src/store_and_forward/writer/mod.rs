@@ -189,6 +189,22 @@ pub(super) fn broken_error() -> EngineError {
     EngineError::Storage("the buffer database could not be synced to disk; restart the site".into())
 }
 
+/// What callers hear when the buffer database could not write. A full disk
+/// (SQLite's `SQLITE_FULL`, classified by code) is said in words a script
+/// writer and an operator act on: the call was not recorded, so the script
+/// got no id for it.
+pub(super) fn storage_error(message: String, e: Option<&rusqlite::Error>) -> EngineError {
+    match e {
+        Some(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull => {
+            EngineError::Storage(format!(
+                "the site's disk is full: the call was not recorded (free space where the site \
+                 keeps its data): {message}"
+            ))
+        }
+        _ => EngineError::Storage(message),
+    }
+}
+
 /// The transaction the writer has open, with its callers.
 struct Open {
     replies: Vec<(Reply, Result<WriteResult, EngineError>)>,
@@ -298,7 +314,9 @@ fn writer(mut rx: mpsc::Receiver<Job>, pipeline: &Pipeline, signals: &Signals) {
         let shared = &mut *guard;
         if shared.open.is_none() {
             if let Err(e) = shared.conn.execute_batch("BEGIN") {
-                let _ = job.reply.send(Err(EngineError::Storage(format!("{e:#}"))));
+                let _ = job
+                    .reply
+                    .send(Err(storage_error(format!("{e:#}"), Some(&e))));
                 continue;
             }
             shared.open = Some(Open {
@@ -339,10 +357,11 @@ fn writer(mut rx: mpsc::Receiver<Job>, pipeline: &Pipeline, signals: &Signals) {
                 let message = format!("{e:#}");
                 tracing::error!(error = %message, "buffer database write failed");
                 drop(guard);
+                let cause = e.chain().find_map(|c| c.downcast_ref::<rusqlite::Error>());
                 for (reply, _) in batch.replies {
-                    let _ = reply.send(Err(EngineError::Storage(message.clone())));
+                    let _ = reply.send(Err(storage_error(message.clone(), cause)));
                 }
-                let _ = job.reply.send(Err(EngineError::Storage(message)));
+                let _ = job.reply.send(Err(storage_error(message, cause)));
                 continue;
             }
         }
@@ -416,7 +435,7 @@ fn take_and_commit(pipeline: &Pipeline, signals: &Signals) -> Option<Result<Comm
                 replies: batch
                     .replies
                     .into_iter()
-                    .map(|(r, _)| (r, Err(EngineError::Storage(message.clone()))))
+                    .map(|(r, _)| (r, Err(storage_error(message.clone(), Some(&e)))))
                     .collect(),
                 gen: shared.gen,
                 seq: shared.seq,
