@@ -366,7 +366,6 @@ async fn site_status(State(st): State<AppState>) -> Result<Response, ApiError> {
         "commits": commits,
         "write_operations": ops,
         "scripts": st.runtime.script_names().collect::<Vec<_>>(),
-        "sqlite_memory_bytes": crate::store_and_forward::sqlite_memory_bytes(),
     }))
     .into_response())
 }

@@ -204,16 +204,6 @@ async fn create_postgres_database(url: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Bytes SQLite has allocated in this process: its page caches above all
-/// (each connection keeps up to 64 MiB). `/metrics` shows it, so that an
-/// operator (and the soak run) can tell SQLite's bounded caches from memory
-/// growing elsewhere.
-pub fn sqlite_memory_bytes() -> i64 {
-    // SAFETY: takes no arguments and reads SQLite's own allocation counter,
-    // which the bundled (serialized) build keeps under its own mutex.
-    unsafe { libsqlite3_sys::sqlite3_memory_used() }
-}
-
 async fn open_pool(backend: Backend, url: &str) -> Result<AnyPool, sqlx::Error> {
     AnyPoolOptions::new()
         // SQLite serializes writers anyway; a few connections serve reads.

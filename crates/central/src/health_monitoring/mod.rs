@@ -292,11 +292,6 @@ impl HealthMonitor {
             );
             let _ = writeln!(out, "sitelink_cluster_leader_changes_total {}", lease.epoch);
         }
-        let _ = writeln!(
-            out,
-            "# HELP sitelink_sqlite_memory_bytes Memory SQLite holds in this process (page caches, bounded by cache_size per connection).\n# TYPE sitelink_sqlite_memory_bytes gauge\nsitelink_sqlite_memory_bytes {}",
-            crate::configuration_database::sqlite_memory_bytes()
-        );
         let calls = self.kpis(KpiSource::SiteCalls).await?.per_site;
         let notifications = self.kpis(KpiSource::Notifications).await?.per_site;
         kpi_gauges(&mut out, "site_calls", "Site calls", &calls);

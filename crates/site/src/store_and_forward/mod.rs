@@ -299,16 +299,6 @@ pub enum EngineError {
     Stopped,
 }
 
-/// Bytes SQLite has allocated in this process: the page caches of the
-/// buffer and of SQLite targets above all (the buffer's writer keeps up to
-/// 64 MiB). The admin API's status shows it, so that an operator (and the
-/// soak run) can tell SQLite's bounded caches from memory growing elsewhere.
-pub fn sqlite_memory_bytes() -> i64 {
-    // SAFETY: takes no arguments and reads SQLite's own allocation counter,
-    // which the bundled (serialized) build keeps under its own mutex.
-    unsafe { rusqlite::ffi::sqlite3_memory_used() }
-}
-
 /// Tunables of the engine (from `[store_and_forward]` in site.toml).
 #[derive(Clone, Copy, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -753,8 +753,6 @@ fn duplicates_per_fault() -> usize {
 struct Sample {
     rss_kib: u64,
     fds: u64,
-    /// What SQLite says it holds (the site's status, central's /metrics).
-    sqlite_bytes: i64,
 }
 
 fn fds(pid: u32) -> Option<u64> {
@@ -781,8 +779,7 @@ fn median_u64(mut v: Vec<u64>) -> u64 {
 }
 
 /// `--soak MINUTES`: the world with steady load and no faults. Every 10 s
-/// it samples each process's resident memory, open descriptors and what
-/// SQLite holds; after the warm-up (a sixth of the run, 2–5 minutes) it
+/// it samples each process's resident memory and open descriptors; after the warm-up (a sixth of the run, 2–5 minutes) it
 /// compares the first and the last minute. Goal (issue 23): resident
 /// memory grows at most 10 % over 30 minutes, descriptors not at all.
 async fn soak(minutes: u64, cluster: bool) -> anyhow::Result<()> {
@@ -810,31 +807,17 @@ async fn soak(minutes: u64, cluster: bool) -> anyhow::Result<()> {
         let t = started.elapsed().as_secs_f64();
         for c in &world.centrals {
             let Some(pid) = c.proc.pid() else { continue };
-            let sqlite_bytes = match world.http.get(format!("{}/metrics", c.http)).send().await {
-                Ok(r) => r.text().await.unwrap_or_default(),
-                Err(_) => String::new(),
-            }
-            .lines()
-            .find_map(|l| l.strip_prefix("sitelink_sqlite_memory_bytes "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(-1);
             let s = Sample {
                 rss_kib: sitelink_test_support::flood::rss_kib(pid).unwrap_or(0),
                 fds: fds(pid).unwrap_or(0),
-                sqlite_bytes,
             };
             series.entry(c.proc.name.clone()).or_default().push((t, s));
         }
         for site in &world.sites {
             let Some(pid) = site.proc.pid() else { continue };
-            let status = world.get(&format!("{}/api/v1/status", site.admin)).await;
             let s = Sample {
                 rss_kib: sitelink_test_support::flood::rss_kib(pid).unwrap_or(0),
                 fds: fds(pid).unwrap_or(0),
-                sqlite_bytes: status
-                    .as_ref()
-                    .and_then(|v| v["sqlite_memory_bytes"].as_i64())
-                    .unwrap_or(-1),
             };
             series.entry(site.name.clone()).or_default().push((t, s));
         }
@@ -843,12 +826,7 @@ async fn soak(minutes: u64, cluster: bool) -> anyhow::Result<()> {
                 .iter()
                 .map(|(n, v)| {
                     let s = v.last().expect("just pushed").1;
-                    format!(
-                        "{n} {:.1} MB ({:.1} MB SQLite) {} fds",
-                        s.rss_kib as f64 / 1024.0,
-                        s.sqlite_bytes as f64 / 1_048_576.0,
-                        s.fds
-                    )
+                    format!("{n} {:.1} MB {} fds", s.rss_kib as f64 / 1024.0, s.fds)
                 })
                 .collect();
             println!("soak {:>4.0} s: {}", t, line.join("; "));
@@ -877,16 +855,9 @@ async fn soak(minutes: u64, cluster: bool) -> anyhow::Result<()> {
             .collect();
         let rss0 = median_u64(first.iter().map(|s| s.rss_kib).collect());
         let rss1 = median_u64(last.iter().map(|s| s.rss_kib).collect());
-        let sq0 = median_u64(first.iter().map(|s| s.sqlite_bytes.max(0) as u64).collect());
-        let sq1 = median_u64(last.iter().map(|s| s.sqlite_bytes.max(0) as u64).collect());
         let fd0 = first.iter().map(|s| s.fds).max().unwrap_or(0);
         let fd1 = last.iter().map(|s| s.fds).max().unwrap_or(0);
         let growth = (rss1 as f64 - rss0 as f64) / rss0.max(1) as f64 * 100.0 * 30.0 / measured_min;
-        // Outside SQLite's caches: resident memory less what SQLite holds.
-        let other0 = (rss0 * 1024).saturating_sub(sq0);
-        let other1 = (rss1 * 1024).saturating_sub(sq1);
-        let other_growth =
-            (other1 as f64 - other0 as f64) / other0.max(1) as f64 * 100.0 * 30.0 / measured_min;
         let ok = growth <= 10.0 && fd1 <= fd0;
         passed &= ok;
         processes.insert(
@@ -894,8 +865,6 @@ async fn soak(minutes: u64, cluster: bool) -> anyhow::Result<()> {
             json!({
                 "rss_mb": [rss0 as f64 / 1024.0, rss1 as f64 / 1024.0],
                 "rss_growth_pct_per_30min": (growth * 10.0).round() / 10.0,
-                "sqlite_mb": [sq0 as f64 / 1_048_576.0, sq1 as f64 / 1_048_576.0],
-                "rss_less_sqlite_growth_pct_per_30min": (other_growth * 10.0).round() / 10.0,
                 "fds": [fd0, fd1],
                 "goals_met": ok,
             }),
