@@ -209,6 +209,12 @@ impl SiteConfig {
                 1,
                 86_400,
             ),
+            (
+                "store_and_forward.cache_mib".into(),
+                s.cache_mib.into(),
+                1,
+                4_096,
+            ),
             // 0 would mean "no limit" to the script engine: never that.
             (
                 "limits.max_operations".into(),

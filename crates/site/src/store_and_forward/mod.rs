@@ -309,6 +309,10 @@ pub struct EngineSettings {
     pub purge_hard_limit_days: u32,
     /// How often the purge runs, in seconds.
     pub purge_interval_seconds: u64,
+    /// The buffer's page cache, in MiB: what the writer keeps of the
+    /// database in memory. It fills as the database grows, up to this bound
+    /// (a site on a small gateway sets it lower; the soak run measures it).
+    pub cache_mib: u32,
 }
 
 impl Default for EngineSettings {
@@ -317,6 +321,7 @@ impl Default for EngineSettings {
             purge_after_days: 7,
             purge_hard_limit_days: 90,
             purge_interval_seconds: 3600,
+            cache_mib: 64,
         }
     }
 }
@@ -347,7 +352,7 @@ impl Engine {
         let reader = schema::open(path)?;
         let (tx, rx) = mpsc::channel(8192);
         let signals = Arc::new(Signals::new());
-        writer::spawn(conn, path, rx, signals.clone())?;
+        writer::spawn(conn, path, rx, signals.clone(), settings.cache_mib)?;
         let engine = Self {
             site: site.into(),
             tx,

@@ -63,6 +63,9 @@ pub struct ChaosArgs {
     /// resident memory and open descriptors.
     #[arg(long, value_name = "MINUTES", conflicts_with = "quick")]
     soak: Option<u64>,
+    /// The sites' `[store_and_forward] cache_mib` (default: theirs, 64).
+    #[arg(long, value_name = "MIB")]
+    site_cache_mib: Option<u32>,
 }
 
 /// How many of each fault a run injects.
@@ -330,7 +333,7 @@ impl Generations {
 
 pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     if let Some(minutes) = args.soak {
-        return soak(minutes, args.cluster).await;
+        return soak(minutes, args.cluster, args.site_cache_mib).await;
     }
     let seed = args.seed.unwrap_or_else(rand::random);
     println!("chaos: seed {seed} (replay the schedule with --seed {seed})");
@@ -350,7 +353,14 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     })
     .await
     .context("creating central's database")?;
-    let mut world = World::build(&db.url, if args.cluster { 2 } else { 1 }, plan.sites).await?;
+    let extra = site_extra(args.site_cache_mib);
+    let mut world = World::build(
+        &db.url,
+        if args.cluster { 2 } else { 1 },
+        plan.sites,
+        &extra,
+    )
+    .await?;
     println!("chaos: processes' logs in {}", world.logs().display());
     if let Some(why) = &world.no_disk {
         println!(
@@ -482,10 +492,22 @@ async fn campaign(
     let gens = Generations::default();
     let mut heals = tokio::task::JoinSet::new();
     let every = (schedule.len() / 10).max(1);
+    // Every fault with its time, beside the processes' logs.
+    let mut journal = std::fs::File::create(world.logs().join("faults.log"))?;
+    let begun = Instant::now();
     for (n, fault) in schedule.iter().enumerate() {
         let gap = rng.random_range(plan.gap_ms.clone());
         tokio::time::sleep(Duration::from_millis(gap)).await;
         let hold = Duration::from_millis(rng.random_range(200..2500));
+        {
+            use std::io::Write as _;
+            let _ = writeln!(
+                journal,
+                "{:>8.3} s  {fault:?} (held {hold:?}) at {}",
+                begun.elapsed().as_secs_f64(),
+                time::OffsetDateTime::now_utc()
+            );
+        }
         match fault.clone() {
             Fault::FillDisk(_) if world.no_disk.is_some() => continue,
             Fault::KillSite(i) => {
@@ -500,13 +522,12 @@ async fn campaign(
                 }
             }
             Fault::KillCentral | Fault::PauseCentral => {
-                // A clean measure: links whole, every site streaming.
-                gens.bump_all();
-                world
-                    .sites
-                    .iter()
-                    .flat_map(|s| &s.proxies)
-                    .for_each(|p| p.heal());
+                // A clean measure: links whole, every site streaming (the
+                // links' pending heals are void; a full disk's stays due).
+                for (i, s) in world.sites.iter().enumerate() {
+                    gens.bump(&format!("link-{i}"));
+                    s.proxies.iter().for_each(|p| p.heal());
+                }
                 let k = world.until_streaming(Duration::from_secs(60)).await?;
                 let at = Instant::now();
                 c.mail_faults += 1;
@@ -748,6 +769,13 @@ fn duplicates_per_fault() -> usize {
     CONCURRENT_SENDS * (1 + window as usize)
 }
 
+/// What the sites' site.toml gets beyond the world's own sections.
+fn site_extra(cache_mib: Option<u32>) -> String {
+    cache_mib.map_or(String::new(), |m| {
+        format!("[store_and_forward]\ncache_mib = {m}\n")
+    })
+}
+
 /// One sample of one process in the soak run.
 #[derive(Clone, Copy)]
 struct Sample {
@@ -782,14 +810,20 @@ fn median_u64(mut v: Vec<u64>) -> u64 {
 /// it samples each process's resident memory and open descriptors; after the warm-up (a sixth of the run, 2–5 minutes) it
 /// compares the first and the last minute. Goal (issue 23): resident
 /// memory grows at most 10 % over 30 minutes, descriptors not at all.
-async fn soak(minutes: u64, cluster: bool) -> anyhow::Result<()> {
+async fn soak(minutes: u64, cluster: bool, cache_mib: Option<u32>) -> anyhow::Result<()> {
     anyhow::ensure!(
         minutes >= 3,
         "--soak needs at least 3 minutes (2 of them warm-up)"
     );
     let started = Instant::now();
     let db = BenchDb::new(if cluster { Db::Postgres } else { Db::Sqlite }).await?;
-    let mut world = World::build(&db.url, if cluster { 2 } else { 1 }, 2).await?;
+    let mut world = World::build(
+        &db.url,
+        if cluster { 2 } else { 1 },
+        2,
+        &site_extra(cache_mib),
+    )
+    .await?;
     world.start().await?;
     world.until_streaming(Duration::from_secs(60)).await?;
     let cancel = CancellationToken::new();
@@ -890,6 +924,7 @@ async fn soak(minutes: u64, cluster: bool) -> anyhow::Result<()> {
     let out = json!({
         "soak": if cluster { "cluster" } else { "single" },
         "minutes": minutes,
+        "site_cache_mib": cache_mib.unwrap_or(64),
         "warm_up_s": warm_up.as_secs(),
         "runs_ok": l.runs_ok,
         "runs_failed": l.runs_failed,

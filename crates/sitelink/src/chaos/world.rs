@@ -217,8 +217,14 @@ ids
 
 impl World {
     /// Builds the world (nothing running yet but the fakes): central's
-    /// database (`db_url`), `nodes` central nodes, `sites` sites.
-    pub async fn build(db_url: &str, nodes: usize, sites: usize) -> anyhow::Result<Self> {
+    /// database (`db_url`), `nodes` central nodes, `sites` sites (with
+    /// `site_extra` appended to each site.toml).
+    pub async fn build(
+        db_url: &str,
+        nodes: usize,
+        sites: usize,
+        site_extra: &str,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let erp = FakeHttp::start(Mode::Ok).await;
         let smtp = FakeSmtp::start(SmtpMode::Accept).await;
@@ -313,7 +319,7 @@ impl World {
                      methods.postOrder = {{ http_method = \"POST\", path = \"/orders\" }}\n\
                      [databases.plant]\nurl = \"sqlite://{}\"\ninit = [\"PRAGMA busy_timeout = 100\"]\n\
                      retry = {{ interval_ms = 100, backoff = 1.5, max_interval_ms = 1000, max_retries = 10, jitter = 0.2 }}\n\
-                     [[script]]\nname = \"load\"\nfile = \"../load.rhai\"\n",
+                     [[script]]\nname = \"load\"\nfile = \"../load.rhai\"\n{site_extra}",
                     addresses.join(", "),
                     erp.url(),
                     target_db.display(),
@@ -524,6 +530,34 @@ impl World {
             ));
         }
         for s in &self.sites {
+            if let Some(d) = &s.disk {
+                let files: Vec<String> = std::fs::read_dir(&d.mount)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| {
+                        let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                        format!("{} {} KiB", e.file_name().to_string_lossy(), len / 1024)
+                    })
+                    .collect();
+                let df = std::process::Command::new("df")
+                    .args(["-k", "--output=used,avail"])
+                    .arg(&d.mount)
+                    .output()
+                    .map(|o| {
+                        String::from_utf8_lossy(&o.stdout)
+                            .split_whitespace()
+                            .skip(2)
+                            .collect::<Vec<_>>()
+                            .join(" KiB used, ")
+                    })
+                    .unwrap_or_default();
+                out.push(format!(
+                    "{} disk: {df} KiB free; {}",
+                    s.name,
+                    files.join(", ")
+                ));
+            }
             let status = self.get(&format!("{}/api/v1/status", s.admin)).await;
             out.push(format!(
                 "{} (process state {}): {}",

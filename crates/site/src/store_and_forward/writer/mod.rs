@@ -246,13 +246,15 @@ pub(super) fn spawn(
     path: &Path,
     rx: mpsc::Receiver<Job>,
     signals: Arc<Signals>,
+    cache_mib: u32,
 ) -> anyhow::Result<()> {
     // The syncer makes each commit durable; SQLite keeps the file
     // consistent under NORMAL (see the module doc).
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // The hot pages of every tree stay in SQLite's cache rather than being
-    // read back from the OS on each batch (64 MiB).
-    conn.pragma_update(None, "cache_size", -65536)?;
+    // read back from the OS on each batch (`cache_mib`, default 64 MiB; a
+    // negative cache_size is in KiB).
+    conn.pragma_update(None, "cache_size", -(i64::from(cache_mib) * 1024))?;
     // Checkpoints (on the committing thread) less often: pages rewritten
     // by many batches are copied to the database file once.
     conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
