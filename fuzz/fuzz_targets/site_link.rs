@@ -66,11 +66,7 @@ struct World {
 }
 
 fn world() -> World {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let rt = sitelink_fuzz::world::runtime();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let central = FakeCentral::default();
     let fake = central.clone();

@@ -12,6 +12,15 @@ pub mod world {
     use sitelink_commons::SiteName;
     use tokio_util::sync::CancellationToken;
 
+    /// The runtime a target blocks on (two workers, as on CI's machines).
+    pub fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    }
+
     /// A running central node and the credentials the targets use.
     pub struct CentralWorld {
         pub rt: tokio::runtime::Runtime,
@@ -31,11 +40,7 @@ pub mod world {
 
     impl CentralWorld {
         pub fn start() -> Self {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a runtime");
+            let rt = runtime();
             let dir = tempfile::tempdir().expect("a temporary directory");
             let url = format!("sqlite://{}", dir.path().join("central.db").display());
             let (app, link, bearer, cookie, csrf, site_token) = rt.block_on(async {
@@ -109,11 +114,7 @@ pub mod world {
 
     impl SiteWorld {
         pub fn start() -> Self {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a runtime");
+            let rt = runtime();
             let dir = tempfile::tempdir().expect("a temporary directory");
             let closed = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())

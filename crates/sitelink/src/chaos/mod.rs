@@ -780,7 +780,20 @@ fn site_extra(cache_mib: Option<u32>) -> String {
 #[derive(Clone, Copy)]
 struct Sample {
     rss_kib: u64,
+    /// The anonymous part of it (heap, stacks, SQLite's caches): what a
+    /// leak grows. The rest is file pages (the binary's code as it is
+    /// touched, mapped files), which the kernel may drop.
+    anon_kib: u64,
     fds: u64,
+}
+
+/// `RssAnon` of `pid`, in KiB.
+fn anon_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn fds(pid: u32) -> Option<u64> {
@@ -843,6 +856,7 @@ async fn soak(minutes: u64, cluster: bool, cache_mib: Option<u32>) -> anyhow::Re
             let Some(pid) = c.proc.pid() else { continue };
             let s = Sample {
                 rss_kib: sitelink_test_support::flood::rss_kib(pid).unwrap_or(0),
+                anon_kib: anon_kib(pid).unwrap_or(0),
                 fds: fds(pid).unwrap_or(0),
             };
             series.entry(c.proc.name.clone()).or_default().push((t, s));
@@ -851,6 +865,7 @@ async fn soak(minutes: u64, cluster: bool, cache_mib: Option<u32>) -> anyhow::Re
             let Some(pid) = site.proc.pid() else { continue };
             let s = Sample {
                 rss_kib: sitelink_test_support::flood::rss_kib(pid).unwrap_or(0),
+                anon_kib: anon_kib(pid).unwrap_or(0),
                 fds: fds(pid).unwrap_or(0),
             };
             series.entry(site.name.clone()).or_default().push((t, s));
@@ -860,7 +875,12 @@ async fn soak(minutes: u64, cluster: bool, cache_mib: Option<u32>) -> anyhow::Re
                 .iter()
                 .map(|(n, v)| {
                     let s = v.last().expect("just pushed").1;
-                    format!("{n} {:.1} MB {} fds", s.rss_kib as f64 / 1024.0, s.fds)
+                    format!(
+                        "{n} {:.1} MB ({:.1} MB anonymous) {} fds",
+                        s.rss_kib as f64 / 1024.0,
+                        s.anon_kib as f64 / 1024.0,
+                        s.fds
+                    )
                 })
                 .collect();
             println!("soak {:>4.0} s: {}", t, line.join("; "));
@@ -889,6 +909,10 @@ async fn soak(minutes: u64, cluster: bool, cache_mib: Option<u32>) -> anyhow::Re
             .collect();
         let rss0 = median_u64(first.iter().map(|s| s.rss_kib).collect());
         let rss1 = median_u64(last.iter().map(|s| s.rss_kib).collect());
+        let anon0 = median_u64(first.iter().map(|s| s.anon_kib).collect());
+        let anon1 = median_u64(last.iter().map(|s| s.anon_kib).collect());
+        let anon_growth =
+            (anon1 as f64 - anon0 as f64) / anon0.max(1) as f64 * 100.0 * 30.0 / measured_min;
         let fd0 = first.iter().map(|s| s.fds).max().unwrap_or(0);
         let fd1 = last.iter().map(|s| s.fds).max().unwrap_or(0);
         let growth = (rss1 as f64 - rss0 as f64) / rss0.max(1) as f64 * 100.0 * 30.0 / measured_min;
@@ -899,6 +923,8 @@ async fn soak(minutes: u64, cluster: bool, cache_mib: Option<u32>) -> anyhow::Re
             json!({
                 "rss_mb": [rss0 as f64 / 1024.0, rss1 as f64 / 1024.0],
                 "rss_growth_pct_per_30min": (growth * 10.0).round() / 10.0,
+                "anon_mb": [anon0 as f64 / 1024.0, anon1 as f64 / 1024.0],
+                "anon_growth_pct_per_30min": (anon_growth * 10.0).round() / 10.0,
                 "fds": [fd0, fd1],
                 "goals_met": ok,
             }),
