@@ -85,12 +85,7 @@ impl LeaseConnection {
         let slot = &mut self.conn;
         let outcome = tokio::time::timeout(within, async {
             if slot.is_none() {
-                let mut c = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await?;
-                // As the pool's connections (`open_pool`): a paused node's
-                // open transaction ends on the server after 5 s.
-                sqlx::Executor::execute(&mut c, "SET idle_in_transaction_session_timeout = 5000")
-                    .await?;
-                *slot = Some(c);
+                *slot = Some(crate::configuration_database::dedicated_connection(url).await?);
             }
             call(slot.as_mut().expect("opened above")).await
         })

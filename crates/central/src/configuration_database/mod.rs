@@ -204,6 +204,18 @@ async fn create_postgres_database(url: &str) -> anyhow::Result<()> {
     }
 }
 
+/// What every PostgreSQL session of central sets first (see `open_pool`).
+const PG_SESSION_SETUP: &str = "SET idle_in_transaction_session_timeout = 5000";
+
+/// A PostgreSQL connection of its own, outside the pool, set up as the
+/// pool's are: for the leader lease's writes, whose connection is dropped
+/// rather than reused when a call is cut off (`cluster::LeaseConnection`).
+pub async fn dedicated_connection(url: &str) -> Result<sqlx::AnyConnection, sqlx::Error> {
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await?;
+    conn.execute(PG_SESSION_SETUP).await?;
+    Ok(conn)
+}
+
 async fn open_pool(backend: Backend, url: &str) -> Result<AnyPool, sqlx::Error> {
     AnyPoolOptions::new()
         // SQLite serializes writers anyway; a few connections serve reads.
@@ -228,8 +240,7 @@ async fn open_pool(backend: Backend, url: &str) -> Result<AnyPool, sqlx::Error> 
                     // such a session after 5 s, and a takeover proceeds.
                     // Central's transactions never wait on anything but
                     // the database itself.
-                    conn.execute("SET idle_in_transaction_session_timeout = 5000")
-                        .await?;
+                    conn.execute(PG_SESSION_SETUP).await?;
                 }
                 Ok(())
             })

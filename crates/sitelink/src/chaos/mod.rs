@@ -310,7 +310,8 @@ fn spawn_sampler(
 }
 
 /// Generations of the faults on shared resources: a timed heal heals only
-/// if no later fault (or a heal of everything) took the resource since.
+/// if no later fault (or a central fault, for the links) took the resource
+/// since.
 #[derive(Clone, Default)]
 struct Generations(Arc<Mutex<HashMap<String, u64>>>);
 
@@ -326,8 +327,23 @@ impl Generations {
         self.0.lock().unwrap().get(key) == Some(&gen)
     }
 
-    fn bump_all(&self) {
-        self.0.lock().unwrap().values_mut().for_each(|g| *g += 1);
+    /// After `hold`, runs `heal` unless a later fault took `key` since: the
+    /// timed end of a fault on a shared resource.
+    fn heal_after(
+        &self,
+        heals: &mut tokio::task::JoinSet<()>,
+        key: String,
+        hold: Duration,
+        heal: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let gen = self.bump(&key);
+        let gens = self.clone();
+        heals.spawn(async move {
+            tokio::time::sleep(hold).await;
+            if gens.current(&key, gen) {
+                heal.await;
+            }
+        });
     }
 }
 
@@ -571,8 +587,6 @@ async fn campaign(
                 }
             }
             Fault::CutLink(i) | Fault::StallLink(i) => {
-                let key = format!("link-{i}");
-                let gen = gens.bump(&key);
                 let proxies = world.sites[i].proxies.clone();
                 for p in &proxies {
                     if matches!(fault, Fault::CutLink(_)) {
@@ -587,34 +601,22 @@ async fn campaign(
                 } else {
                     hold
                 };
-                let gens = gens.clone();
-                heals.spawn(async move {
-                    tokio::time::sleep(hold).await;
-                    if gens.current(&key, gen) {
-                        proxies.iter().for_each(|p| p.heal());
-                    }
+                gens.heal_after(&mut heals, format!("link-{i}"), hold, async move {
+                    proxies.iter().for_each(|p| p.heal());
                 });
             }
             Fault::Erp(mode) => {
-                let gen = gens.bump("erp");
                 world.erp.set_mode(mode).await;
-                let (erp, gens) = (world.erp.clone(), gens.clone());
-                heals.spawn(async move {
-                    tokio::time::sleep(hold).await;
-                    if gens.current("erp", gen) {
-                        erp.set_mode(Mode::Ok).await;
-                    }
+                let erp = world.erp.clone();
+                gens.heal_after(&mut heals, "erp".into(), hold, async move {
+                    erp.set_mode(Mode::Ok).await;
                 });
             }
             Fault::Smtp(mode) => {
-                let gen = gens.bump("smtp");
                 world.smtp.set_mode(mode).await;
-                let (smtp, gens) = (world.smtp.clone(), gens.clone());
-                heals.spawn(async move {
-                    tokio::time::sleep(hold).await;
-                    if gens.current("smtp", gen) {
-                        smtp.set_mode(SmtpMode::Accept).await;
-                    }
+                let smtp = world.smtp.clone();
+                gens.heal_after(&mut heals, "smtp".into(), hold, async move {
+                    smtp.set_mode(SmtpMode::Accept).await;
                 });
             }
             Fault::LockDb(i) => {
@@ -631,17 +633,11 @@ async fn campaign(
                 });
             }
             Fault::FillDisk(i) => {
-                let key = format!("disk-{i}");
-                let gen = gens.bump(&key);
                 let disk = world.sites[i].disk.clone().expect("mounted");
                 let d = disk.clone();
                 tokio::task::spawn_blocking(move || d.fill()).await??;
-                let gens = gens.clone();
-                heals.spawn(async move {
-                    tokio::time::sleep(hold).await;
-                    if gens.current(&key, gen) {
-                        disk.free();
-                    }
+                gens.heal_after(&mut heals, format!("disk-{i}"), hold, async move {
+                    disk.free();
                 });
             }
         }
@@ -650,7 +646,6 @@ async fn campaign(
             println!("chaos: {}/{} faults", n + 1, schedule.len());
         }
     }
-    gens.bump_all();
     heals.abort_all();
     while heals.join_next().await.is_some() {}
     Ok(c)
@@ -664,7 +659,6 @@ async fn settle_and_observe(
     load: &Arc<Mutex<Load>>,
     campaign: &Campaign,
 ) -> anyhow::Result<checker::Observed> {
-    world.until_streaming(Duration::from_secs(60)).await?;
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut o = checker::Observed {
         handed: load.lock().unwrap().handed.clone(),
